@@ -1,0 +1,125 @@
+"""Command-line overrides for the flags at the top of every stage script.
+
+A stage script keeps its settings as plain module variables (edit them and run the script), then
+calls ``apply_cli_flags(globals())``: every ``--name=value`` on the command line replaces the
+variable of that name, converted to the type of its default. A flag is any module-level name that
+does not start with an underscore, is not written in capitals only (those are constants), and holds
+a bool, int, float, str, None, list or tuple.
+
+    python capsule_classifier/train.py --epochs=30 --CrossValidation=False --data_path=a.h5,b.h5
+"""
+import ast
+import difflib
+import sys
+
+_FLAG_TYPES = (bool, int, float, str, list, tuple, type(None))
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f"}
+
+
+class FlagError(SystemExit):
+    """A bad flag name or value; exits with status 2 and a message naming the valid flags."""
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.code = 2
+
+
+def flag_names(namespace):
+    """The names in ``namespace`` (a module's globals) that count as flags, in definition order."""
+    return [name for name, value in namespace.items()
+            if not name.startswith("_") and not name.isupper() and isinstance(value, _FLAG_TYPES)]
+
+
+def convert(text, default, name="flag"):
+    """Turn the command-line ``text`` into a value of the same kind as ``default``."""
+    if isinstance(default, bool):
+        low = text.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise FlagError(f"--{name}: expected true or false, got {text!r}")
+    if isinstance(default, int):
+        number = _number(text, name, "an integer")
+        if float(number) != int(number):
+            raise FlagError(f"--{name}: expected an integer, got {text!r}")
+        return int(number)
+    if isinstance(default, float):
+        return float(_number(text, name, "a number"))
+    if isinstance(default, (list, tuple)):
+        if text.strip().startswith(("[", "(")):
+            items = _literal(text, name)
+            if not isinstance(items, (list, tuple)):
+                raise FlagError(f"--{name}: expected a list, got {text!r}")
+        else:
+            items = [part for part in text.split(",") if part.strip()]
+            if default:
+                items = [convert(part, default[0], name) for part in items]
+            else:
+                items = [_literal_or_text(part) for part in items]
+        return type(default)(items)
+    if default is None:
+        return _literal_or_text(text)
+    return text
+
+
+def _number(text, name, what):
+    try:
+        return float(text) if any(c in text.lower() for c in ".en") else int(text)
+    except ValueError:
+        raise FlagError(f"--{name}: expected {what}, got {text!r}") from None
+
+
+def _literal(text, name):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise FlagError(f"--{name}: cannot read {text!r} as a Python literal") from None
+
+
+def _literal_or_text(text):
+    if text.strip().lower() in ("none", "null", ""):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def describe(namespace):
+    """One line per flag: its name and current value."""
+    names = flag_names(namespace)
+    width = max((len(n) for n in names), default=0)
+    return "\n".join(f"  --{name.ljust(width)} = {namespace[name]!r}" for name in names)
+
+
+def apply_cli_flags(namespace, argv=None):
+    """Override the flags in ``namespace`` from ``argv`` (default ``sys.argv[1:]``) in place.
+
+    Returns a dict of every flag and its final value, for logging and for the output files.
+    ``--help`` prints the module docstring and the flags, then exits.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    names = flag_names(namespace)
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print((namespace.get("__doc__") or "").strip())
+            print("\nFlags (edit them at the top of the script or pass --name=value):")
+            print(describe(namespace))
+            raise SystemExit(0)
+        if not arg.startswith("--"):
+            raise FlagError(f"unexpected argument {arg!r}: flags are written --name=value\n"
+                            f"valid flags:\n{describe(namespace)}")
+        name, has_value, text = arg[2:].partition("=")
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f" (did you mean --{close[0]}?)" if close else ""
+            raise FlagError(f"unknown flag --{name}{hint}\nvalid flags:\n{describe(namespace)}")
+        default = namespace[name]
+        if not has_value:
+            if not isinstance(default, bool):
+                raise FlagError(f"--{name} needs a value: --{name}=VALUE")
+            text = "true"
+        namespace[name] = convert(text, default, name)
+    return {name: namespace[name] for name in names}

@@ -1,0 +1,43 @@
+"""Shared test fixtures: small dataset files written through the project's own writer."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from preprocess.dataset import DatasetWriter  # noqa: E402
+
+ALL_FIELDS = ("images", "labels", "patient_ids", "source_ids", "tumor_masks", "conditions")
+
+
+def write_blob_dataset(path, n=36, size=64, patients=12, seed=0):
+    """A learnable toy dataset: a bright disc whose place depends on the class, a ring as skull."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    ring = np.abs(np.hypot(yy - 0.5, xx - 0.5) - 0.42) < 0.02
+    centres = [(0.3, 0.3), (0.5, 0.65), (0.7, 0.5)]
+    labels = np.arange(n) % 3
+    patient_of = [f"P{(i // 3) % patients:03d}-{labels[i]}" for i in range(n)]
+    images, masks, conditions = [], [], []
+    for label in labels:
+        cy, cx = np.array(centres[label]) + rng.normal(0, 0.03, 2)
+        disc = np.hypot(yy - cy, xx - cx) < 0.08 + 0.02 * rng.random()
+        image = 0.3 * (np.hypot(yy - 0.5, xx - 0.5) < 0.42) + 0.6 * disc + rng.normal(0, 0.05, (size, size))
+        images.append(np.clip(image, 0, 1))
+        masks.append(disc)
+        conditions.append(ring | (disc & ~np.roll(disc, 1, axis=0)))
+    with DatasetWriter(path, image_size=size, fields=ALL_FIELDS) as out:
+        out.append(images=np.array(images), labels=labels, patient_ids=patient_of,
+                   source_ids=[str(i + 1) for i in range(n)], tumor_masks=np.array(masks),
+                   conditions=np.array(conditions))
+        out.attrs["source"] = "tests/conftest.py blob dataset"
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def blob_dataset(tmp_path_factory):
+    """A 36-slice, 64x64 dataset file with 12 patients (3 slices each, one class per patient)."""
+    return write_blob_dataset(tmp_path_factory.mktemp("blob") / "blob_64.h5")
