@@ -1,0 +1,30 @@
+"""Stage 1b: make new condition masks by random affine warps of real tumours (as the study did).
+
+    python preprocess/augment_masks.py --dataset=data/figshare_256.h5 --out=data/masks_aug_256.h5 --per_class=2334
+
+Writes conditions, tumor_masks, labels and source_ids (the slice each mask came from); the GAN
+stage turns these masks into synthetic slices.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# ----------------------------------------------------------------------------- flags
+dataset = "data/demo_128.h5"       # prepared dataset file (prepare_dataset.py)
+out = "data/demo_masks_aug_128.h5" # augmented-mask file to write
+per_class = 100                    # new masks per class (the study made ~7,000 slices in all)
+seed = 0                           # same seed, same masks
+workers = 0                        # processes; 0 = one per core
+# -----------------------------------------------------------------------------
+
+if __name__ == "__main__":
+    from preprocess.augment import augment_masks
+    from preprocess.flags import apply_cli_flags
+
+    flags = apply_cli_flags(globals())
+    try:
+        summary = augment_masks(dataset, out, per_class, seed, workers, created_with=flags)
+    except (OSError, KeyError, ValueError) as error:
+        sys.exit(f"error: {error}")
+    print(f"wrote {summary['out']}: {summary['masks']} masks in {summary['seconds']} s")
