@@ -101,6 +101,14 @@ def apply_cli_flags(namespace, argv=None):
     ``--help`` prints the module docstring and the flags, then exits.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _apply(namespace, argv)
+    except FlagError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise
+
+
+def _apply(namespace, argv):
     names = flag_names(namespace)
     for arg in argv:
         if arg in ("-h", "--help"):

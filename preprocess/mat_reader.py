@@ -32,6 +32,9 @@ class MatFileError(ValueError):
         self.name = name
         self.problem = problem
 
+    def __reduce__(self):  # lets worker processes send the error back
+        return MatFileError, (self.name, self.problem)
+
 
 def _natural_key(name):
     """Sort 2.mat before 10.mat."""

@@ -25,8 +25,8 @@ def parallel_map(function, items, workers=0, description="", chunksize=4):
         for item in tqdm(items, desc=description, unit="slice", dynamic_ncols=True):
             yield function(item)
         return
-    # fork is cheapest and keeps sys.path; elsewhere spawn re-imports the worker's module.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(workers) as pool:
+    # spawn, not fork: a forked child can inherit locks held by the parent's threads (HDF5,
+    # BLAS, progress bars) and hang; spawn costs about a second of imports per worker.
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
         results = pool.imap(function, items, chunksize=chunksize)
         yield from tqdm(results, total=len(items), desc=description, unit="slice", dynamic_ncols=True)

@@ -41,3 +41,22 @@ def write_blob_dataset(path, n=36, size=64, patients=12, seed=0):
 def blob_dataset(tmp_path_factory):
     """A 36-slice, 64x64 dataset file with 12 patients (3 slices each, one class per patient)."""
     return write_blob_dataset(tmp_path_factory.mktemp("blob") / "blob_64.h5")
+
+
+@pytest.fixture(scope="session")
+def demo_mat_dir(tmp_path_factory):
+    """Twelve demo .mat files (v7.3, 128 px; 4 patients of each class would be too slow at 512)."""
+    from preprocess.make_demo_data import write_demo_data
+    folder = tmp_path_factory.mktemp("demo_mat")
+    write_demo_data(folder, patients=6, slices_per_patient=2, image_size=128, small_fraction=0,
+                    seed=1, version="7.3")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(demo_mat_dir, tmp_path_factory):
+    """The demo .mat files prepared at 64 px."""
+    from preprocess.prepare import prepare_dataset
+    path = tmp_path_factory.mktemp("demo_h5") / "demo_64.h5"
+    prepare_dataset(demo_mat_dir, path, image_size=64, workers=1)
+    return path
