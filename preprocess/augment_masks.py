@@ -11,8 +11,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # ----------------------------------------------------------------------------- flags
-dataset = "data/demo_128.h5"       # prepared dataset file (prepare_dataset.py)
-out = "data/demo_masks_aug_128.h5" # augmented-mask file to write
+dataset = "data/demo/demo_128.h5"  # prepared dataset file (prepare_dataset.py)
+out = "data/demo/masks_aug_128.h5"  # augmented-mask file to write
 per_class = 100                    # new masks per class (the study made ~7,000 slices in all)
 seed = 0                           # same seed, same masks
 workers = 0                        # processes; 0 = one per core

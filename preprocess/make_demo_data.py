@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # ----------------------------------------------------------------------------- flags
-out = "data/demo_mat"          # folder to write <index>.mat files into
+out = "data/demo/mat"          # folder to write <index>.mat files into
 patients = 36                  # synthetic patients (classes in turn: 1, 2, 3, 1, ...)
 slices_per_patient = 5         # slices per patient, at different heights through the head
 image_size = 512               # side of the slices (the published set: 512, a few 256)

@@ -12,8 +12,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # ----------------------------------------------------------------------------- flags
-source = "data/demo_mat"       # folder of <index>.mat files, a .mat file, a .zip or folder of zips
-out = "data/demo_128.h5"       # dataset file to write (appears only when complete)
+source = "data/demo/mat"       # folder of <index>.mat files, a .mat file, a .zip or folder of zips
+out = "data/demo/demo_128.h5"  # dataset file to write (appears only when complete)
 image_size = 128               # side of the square slices in the output (512 = published size)
 skip_bad = False               # True: leave unreadable or invalid files out and list them
 workers = 0                    # processes; 0 = one per core
