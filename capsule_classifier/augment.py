@@ -1,0 +1,68 @@
+"""Batch augmentation on the training device: flips, small affine warps, the study's rotations.
+
+Everything works on a whole batch tensor (B, 1, S, S) at once with ``affine_grid`` /
+``grid_sample``, drawing its random numbers from an explicit ``torch.Generator`` (so a resumed run
+draws the same numbers as an uninterrupted one).
+
+Modes:
+  ``"affine"``  random horizontal/vertical flips, rotation +-15 degrees, scale +-10 %, shift +-8 %
+  ``"study"``   the study's rotated copies: each sample appears 4 times, rotated by 0/90/180/270
+                degrees, plus random flips (the batch grows 4x)
+  ``"none"``    no change
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+MODES = ("affine", "study", "none")
+MAX_ROTATION_DEG = 15.0
+MAX_SCALE = 0.10
+MAX_SHIFT = 0.08
+STUDY_ROTATIONS = 4
+
+
+def _uniform(n, low, high, generator, device):
+    return torch.rand(n, generator=generator, device=device) * (high - low) + low
+
+
+def random_flips(images, generator):
+    """Flip each image left-right and/or up-down with probability 1/2 each."""
+    n = images.shape[0]
+    lr = torch.rand(n, generator=generator, device=images.device) < 0.5
+    ud = torch.rand(n, generator=generator, device=images.device) < 0.5
+    images = torch.where(lr.view(-1, 1, 1, 1), images.flip(-1), images)
+    return torch.where(ud.view(-1, 1, 1, 1), images.flip(-2), images)
+
+
+def random_affine(images, generator, max_rotation_deg=MAX_ROTATION_DEG, max_scale=MAX_SCALE,
+                  max_shift=MAX_SHIFT):
+    """Rotate, scale and shift every image by its own small random amount (bilinear, zero fill)."""
+    n, device = images.shape[0], images.device
+    angle = _uniform(n, -max_rotation_deg, max_rotation_deg, generator, device) * (math.pi / 180)
+    scale = _uniform(n, 1 - max_scale, 1 + max_scale, generator, device)
+    shift = _uniform(2 * n, -2 * max_shift, 2 * max_shift, generator, device).view(n, 2)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
+                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def rotated_copies(images, labels, copies=STUDY_ROTATIONS):
+    """The study's augmentation: each sample followed by its rotations by k * 360/copies degrees."""
+    rotated = [torch.rot90(images, k, dims=(-2, -1)) for k in range(copies)]
+    images = torch.stack(rotated, dim=1).flatten(0, 1)
+    return images, labels.repeat_interleave(copies)
+
+
+def augment_batch(images, labels, mode, generator):
+    """Augmented (images, labels) for one training batch on the batch's device."""
+    if mode == "none":
+        return images, labels
+    if mode == "study":
+        images, labels = rotated_copies(images, labels)
+        return random_flips(images, generator), labels
+    if mode == "affine":
+        return random_affine(random_flips(images, generator), generator), labels
+    raise ValueError(f"unknown augmentation {mode!r}; use one of {MODES}")

@@ -1,0 +1,57 @@
+"""Checkpoint files: atomic writes, safe loading, and rebuilding a model from its checkpoint.
+
+A checkpoint holds only tensors, numbers, strings, lists and dicts, so it loads with
+``torch.load(weights_only=True)``. Every checkpoint carries what is needed to use it:
+model name and constructor arguments, image size, class names and the normalisation applied.
+"""
+import os
+import tempfile
+
+import torch
+
+from capsule_classifier.network import model_from_config
+from preprocess.dataset import CLASS_NAMES
+
+NORMALISATION = ("per-slice: clip to the 0.5-99.5 percentiles, scale to [0, 1], "
+                 "bilinear resize to image_size (preprocess.intensity)")
+
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file in the same folder, then rename it into place."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=folder)
+    os.close(handle)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def model_record(model_name, model, image_size):
+    """The part of a checkpoint that says what the weights are and how inputs were prepared."""
+    return {"model_name": model_name, "model_config": dict(model.config),
+            "image_size": int(image_size), "class_names": list(CLASS_NAMES),
+            "normalisation": NORMALISATION,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+def load_checkpoint(path):
+    """The checkpoint dict at ``path`` (tensors on the CPU)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model_name", "model_config", "image_size", "state_dict"):
+        if key not in checkpoint:
+            raise ValueError(f"{path}: not a classifier checkpoint (no {key!r})")
+    return checkpoint
+
+
+def load_model(path, device="cpu"):
+    """(model in eval mode on ``device``, checkpoint dict) from a checkpoint file."""
+    checkpoint = load_checkpoint(path)
+    model = model_from_config(checkpoint["model_name"], checkpoint["model_config"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.to(device).eval(), checkpoint

@@ -1,0 +1,117 @@
+"""Training data in memory, and patient-wise splits.
+
+``load_sources`` reads dataset files (``.h5``) or study pickles (``.pkl``) into one
+``LabelledImages`` (images as a float16 tensor, resized to the working size when a file holds
+another size). Slices from pickles have no patient id: each becomes its own group, which is said
+loudly, because then splits cannot be patient-wise.
+
+``patient_folds`` / ``holdout_split`` use scikit-learn's ``StratifiedGroupKFold``: no patient is
+ever in both parts, and classes are balanced across folds where the groups allow it.
+"""
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import StratifiedGroupKFold
+
+from capsule_classifier.study_pickle import load_study_pickle
+from preprocess.dataset import read_attrs, read_column, read_images
+
+RESIZE_BATCH = 256
+
+
+@dataclass
+class LabelledImages:
+    """Slices in memory: images (N, S, S) float16 tensor in [0, 1] and per-slice columns."""
+    images: torch.Tensor
+    labels: np.ndarray
+    patient_ids: np.ndarray
+    source_ids: np.ndarray
+    synthetic: np.ndarray    # bool per slice
+
+    def __len__(self):
+        return len(self.labels)
+
+    def subset(self, rows):
+        rows = np.asarray(rows)
+        return LabelledImages(self.images[torch.as_tensor(rows)], self.labels[rows],
+                              self.patient_ids[rows], self.source_ids[rows], self.synthetic[rows])
+
+    @property
+    def image_size(self):
+        return int(self.images.shape[-1])
+
+
+def resize_images(images, size):
+    """Resize a stack (N, S, S) of float images to size x size (bilinear, anti-aliased)."""
+    images = torch.as_tensor(images)
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    out = [F.interpolate(images[k:k + RESIZE_BATCH, None].float(), size=(size, size),
+                         mode="bilinear", antialias=True, align_corners=False)[:, 0].clamp_(0, 1)
+           for k in range(0, len(images), RESIZE_BATCH)]
+    return torch.cat(out)
+
+
+def is_synthetic(path):
+    """True for a dataset file whose attribute ``synthetic`` is set (written by the generator)."""
+    return str(path).endswith(".h5") and bool(read_attrs(path).get("synthetic", False))
+
+
+def load_file(path, image_size=None):
+    """One dataset file (.h5) or study pickle (.pkl) as LabelledImages at ``image_size``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file {path} does not exist")
+    if path.endswith(".pkl"):
+        images, labels = load_study_pickle(path)
+        name = os.path.basename(path)
+        warnings.warn(f"{path}: a study pickle has no patient ids; every slice is its own group, "
+                      f"so splits of it are NOT patient-wise")
+        patient_ids = np.array([f"{name}:{k}" for k in range(len(labels))], dtype=object)
+        source_ids, synthetic = patient_ids.copy(), False
+    else:
+        images = read_images(path)
+        labels = read_column(path, "labels").astype(np.int64)
+        patient_ids = read_column(path, "patient_ids")
+        source_ids = read_column(path, "source_ids")
+        synthetic = is_synthetic(path)
+    images = torch.from_numpy(np.asarray(images, dtype=np.float32))
+    images = resize_images(images, image_size or images.shape[-1]).to(torch.float16)
+    return LabelledImages(images, labels, patient_ids.astype(object), source_ids.astype(object),
+                          np.full(len(labels), synthetic))
+
+
+def load_sources(paths, image_size=None):
+    """Several files concatenated (the first file's size when ``image_size`` is None)."""
+    parts = []
+    for path in paths:
+        part = load_file(path, image_size)
+        image_size = image_size or part.image_size
+        parts.append(part)
+    if not parts:
+        raise ValueError("no data files given")
+    return LabelledImages(torch.cat([p.images for p in parts]),
+                          np.concatenate([p.labels for p in parts]),
+                          np.concatenate([p.patient_ids for p in parts]),
+                          np.concatenate([p.source_ids for p in parts]),
+                          np.concatenate([p.synthetic for p in parts]))
+
+
+def patient_folds(labels, patient_ids, k, seed):
+    """k (train_rows, val_rows) pairs; every patient lies in exactly one validation part."""
+    groups = np.unique(patient_ids, return_inverse=True)[1]
+    if len(np.unique(groups)) < k:
+        raise ValueError(f"{k}-fold cross-validation needs at least {k} patients, "
+                         f"the data has {len(np.unique(groups))}")
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(train, val) for train, val in splitter.split(np.zeros(len(labels)), labels, groups)]
+
+
+def holdout_split(labels, patient_ids, fraction, seed):
+    """One patient-wise (train_rows, val_rows) split with about ``fraction`` held out."""
+    k = max(2, int(round(1.0 / fraction)))
+    return patient_folds(labels, patient_ids, k, seed)[0]

@@ -1,0 +1,58 @@
+"""t-SNE of a classifier's penultimate features: coordinates CSV and a scatter plot by class."""
+import csv
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+
+from capsule_classifier.data import load_sources  # noqa: E402
+from capsule_classifier.engine import predict  # noqa: E402
+from preprocess.dataset import CLASS_NAMES  # noqa: E402
+
+COLOURS = ("tab:blue", "tab:orange", "tab:green")
+MARKERS = {False: "o", True: "^"}
+
+
+def embed_files(model, paths, image_size, device, max_slices, seed):
+    """(features, LabelledImages) of up to ``max_slices`` random slices of the files."""
+    data = load_sources(paths, image_size)
+    if max_slices and len(data) > max_slices:
+        data = data.subset(np.sort(np.random.default_rng(seed).choice(len(data), max_slices, replace=False)))
+    return predict(model, data.images, device, embed=True), data
+
+
+def tsne_coordinates(features, seed):
+    perplexity = float(min(30.0, max(2.0, (len(features) - 1) / 3.0)))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
+        np.asarray(features, dtype=np.float32))
+
+
+def write_tsne(coordinates, data, out_png, out_csv, title):
+    """Scatter coloured by class (real: circles, synthetic: triangles) and the CSV of points."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for synthetic in (False, True):
+        for label, name in enumerate(CLASS_NAMES):
+            rows = (data.labels == label) & (data.synthetic == synthetic)
+            if rows.any():
+                ax.scatter(coordinates[rows, 0], coordinates[rows, 1], s=9, c=COLOURS[label],
+                           marker=MARKERS[synthetic], alpha=0.7,
+                           label=f"{name} ({'synthetic' if synthetic else 'real'})")
+    ax.legend(fontsize=7, markerscale=1.5)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    with open(out_csv, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["source_id", "patient_id", "label", "class", "synthetic", "x", "y"])
+        for k in range(len(data)):
+            writer.writerow([data.source_ids[k], data.patient_ids[k], int(data.labels[k]),
+                             CLASS_NAMES[data.labels[k]], bool(data.synthetic[k]),
+                             f"{coordinates[k, 0]:.4f}", f"{coordinates[k, 1]:.4f}"])

@@ -1,0 +1,186 @@
+"""The training loop: optimiser recipes, one epoch, evaluation, and a resumable ``fit``.
+
+Reproducible and resumable: the batch order, the augmentation and dropout of epoch e are drawn from
+generators seeded by (seed, e), and ``last.pt`` after every epoch holds the model, optimiser,
+scheduler, scaler and history. So a run resumed from ``last.pt`` continues exactly where it stopped
+and ends with the same weights as an uninterrupted one (bit for bit on the CPU).
+"""
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from capsule_classifier.augment import augment_batch
+from capsule_classifier.checkpoint import model_record, save_atomic
+from capsule_classifier.report import classification_metrics
+
+RECIPES = ("onecycle", "study_sgd")
+EVAL_BATCH = 64
+MIN_SCHEDULE_STEPS = 10   # one-cycle needs a few steps in each phase
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    recipe: str = "onecycle"         # "onecycle": AdamW + one-cycle LR; "study_sgd": SGD, fixed LR
+    label_smoothing: float = 0.1
+    augmentation: str = "affine"
+    amp: bool = False
+    channels_last: bool = False
+    seed: int = 0
+
+
+def resolve_device(name):
+    """``auto`` picks CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_optimiser(model, config, steps_per_epoch):
+    """(optimiser, per-step scheduler or None) for the recipe named in ``config``."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if config.recipe == "study_sgd":
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum), None
+    if config.recipe != "onecycle":
+        raise ValueError(f"unknown recipe {config.recipe!r}; use one of {RECIPES}")
+    optimiser = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=config.lr, total_steps=max(MIN_SCHEDULE_STEPS, config.epochs * steps_per_epoch), pct_start=0.25)
+    return optimiser, scheduler
+
+
+def _to_device(images, device, channels_last):
+    x = images.to(device, non_blocking=True).float().unsqueeze(1)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _autocast(device, enabled):
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled and device.type == "cuda")
+
+
+def _epoch_seed(seed, epoch):
+    return int(seed) * 1_000_003 + int(epoch)
+
+
+def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch, description):
+    """One pass over ``data`` (LabelledImages); returns (mean loss, accuracy, images per second)."""
+    model.train()
+    seed = _epoch_seed(config.seed, epoch)
+    torch.manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    order = np.random.default_rng(seed).permutation(len(data))
+    batches = [order[k:k + config.batch_size] for k in range(0, len(order), config.batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < 2:   # batch norm needs two samples
+        batches = batches[:-1]
+    labels_all = torch.as_tensor(data.labels)
+    total_loss, correct, seen, started = 0.0, 0, 0, time.time()
+    bar = tqdm(batches, desc=description, unit="batch", leave=False, dynamic_ncols=True)
+    for rows in bar:
+        index = torch.as_tensor(rows)
+        images = _to_device(data.images[index], device, config.channels_last)
+        labels = labels_all[index].to(device)
+        images, labels = augment_batch(images, labels, config.augmentation, generator)
+        with _autocast(device, config.amp):
+            logits = model(images)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+        optimiser.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimiser)
+        scaler.update()
+        if scheduler is not None:
+            scheduler.step()
+        total_loss += loss.item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{seen / (time.time() - started):.0f}")
+    return total_loss / max(seen, 1), correct / max(seen, 1), seen / (time.time() - started)
+
+
+@torch.no_grad()
+def predict(model, images, device, batch_size=EVAL_BATCH, channels_last=False, amp=False, embed=False):
+    """Class probabilities (N, C) of images (N, S, S), or penultimate features when ``embed``."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = _to_device(torch.as_tensor(images[start:start + batch_size]), device, channels_last)
+        with _autocast(device, amp):
+            y = model.embed(x) if embed else torch.softmax(model(x).float(), dim=1)
+        out.append(y.float().cpu())
+    return torch.cat(out).numpy()
+
+
+def _state(model, model_name, image_size, optimiser, scheduler, scaler, history, best, config, epoch):
+    record = model_record(model_name, model, image_size)
+    record.update(optimiser=optimiser.state_dict(), scheduler=scheduler.state_dict() if scheduler else None,
+                  scaler=scaler.state_dict(), history=history, best=best, epoch=epoch,
+                  train_config=asdict(config))
+    return record
+
+
+def fit(model, model_name, train_data, val_data, config, run_dir, device, resume=False,
+        on_epoch_end=None, log=tqdm.write):
+    """Train ``model`` on ``train_data``, validate every epoch on ``val_data``.
+
+    Writes ``run_dir/best.pt`` (best validation macro-F1) and ``run_dir/last.pt`` (every epoch).
+    With ``resume`` it continues from ``run_dir/last.pt`` when that exists. ``on_epoch_end(epoch)``
+    is called after each epoch's checkpoint is written. Returns the history (list of dicts) and the
+    best record ({"epoch", "macro_f1", "accuracy"}).
+    """
+    last_path, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    steps = max(1, math.ceil(len(train_data) / config.batch_size))
+    optimiser, scheduler = make_optimiser(model, config, steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
+    history, best, start = [], {"epoch": None, "macro_f1": -1.0, "accuracy": None}, 0
+    if resume and os.path.isfile(last_path):
+        state = torch.load(last_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["state_dict"])
+        optimiser.load_state_dict(state["optimiser"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history, best, start = state["history"], state["best"], state["epoch"]
+        log(f"resuming {run_dir} after epoch {start}")
+    elif os.path.isfile(last_path):
+        raise FileExistsError(f"{last_path} exists: pass --resume=True to continue that run, "
+                              f"or choose another --run_name")
+    image_size = train_data.image_size
+    for epoch in range(start, config.epochs):
+        started = time.time()
+        loss, accuracy, speed = train_epoch(model, train_data, config, optimiser, scheduler, scaler,
+                                            device, epoch, f"epoch {epoch + 1}/{config.epochs}")
+        probabilities = predict(model, val_data.images, device, channels_last=config.channels_last,
+                                amp=config.amp)
+        metrics = classification_metrics(val_data.labels, probabilities)
+        val_loss = float(F.nll_loss(torch.log(torch.as_tensor(probabilities).clamp_min(1e-8)),
+                                    torch.as_tensor(val_data.labels)))
+        history.append({"epoch": epoch + 1, "train_loss": loss, "train_accuracy": accuracy,
+                        "val_loss": val_loss, "val_accuracy": metrics["accuracy"],
+                        "val_macro_f1": metrics["macro_f1"], "images_per_s": speed,
+                        "seconds": time.time() - started})
+        if metrics["macro_f1"] > best["macro_f1"]:
+            best = {"epoch": epoch + 1, "macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"]}
+            record = model_record(model_name, model, image_size)
+            record.update(epoch=epoch + 1, val_metrics=metrics, train_config=asdict(config))
+            save_atomic(record, best_path)
+        save_atomic(_state(model, model_name, image_size, optimiser, scheduler, scaler, history, best,
+                           config, epoch + 1), last_path)
+        log(f"epoch {epoch + 1}/{config.epochs}  loss {loss:.3f}  train acc {accuracy:.3f}  "
+            f"val loss {val_loss:.3f}  val acc {metrics['accuracy']:.3f}  "
+            f"val F1 {metrics['macro_f1']:.3f}  {speed:.0f} img/s  {time.time() - started:.0f}s")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1)
+    return history, best

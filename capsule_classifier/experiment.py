@@ -1,0 +1,241 @@
+"""One classifier experiment as ``train.py`` runs it: pre-train, cross-validate or hold out, test.
+
+Layout of ``model_dir/<run name>/``:
+    pretrain/{best,last}.pt       when synthetic dataset files are given (attribute synthetic)
+    fold_<k>/{best,last}.pt, fold.json     patient-wise cross-validation, one fresh model per fold
+    best.pt, last.pt              single patient-wise hold-out run (CrossValidation=False)
+    metrics.json, report.txt, confusion_cv.png / confusion_validation.png / confusion_test.png,
+    curves.png
+"""
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torchinfo import summary
+
+from capsule_classifier.checkpoint import load_checkpoint, load_model
+from capsule_classifier.data import holdout_split, load_sources, patient_folds
+from capsule_classifier.engine import TrainConfig, fit, predict, resolve_device
+from capsule_classifier.network import count_parameters, make_model
+from capsule_classifier.report import (classification_metrics, plot_confusion, plot_curves,
+                                       summarise_folds, text_report, write_json_atomic)
+
+
+@dataclass
+class Experiment:
+    """What to run (the flags of train.py, resolved)."""
+    model: str = "capsule"
+    data_path: list = field(default_factory=list)
+    data_test_path: list = field(default_factory=list)
+    model_dir: str = "checkpoints"
+    run_name: str = "run"
+    train: bool = True
+    test: bool = False
+    cross_validation: bool = True
+    k_folds: int = 7
+    val_fraction: float = 0.2
+    load_saved_model: bool = False
+    check_name: str = ""
+    image_size: int = None
+    pretrain_epochs: int = 5
+    capsule_preset: str = "compact"
+    capsule_options: dict = field(default_factory=dict)
+    freeze_children: int = 0
+    pretrained: str = "none"
+    resume: bool = False
+    device: str = "auto"
+    config: TrainConfig = field(default_factory=TrainConfig)
+    flags: dict = field(default_factory=dict)
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def build_model(exp, image_size):
+    return make_model(exp.model, image_size=image_size, preset=exp.capsule_preset,
+                      freeze_children=exp.freeze_children, pretrained=exp.pretrained,
+                      **(exp.capsule_options if exp.model == "capsule" else {}))
+
+
+def describe_model(model, image_size, log):
+    total, trainable = count_parameters(model)
+    log(str(summary(model, input_size=(1, 1, image_size, image_size), verbose=0, device="cpu",
+                    col_names=("output_size", "num_params"), depth=3)))
+    log(f"model {type(model).__name__}: {total:,} parameters, {trainable:,} trainable")
+
+
+def _checkpoint_path(exp):
+    """The checkpoint named by ``check_name``: a path, or a run name inside ``model_dir``."""
+    for candidate in (exp.check_name, os.path.join(exp.model_dir, exp.check_name, "best.pt"),
+                      os.path.join(exp.model_dir, exp.check_name)):
+        if candidate and os.path.isfile(candidate):
+            return candidate
+    raise FileNotFoundError(f"--check_name={exp.check_name!r}: no checkpoint file at that path "
+                            f"nor at {os.path.join(exp.model_dir, exp.check_name, 'best.pt')}")
+
+
+def _fresh_model(exp, image_size, start_state):
+    torch.manual_seed(exp.config.seed)
+    model = build_model(exp, image_size)
+    if start_state is not None:
+        model.load_state_dict(start_state)
+    return model
+
+
+def run_experiment(exp, log=print):
+    """Run everything ``exp`` asks for; returns the metrics dict (also written to metrics.json)."""
+    started = time.time()
+    device = resolve_device(exp.device)
+    run_dir = os.path.join(exp.model_dir, exp.run_name)
+    os.makedirs(run_dir, exist_ok=True)
+    metrics = {"flags": exp.flags, "seed": exp.config.seed, "git_commit": git_commit(),
+               "device": str(device), "model": exp.model}
+    start_state = None
+    if exp.load_saved_model:
+        path = _checkpoint_path(exp)
+        checkpoint = load_checkpoint(path)
+        exp.image_size = exp.image_size or checkpoint["image_size"]
+        start_state = checkpoint["state_dict"]
+        try:
+            build_model(exp, exp.image_size).load_state_dict(start_state)
+        except RuntimeError as error:
+            raise ValueError(f"{path}: holds a {checkpoint['model_name']} {checkpoint['model_config']} "
+                             f"that does not fit --model={exp.model} with these flags "
+                             f"({str(error).splitlines()[0]})") from None
+        log(f"starting from {path}")
+    data = load_sources(exp.data_path, exp.image_size) if exp.data_path else None
+    image_size = data.image_size if data is not None else exp.image_size
+    histories = {}
+    if exp.train:
+        if data is None:
+            raise ValueError("--Train=True needs --data_path")
+        describe_model(build_model(exp, image_size), image_size, log)
+        real = data.subset(np.flatnonzero(~data.synthetic))
+        if data.synthetic.any():
+            start_state = _pretrain(exp, data.subset(np.flatnonzero(data.synthetic)), start_state,
+                                    run_dir, device, histories, log)
+            metrics["pretrain"] = {"slices": int(data.synthetic.sum()), "epochs": exp.pretrain_epochs}
+        if len(real) == 0:
+            raise ValueError("--data_path holds only synthetic files; give real slices to train on")
+        log(f"real slices: {len(real)} from {len(set(real.patient_ids))} patients; "
+            f"per class {np.bincount(real.labels, minlength=3).tolist()}")
+        if exp.cross_validation:
+            metrics["cv"] = _cross_validate(exp, real, start_state, run_dir, device, histories, log)
+        else:
+            metrics["validation"] = _holdout(exp, real, start_state, run_dir, device, histories, log)
+        plot_curves(histories, os.path.join(run_dir, "curves.png"), f"{exp.model} {exp.run_name}")
+    if exp.test:
+        metrics["test"] = _test(exp, run_dir, device, metrics, log)
+    metrics["seconds"] = round(time.time() - started, 1)
+    write_json_atomic(metrics, os.path.join(run_dir, "metrics.json"))
+    log(f"wrote {os.path.join(run_dir, 'metrics.json')} ({metrics['seconds']:.0f} s)")
+    return metrics
+
+
+def _pretrain(exp, synthetic, start_state, run_dir, device, histories, log):
+    log(f"pre-training on {len(synthetic)} synthetic slices for {exp.pretrain_epochs} epochs")
+    train_rows, val_rows = holdout_split(synthetic.labels, synthetic.source_ids, exp.val_fraction,
+                                         exp.config.seed)
+    model = _fresh_model(exp, synthetic.image_size, start_state)
+    config = TrainConfig(**{**exp.config.__dict__, "epochs": exp.pretrain_epochs})
+    history, _ = fit(model, exp.model, synthetic.subset(train_rows), synthetic.subset(val_rows), config,
+                     os.path.join(run_dir, "pretrain"), device, resume=exp.resume, log=log)
+    histories["pretrain"] = history
+    return load_checkpoint(os.path.join(run_dir, "pretrain", "last.pt"))["state_dict"]
+
+
+def _evaluate_fold(model_path, data, device):
+    model, _ = load_model(model_path, device)
+    return classification_metrics(data.labels, predict(model, data.images, device))
+
+
+def _cross_validate(exp, real, start_state, run_dir, device, histories, log):
+    folds = patient_folds(real.labels, real.patient_ids, exp.k_folds, exp.config.seed)
+    results, reports = [], []
+    for k, (train_rows, val_rows) in enumerate(folds, start=1):
+        shared = set(real.patient_ids[train_rows]) & set(real.patient_ids[val_rows])
+        assert not shared, f"fold {k} shares patients {sorted(shared)[:5]}"
+        log(f"fold {k}/{exp.k_folds}: train {len(train_rows)}, validation {len(val_rows)} slices "
+            f"({len(set(real.patient_ids[val_rows]))} patients)")
+        fold_dir = os.path.join(run_dir, f"fold_{k}")
+        model = _fresh_model(exp, real.image_size, start_state)
+        val = real.subset(val_rows)
+        history, best = fit(model, exp.model, real.subset(train_rows), val, exp.config, fold_dir, device,
+                            resume=exp.resume, log=log)
+        histories[f"fold {k}"] = history
+        # the fold's score is its final model: picking the best epoch on the same validation
+        # part would be optimistic; the best epoch's numbers are kept for reference only
+        final = _evaluate_fold(os.path.join(fold_dir, "last.pt"), val, device)
+        final.update(fold=k, best_epoch=best["epoch"], best_epoch_accuracy=best["accuracy"],
+                     best_epoch_macro_f1=best["macro_f1"], train_slices=int(len(train_rows)),
+                     val_slices=int(len(val_rows)),
+                     seconds=round(sum(h["seconds"] for h in history), 1))
+        results.append(final)
+        write_json_atomic(final, os.path.join(fold_dir, "fold.json"))    # partial results survive
+        log(f"fold {k}: accuracy {final['accuracy']:.4f}  macro-F1 {final['macro_f1']:.4f}")
+    cv = summarise_folds(results)
+    plot_confusion(cv["confusion_matrix"], os.path.join(run_dir, "confusion_cv.png"),
+                   f"{exp.k_folds}-fold patient-wise CV, pooled: accuracy {cv['pooled_accuracy']:.3f}")
+    with open(os.path.join(run_dir, "report.txt"), "w") as out:
+        matrix = np.array(cv["confusion_matrix"])
+        out.write(f"{exp.k_folds}-fold patient-wise cross-validation\n"
+                  f"accuracy {cv['accuracy_mean']:.4f} +- {cv['accuracy_std']:.4f}, "
+                  f"macro-F1 {cv['macro_f1_mean']:.4f} +- {cv['macro_f1_std']:.4f}\n"
+                  f"pooled confusion matrix (rows true, columns predicted):\n{matrix}\n")
+    log(f"cross-validation: accuracy {cv['accuracy_mean']:.4f} +- {cv['accuracy_std']:.4f}, "
+        f"macro-F1 {cv['macro_f1_mean']:.4f} +- {cv['macro_f1_std']:.4f}")
+    return cv
+
+
+def _holdout(exp, real, start_state, run_dir, device, histories, log):
+    train_rows, val_rows = holdout_split(real.labels, real.patient_ids, exp.val_fraction, exp.config.seed)
+    log(f"patient-wise hold-out: train {len(train_rows)}, validation {len(val_rows)} slices")
+    model = _fresh_model(exp, real.image_size, start_state)
+    val = real.subset(val_rows)
+    history, best = fit(model, exp.model, real.subset(train_rows), val, exp.config, run_dir, device,
+                        resume=exp.resume, log=log)
+    histories["hold-out"] = history
+    final = _evaluate_fold(os.path.join(run_dir, "last.pt"), val, device)
+    final.update(best_epoch=best["epoch"], best_epoch_accuracy=best["accuracy"],
+                 best_epoch_macro_f1=best["macro_f1"])
+    plot_confusion(final["confusion_matrix"], os.path.join(run_dir, "confusion_validation.png"),
+                   f"patient-wise validation (last epoch): accuracy {final['accuracy']:.3f}")
+    return final
+
+
+def _test(exp, run_dir, device, metrics, log):
+    if not exp.data_test_path:
+        raise ValueError("--Test=True needs --data_test_path")
+    if exp.train and "cv" in metrics:
+        paths = [os.path.join(run_dir, f"fold_{k}", "best.pt") for k in range(1, exp.k_folds + 1)]
+    elif exp.train:
+        paths = [os.path.join(run_dir, "best.pt")]
+    else:
+        paths = [_checkpoint_path(exp)]
+    image_size = load_checkpoint(paths[0])["image_size"]
+    test = load_sources(exp.data_test_path, image_size)
+    probabilities = []
+    for path in paths:
+        model, _ = load_model(path, device)
+        probabilities.append(predict(model, test.images, device))
+    # several fold models: average their probabilities (an ensemble of the folds)
+    mean = np.mean(probabilities, axis=0)
+    result = classification_metrics(test.labels, mean)
+    result.update(checkpoints=paths)
+    if len(paths) > 1:
+        result["per_model_accuracy"] = [classification_metrics(test.labels, p)["accuracy"]
+                                        for p in probabilities]
+    plot_confusion(result["confusion_matrix"], os.path.join(run_dir, "confusion_test.png"),
+                   f"test: accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}")
+    with open(os.path.join(run_dir, "report_test.txt"), "w") as out:
+        out.write(text_report(test.labels, mean))
+    log(f"test on {len(test)} slices: accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}")
+    return result

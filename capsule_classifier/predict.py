@@ -1,0 +1,41 @@
+"""Classify slices with a trained checkpoint and write a CSV of class probabilities.
+
+    python capsule_classifier/predict.py --checkpoint=checkpoints/RUN/best.pt --input=PATH --out=preds.csv
+
+PATH is a figshare .mat file, a brainTumorDataPublic_*.zip, a png/jpg image, a dataset file (.h5)
+or a folder of those. Raw slices are prepared exactly like the training data. One row per slice:
+file,predicted_class,p_meningioma,p_glioma,p_pituitary. Runs on the CPU by default.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+checkpoint = ""
+input = ""
+out = "predictions.csv"
+device = "cpu"
+threads = 2
+
+
+def run(flags):
+    import torch
+
+    from capsule_classifier.checkpoint import load_model
+    from capsule_classifier.engine import resolve_device
+    from capsule_classifier.inference import classify
+
+    if not flags["checkpoint"] or not flags["input"]:
+        raise SystemExit("predict.py needs --checkpoint=FILE and --input=PATH")
+    torch.set_num_threads(flags["threads"])
+    chosen = resolve_device(flags["device"])
+    model, record = load_model(flags["checkpoint"], chosen)
+    rows = classify(model, flags["input"], record["image_size"], chosen, flags["out"])
+    print(f"classified {len(rows)} slices with {flags['checkpoint']} -> {flags['out']}")
+    return rows
+
+
+if __name__ == "__main__":
+    from preprocess.flags import apply_cli_flags
+
+    run(apply_cli_flags(globals()))

@@ -1,0 +1,100 @@
+"""Train and evaluate the capsule classifier or the ResNet50 baseline, patient-wise.
+
+    python capsule_classifier/train.py --data_path=data/figshare_dev_256.h5 --k_folds=5
+    python capsule_classifier/train.py --data_path=data/synthetic_256.h5,data/figshare_dev_256.h5
+    python capsule_classifier/train.py --CrossValidation=False --data_path=a.h5 --Test=True --data_test_path=b.h5
+    python capsule_classifier/train.py --Train=False --Test=True --check_name=RUN --data_test_path=b.h5
+    python capsule_classifier/train.py --model=resnet --FreezeLayers=True --pretrained=imagenet ...
+
+Dataset files whose attribute ``synthetic`` is true are used to pre-train; the real ones are then
+split patient-wise (k folds, or one hold-out part with --CrossValidation=False) and fine-tuned on,
+starting from the pre-trained weights. Study-format pickles (.pkl, a list of [image, label]) are
+read through a restricted unpickler; they carry no patient ids, so their splits are slice-wise.
+
+The defaults are the CPU recipe (capsule_preset=compact, AdamW with a one-cycle learning rate,
+label smoothing 0.1, flips and small affine warps); the study's exact setting is
+``--capsule_preset=study --recipe=study_sgd --lr=5e-5 --augmentation=study --label_smoothing=0``.
+Outputs go to model_dir/run_name/ (see capsule_classifier/README.md).
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# --- the study's flags ---
+Train = True
+Test = False
+CrossValidation = True
+LoadSavedModel = False        # start from the checkpoint named by check_name
+FreezeLayers = False          # ResNet50: freeze the first freeze_children children
+model = "capsule"             # "capsule" or "resnet" (ResNet50)
+epochs = None                 # None: 30 on the CPU, 60 on a GPU
+batch_size = 32
+lr = 1e-3                     # peak learning rate of the one-cycle recipe (study: 5e-5 with SGD)
+momentum = 0.9                # SGD momentum (recipe=study_sgd)
+k_folds = 7
+model_dir = "checkpoints"
+data_path = []                # one or more .h5 dataset files or study .pkl files
+data_test_path = []
+check_name = ""               # checkpoint path, or run name inside model_dir, for LoadSavedModel / Test
+augmentation = "affine"       # "affine" (flips + small affine), "study" (rot90 copies + flips), "none"
+# --- additions ---
+image_size = None             # None: the size of the first data file
+seed = 0
+device = "auto"               # "auto", "cpu", "cuda", "cuda:1"
+num_workers = 0               # data is held in memory; kept for the study's interface
+run_name = None               # None: <model>_<image size>
+resume = False                # continue an interrupted run from its last.pt files
+val_fraction = 0.2            # hold-out part when CrossValidation=False (patient-wise)
+pretrain_epochs = 5
+recipe = "onecycle"           # "onecycle" (AdamW) or "study_sgd" (SGD, fixed lr)
+weight_decay = 1e-4
+label_smoothing = 0.1
+capsule_preset = "compact"    # "compact" (CPU) or "study" (the paper's exact network)
+routing = "fast"              # "fast" or "general" dynamic routing loop
+capsule_types = 1             # capsule types of the hidden capsule layers (study: 1)
+scaled_norm = False           # start capsule batch-norm scales at 1/sqrt(D) so squash is not saturated
+freeze_children = 8           # used when FreezeLayers (study: 8)
+pretrained = "none"           # ResNet50: "none", "imagenet" or a path to a torchvision weights file
+amp = False                   # mixed precision (CUDA)
+channels_last = False
+threads = 2                   # CPU threads
+
+
+def run(flags):
+    import torch
+
+    from capsule_classifier.engine import TrainConfig, resolve_device
+    from capsule_classifier.experiment import Experiment, run_experiment
+
+    torch.set_num_threads(flags["threads"])
+    chosen = resolve_device(flags["device"])
+    n_epochs = flags["epochs"] or (60 if chosen.type == "cuda" else 30)
+    name = "resnet50" if flags["model"] in ("resnet", "resnet50") else flags["model"]
+    config = TrainConfig(epochs=n_epochs, batch_size=flags["batch_size"], lr=flags["lr"],
+                         momentum=flags["momentum"], weight_decay=flags["weight_decay"],
+                         recipe=flags["recipe"], label_smoothing=flags["label_smoothing"],
+                         augmentation=flags["augmentation"], amp=flags["amp"],
+                         channels_last=flags["channels_last"], seed=flags["seed"])
+    as_list = lambda value: [value] if isinstance(value, str) else list(value or [])  # noqa: E731
+    exp = Experiment(
+        model=name, data_path=as_list(flags["data_path"]), data_test_path=as_list(flags["data_test_path"]),
+        model_dir=flags["model_dir"],
+        run_name=flags["run_name"] or f"{name}_{flags['image_size'] or 'native'}",
+        train=flags["Train"], test=flags["Test"], cross_validation=flags["CrossValidation"],
+        k_folds=flags["k_folds"], val_fraction=flags["val_fraction"],
+        load_saved_model=flags["LoadSavedModel"], check_name=flags["check_name"],
+        image_size=flags["image_size"], pretrain_epochs=flags["pretrain_epochs"],
+        capsule_preset=flags["capsule_preset"],
+        capsule_options={"routing": flags["routing"], "capsule_types": flags["capsule_types"],
+                         "scaled_norm": flags["scaled_norm"]},
+        freeze_children=flags["freeze_children"] if flags["FreezeLayers"] else 0,
+        pretrained=flags["pretrained"], resume=flags["resume"], device=str(chosen), config=config,
+        flags={**flags, "epochs": n_epochs})
+    return run_experiment(exp)
+
+
+if __name__ == "__main__":
+    from preprocess.flags import apply_cli_flags
+
+    run(apply_cli_flags(globals()))

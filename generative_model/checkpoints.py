@@ -1,0 +1,44 @@
+"""Checkpoint files of the GAN stage: atomic writes, restricted loading.
+
+A checkpoint holds only tensors, numbers, strings, lists and dicts, so it loads with
+``torch.load(..., weights_only=True)``, which refuses anything that would run code on unpickling.
+"""
+import os
+import pickle
+import tempfile
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file."""
+
+
+def save_checkpoint(state, path):
+    """Write ``state`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp_path = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
+                                        suffix=".partial", dir=folder)
+    os.close(handle)
+    try:
+        torch.save(state, tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Read a checkpoint with the restricted unpickler; a clear error if it is missing or unsafe."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"{path}: refused by the restricted loader (weights_only=True); "
+                              f"it holds something other than tensors and plain values: {error}") from None
+    except (RuntimeError, EOFError) as error:
+        raise CheckpointError(f"{path}: not a readable checkpoint: {error}") from None

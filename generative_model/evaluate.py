@@ -1,0 +1,72 @@
+"""Stage 3b: measure the synthetic slices: diversity, intensity fidelity, value to the classifier.
+
+    python generative_model/evaluate.py --model_dir=checkpoints/gan --run_name=gan_128 \
+        --masks=data/masks_aug_128.h5 --real=data/figshare_128.h5 \
+        --synthetic=data/synthetic_128.h5 --out_dir=checkpoints/gan/gan_128/evaluation
+
+Writes <out_dir>/evaluation.json (every number, with the commands of the classifier runs) and
+<out_dir>/real_vs_synthetic.png. The classifier part calls capsule_classifier/train.py as a
+subprocess (--classifier=False skips it; --classifier_runs=synthetic_to_real keeps only the quick
+train-on-synthetic / test-on-real run; --classifier_args passes more flags, e.g. "--epochs=5").
+Classifier runs that already finished with the same command are reused, so several evaluate.py
+processes with different --classifier_runs can run side by side and a last one collects them.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# ----------------------------------------------------------------------------- flags
+model_dir = "checkpoints/gan"
+run_name = "gan_128"
+masks = "data/masks_aug_128.h5"         # masks for the diversity measurement
+real = "data/figshare_128.h5"           # real slices (histograms, grid, test set)
+synthetic = "data/synthetic_128.h5"     # output of generate.py
+out_dir = ""                            # "" = <model_dir>/<run_name>/evaluation
+diversity_masks = 8                     # masks per class for the diversity measurement
+diversity_latents = 4                   # latent vectors per mask
+classifier = True                       # run the classifier comparisons
+classifier_runs = ["synthetic_to_real", "real_only", "synthetic_pretrained"]   # which comparisons
+k_folds = 5
+classifier_args = ""                    # extra flags for capsule_classifier/train.py, space separated
+seed = 0
+device = "auto"
+threads = 2
+# -----------------------------------------------------------------------------
+
+if __name__ == "__main__":
+    import json
+    import os
+    import time
+
+    import torch
+
+    from generative_model.evaluation import (classifier_comparison, comparison_grid, histogram_distances,
+                                             latent_diversity)
+    from preprocess.dataset import read_attrs
+    from preprocess.flags import apply_cli_flags
+
+    flags = apply_cli_flags(globals())
+    torch.set_num_threads(threads)
+    run_dir = os.path.join(model_dir, run_name)
+    out = Path(out_dir or os.path.join(run_dir, "evaluation"))
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"flags": flags}
+    try:
+        started = time.perf_counter()
+        report["diversity"] = latent_diversity(run_dir, masks, diversity_masks, diversity_latents, seed, device)
+        report["histogram_distance"] = histogram_distances(real, synthetic)
+        report["grid"] = comparison_grid(real, synthetic, out / "real_vs_synthetic.png", seed=seed)
+        print(json.dumps({k: report[k] for k in ("diversity", "histogram_distance")}, indent=1))
+        if classifier:
+            report["classifier"] = classifier_comparison(
+                real, synthetic, int(read_attrs(real)["image_size"]), out / "classifier", k_folds, seed,
+                classifier_args.split(), classifier_runs)
+            print(json.dumps(report["classifier"], indent=1))
+        report["seconds"] = round(time.perf_counter() - started, 1)
+    except (OSError, KeyError, ValueError, RuntimeError) as error:
+        sys.exit(f"error: {error}")
+    finally:
+        with open(out / "evaluation.json", "w") as handle:
+            json.dump(report, handle, indent=2)
+    print(f"wrote {out / 'evaluation.json'}")

@@ -1,0 +1,181 @@
+"""The conditional GAN's networks: a pix2pix U-Net generator with a latent input, a PatchGAN critic.
+
+Generator: condition mask (B, 1, S, S) in [-1, 1] plus a latent vector z (B, latent_dim) ->
+image (B, 1, S, S) in [-1, 1] (tanh). The U-Net halves the resolution down to 1 x 1, so its depth
+is log2(S) (7 at 128 px, 9 at 512 px, as the study ran), with skip connections at every level.
+
+The latent vector enters in one of two forms (``latent_mode``):
+
+* ``"study"``: a fully connected layer maps z to one S x S plane, concatenated with the mask
+  (the study's form; 100 x S*S weights, 26M at 512 px).
+* ``"inject"`` (default): a fully connected layer maps z to a small 8 x 8 plane that is upsampled
+  to S x S and concatenated with the mask, and z is also fed to every decoder level as a few
+  constant feature planes. This costs a few thousand weights at any size and gives the noise a
+  direct path to every resolution, which the U-Net's skip connections otherwise let it bypass.
+
+With ``num_classes`` > 0 the class enters as one-hot planes (class-conditional model); both
+networks then take the labels as an extra argument.
+
+Discriminator: pix2pix's 70 x 70 PatchGAN over the (mask, image) pair (plus class planes), giving
+one real/fake logit per overlapping 70 x 70 patch. Weights start from Normal(0, 0.02).
+"""
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+LATENT_MODES = ("inject", "study")
+NORMS = ("batch", "instance")
+SEED_PLANE = 8          # side of the small latent plane of the "inject" mode
+INJECT_CHANNELS = 4     # latent feature planes added to each decoder level in "inject" mode
+
+
+def norm_layer(norm, channels):
+    """Batch norm (learned scale) or instance norm (none, as pix2pix)."""
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "instance":
+        return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
+def unet_depth(image_size):
+    """Number of stride-2 levels that take a power-of-two image of this size down to 1 x 1."""
+    depth = int(round(math.log2(image_size))) if image_size > 0 else 0
+    if image_size < 16 or 2 ** depth != image_size:
+        raise ValueError(f"image_size must be a power of two >= 16, got {image_size}")
+    return depth
+
+
+def class_planes(labels, num_classes, size):
+    """One-hot class planes (B, num_classes, size, size) for class-conditional models."""
+    one_hot = F.one_hot(labels.long(), num_classes).to(torch.float32)
+    return one_hot[:, :, None, None].expand(-1, -1, size, size)
+
+
+class UNetGenerator(nn.Module):
+    """pix2pix U-Net from a condition mask and a latent vector to a one-channel image."""
+
+    def __init__(self, image_size=128, ngf=64, latent_dim=100, latent_mode="inject",
+                 norm="batch", num_classes=0):
+        super().__init__()
+        if latent_mode not in LATENT_MODES:
+            raise ValueError(f"latent_mode must be one of {LATENT_MODES}, got {latent_mode!r}")
+        self.config = dict(image_size=image_size, ngf=ngf, latent_dim=latent_dim,
+                           latent_mode=latent_mode, norm=norm, num_classes=num_classes)
+        self.image_size = image_size
+        self.latent_dim = latent_dim
+        self.latent_mode = latent_mode
+        self.num_classes = num_classes
+        depth = unet_depth(image_size)
+        widths = [ngf * min(2 ** level, 8) for level in range(depth)]
+        use_bias = norm == "instance"
+        inject = INJECT_CHANNELS if latent_mode == "inject" else 0
+
+        self.plane_side = image_size if latent_mode == "study" else SEED_PLANE
+        self.latent_plane = nn.Linear(latent_dim, self.plane_side ** 2)
+        self.latent_levels = nn.ModuleList(
+            [nn.Linear(latent_dim, inject) for _ in range(depth)] if inject else [])
+
+        self.down = nn.ModuleList()
+        in_channels = 2 + num_classes
+        for level, width in enumerate(widths):
+            layers = [] if level == 0 else [nn.LeakyReLU(0.2)]
+            layers.append(nn.Conv2d(in_channels, width, 4, 2, 1, bias=use_bias or level in (0, depth - 1)))
+            if 0 < level < depth - 1:
+                layers.append(norm_layer(norm, width))
+            self.down.append(nn.Sequential(*layers))
+            in_channels = width
+
+        self.up = nn.ModuleList()
+        for level in reversed(range(depth)):
+            skip = 0 if level == depth - 1 else widths[level]
+            in_channels = widths[level] + skip + inject
+            if level == 0:
+                layers = [nn.ReLU(), nn.ConvTranspose2d(in_channels, 1, 4, 2, 1), nn.Tanh()]
+            else:
+                layers = [nn.ReLU(), nn.ConvTranspose2d(in_channels, widths[level - 1], 4, 2, 1, bias=use_bias),
+                          norm_layer(norm, widths[level - 1])]
+            self.up.append(nn.Sequential(*layers))
+        init_weights(self)
+
+    def forward(self, mask, z, labels=None):
+        batch, size = mask.shape[0], self.image_size
+        if mask.shape[-2:] != (size, size):
+            raise ValueError(f"generator built for {size} px got masks of {tuple(mask.shape[-2:])}")
+        plane = self.latent_plane(z).view(batch, 1, self.plane_side, self.plane_side)
+        if self.plane_side != size:
+            plane = F.interpolate(plane, size=(size, size), mode="bilinear", align_corners=False)
+        inputs = [mask, plane.to(mask.dtype)]
+        if self.num_classes:
+            inputs.append(class_planes(labels, self.num_classes, size).to(mask.dtype))
+        x = torch.cat(inputs, 1)
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+        depth = len(self.down)
+        for step, block in enumerate(self.up):
+            level = depth - 1 - step
+            parts = [x] if step == 0 else [x, skips[level]]
+            if self.latent_levels:
+                side = x.shape[-1]
+                code = self.latent_levels[level](z)[:, :, None, None].expand(-1, -1, side, side)
+                parts.append(code.to(x.dtype))
+            x = block(torch.cat(parts, 1))
+        return x
+
+
+class PatchDiscriminator(nn.Module):
+    """70 x 70 PatchGAN over the (mask, image) pair: a map of real/fake logits."""
+
+    def __init__(self, ndf=64, norm="batch", num_classes=0, n_layers=3):
+        super().__init__()
+        self.config = dict(ndf=ndf, norm=norm, num_classes=num_classes, n_layers=n_layers)
+        self.num_classes = num_classes
+        use_bias = norm == "instance"
+        layers = [nn.Conv2d(2 + num_classes, ndf, 4, 2, 1), nn.LeakyReLU(0.2)]
+        width = ndf
+        for layer in range(1, n_layers + 1):
+            out = ndf * min(2 ** layer, 8)
+            stride = 2 if layer < n_layers else 1
+            layers += [nn.Conv2d(width, out, 4, stride, 1, bias=use_bias), norm_layer(norm, out),
+                       nn.LeakyReLU(0.2)]
+            width = out
+        layers.append(nn.Conv2d(width, 1, 4, 1, 1))
+        self.model = nn.Sequential(*layers)
+        init_weights(self)
+
+    def forward(self, mask, image, labels=None):
+        inputs = [mask, image]
+        if self.num_classes:
+            inputs.append(class_planes(labels, self.num_classes, mask.shape[-1]).to(mask.dtype))
+        return self.model(torch.cat(inputs, 1))
+
+
+def receptive_field(discriminator):
+    """Receptive field in pixels of one output logit of a PatchDiscriminator."""
+    field = 1
+    for layer in reversed([m for m in discriminator.model if isinstance(m, nn.Conv2d)]):
+        field = (field - 1) * layer.stride[0] + layer.kernel_size[0]
+    return field
+
+
+def init_weights(module, std=0.02):
+    """pix2pix initialisation: conv and linear weights ~ N(0, std), norm scales ~ N(1, std)."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(layer.weight, 0.0, std)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, nn.BatchNorm2d):
+            nn.init.normal_(layer.weight, 1.0, std)
+            nn.init.zeros_(layer.bias)
+
+
+def build_networks(image_size, ngf, ndf, latent_dim, latent_mode, norm, num_classes):
+    """The generator and discriminator of one model, from plain settings."""
+    generator = UNetGenerator(image_size, ngf, latent_dim, latent_mode, norm, num_classes)
+    discriminator = PatchDiscriminator(ndf, norm, num_classes)
+    return generator, discriminator

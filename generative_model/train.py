@@ -1,0 +1,62 @@
+"""Stage 2: train the conditional GAN (pix2pix U-Net + PatchGAN) on a prepared dataset file.
+
+    python generative_model/train.py --dataset=data/figshare_128.h5 --image_size=128 --epochs=30 \
+        --model_dir=checkpoints/gan --run_name=gan_128
+
+One model per class (the study) under <model_dir>/<run_name>/<class>/, or, with
+--conditional=True, one class-conditional model under <model_dir>/<run_name>/all/. Every epoch
+writes a sample grid, losses.csv, losses.png and an atomic checkpoint; --resume=True continues.
+See generative_model/README.md for the settings we recommend and what they cost.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# ----------------------------------------------------------------------------- flags
+dataset = "data/demo_128.h5"      # prepared dataset file (real slices)
+image_size = 128                  # must match the dataset file
+model_dir = "checkpoints/gan"     # outputs go to <model_dir>/<run_name>/
+run_name = "gan_128"
+classes = ["meningioma", "glioma", "pituitary"]   # which classes to train (per-class mode)
+conditional = False               # True: one class-conditional model instead of one per class
+epochs = 30
+decay_start = 0.5                 # LR constant for this fraction of the epochs, then linear to 0
+batch_size = 4                    # real slices per step (each generated twice with diversity_weight > 0)
+lr = 2e-4                         # Adam, beta1 0.5 (pix2pix)
+beta1 = 0.5
+gan_loss = "lsgan"                # "vanilla" (BCE, the study/pix2pix) or "lsgan"
+l1_weight = 100.0                 # lambda of the L1 term (study 0.1, pix2pix 100)
+diversity_weight = 20.0           # mode-seeking term (0 = off); each mask then gets 2 latents
+pool_size = 50                    # image pool for the discriminator (0 = off)
+ngf = 16                          # generator width (64 = pix2pix; see the README for CPU/GPU)
+ndf = 32                          # discriminator width (64 = pix2pix)
+latent_dim = 100                  # the study's 100-d latent vector
+latent_mode = "inject"            # "inject" (small plane + every decoder level) or "study" (FC to S*S)
+norm = "batch"                    # "batch" or "instance"
+seed = 0
+device = "auto"                   # "auto" = CUDA when present, else CPU
+amp = True                        # mixed precision on CUDA
+threads = 2                       # CPU threads for torch
+num_workers = 0                   # DataLoader worker processes
+resume = False                    # continue from <run>/<class>/checkpoint.pt
+# -----------------------------------------------------------------------------
+
+if __name__ == "__main__":
+    import dataclasses
+
+    import torch
+
+    from generative_model.checkpoints import CheckpointError
+    from generative_model.trainer import GanSettings, train_models
+    from preprocess.flags import apply_cli_flags
+
+    flags = apply_cli_flags(globals())
+    torch.set_num_threads(threads)
+    settings = GanSettings(**{field.name: flags[field.name] for field in dataclasses.fields(GanSettings)})
+    try:
+        summaries = train_models(dataset, model_dir, run_name, settings, classes, resume, created_with=flags)
+    except (OSError, KeyError, ValueError, CheckpointError) as error:
+        sys.exit(f"error: {error}")
+    for name, summary in summaries.items():
+        print(f"{name}: {summary['epochs']} epochs on {summary['slices']} slices -> {summary['checkpoint']}")

@@ -1,0 +1,310 @@
+"""Training of the conditional GAN: one model per class (the study) or one class-conditional model.
+
+Each model lives in its own folder (``<model_dir>/<run_name>/<class name>/`` or ``.../all/``):
+
+    checkpoint.pt      generator, discriminator, optimisers, epoch, loss history, settings
+    losses.csv         per-epoch mean losses, learning rate and seconds
+    losses.png         the same as curves
+    samples/epoch_NNN.png   mask | real | three fakes from different latent vectors, 4 rows
+
+and ``<model_dir>/<run_name>/run.json`` lists the models, for ``generate.py``.
+Intensities stay floating point throughout: the dataset's float16 [0, 1] slices map to [-1, 1].
+"""
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from generative_model.checkpoints import load_checkpoint, save_checkpoint
+from generative_model.figures import save_image_grid, write_loss_table
+from generative_model.image_pool import ImagePool
+from generative_model.networks import build_networks
+from preprocess.dataset import CLASS_NAMES, SliceDataset, read_attrs, read_column
+
+CHECKPOINT = "checkpoint.pt"
+CONDITIONAL_FOLDER = "all"
+GRID_ROWS = 4
+GRID_FAKES = 3
+DIVERSITY_CAP = 0.2  # mode-seeking term stops rewarding beyond this image/latent distance ratio
+
+
+@dataclasses.dataclass
+class GanSettings:
+    """Everything that defines one GAN training run (the flags of train.py)."""
+    image_size: int = 128
+    epochs: int = 30
+    decay_start: float = 0.5     # fraction of the epochs after which the LR decays linearly to 0
+    batch_size: int = 4
+    lr: float = 2e-4
+    beta1: float = 0.5
+    gan_loss: str = "lsgan"      # "vanilla" (BCE) or "lsgan" (least squares)
+    l1_weight: float = 100.0     # lambda of the L1 term (study 0.1, pix2pix 100)
+    diversity_weight: float = 20.0  # mode-seeking term (-weight * min(|G(z1)-G(z2)| / |z1-z2|, cap)); 0 = off
+    pool_size: int = 50
+    ngf: int = 16
+    ndf: int = 32
+    latent_dim: int = 100
+    latent_mode: str = "inject"
+    norm: str = "batch"
+    conditional: bool = False    # True: one class-conditional model instead of one per class
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True             # mixed precision on CUDA
+    num_workers: int = 0
+
+
+def pick_device(device):
+    """"auto" -> CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def learning_rate(epoch, settings):
+    """Constant for the first ``decay_start`` of the epochs, then linear decay towards zero.
+
+    ``epoch`` counts from 0; with n decaying epochs they run at n/(n+1), ..., 1/(n+1) of ``lr``.
+    """
+    constant = int(round(settings.epochs * settings.decay_start))
+    if epoch < constant:
+        return settings.lr
+    remaining = settings.epochs - constant
+    return settings.lr * (1.0 - (epoch - constant + 1) / (remaining + 1))
+
+
+def gan_criterion(kind):
+    """Loss of discriminator logits against an all-real or all-fake target."""
+    if kind == "vanilla":
+        return lambda logits, real: F.binary_cross_entropy_with_logits(
+            logits, torch.full_like(logits, float(real)))
+    if kind == "lsgan":
+        return lambda logits, real: F.mse_loss(logits, torch.full_like(logits, float(real)))
+    raise ValueError(f"gan_loss must be 'vanilla' or 'lsgan', got {kind!r}")
+
+
+def to_model_range(batch, device):
+    """Dataset batch -> (mask, image, label) tensors on the device, mask and image in [-1, 1]."""
+    mask = batch["conditions"].to(device, torch.float32) * 2 - 1
+    image = batch["images"].to(device, torch.float32) * 2 - 1
+    return mask, image, batch["labels"].to(device)
+
+
+def train_models(dataset, model_dir, run_name, settings, classes=CLASS_NAMES, resume=False,
+                 created_with=None):
+    """Train the per-class models (or the one class-conditional model); returns their summaries."""
+    attrs = read_attrs(dataset)
+    if int(attrs.get("image_size", -1)) != settings.image_size:
+        raise ValueError(f"{dataset}: holds {attrs.get('image_size')} px slices, "
+                         f"but image_size is {settings.image_size}")
+    labels = read_column(dataset, "labels")
+    unknown = [name for name in classes if name not in CLASS_NAMES]
+    if unknown:
+        raise ValueError(f"unknown classes {unknown}; known: {list(CLASS_NAMES)}")
+    wanted = [CLASS_NAMES.index(name) for name in classes]
+    run_dir = os.path.join(model_dir, run_name)
+    if settings.conditional:
+        jobs = [(CONDITIONAL_FOLDER, np.flatnonzero(np.isin(labels, wanted)))]
+    else:
+        jobs = [(CLASS_NAMES[c], np.flatnonzero(labels == c)) for c in wanted]
+    summaries = {}
+    for folder, indices in jobs:
+        if len(indices) == 0:
+            raise ValueError(f"{dataset}: no slices of class {folder!r} to train on")
+        print(f"== {folder}: {len(indices)} slices")
+        summaries[folder] = train_one_model(dataset, indices, os.path.join(run_dir, folder),
+                                            settings, resume)
+        models = _models_already_in(run_dir, settings.conditional)
+        models.update({name: os.path.join(name, CHECKPOINT) for name in summaries})
+        write_run_index(run_dir, models, settings.conditional, settings.image_size,
+                        dataset=os.fspath(dataset), summaries=summaries,
+                        settings=dataclasses.asdict(settings), created_with=created_with or {})
+    return summaries
+
+
+def _models_already_in(run_dir, conditional):
+    """Per-class models trained earlier into the same run folder (e.g. one class per process)."""
+    path = os.path.join(run_dir, "run.json")
+    if conditional or not os.path.exists(path):
+        return {}
+    with open(path) as handle:
+        index = json.load(handle)
+    return {} if index.get("conditional") else dict(index.get("models", {}))
+
+
+def write_run_index(run_dir, models, conditional, image_size, **details):
+    """run.json: which checkpoint holds which model (read by load_generators), plus details."""
+    index = {"conditional": conditional, "image_size": image_size, "models": models, **details}
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, "run.json")
+    with open(path + ".partial", "w") as handle:
+        json.dump(index, handle, indent=2)
+    os.replace(path + ".partial", path)
+
+
+def train_one_model(dataset, indices, out_dir, settings, resume=False):
+    """Train one generator/discriminator pair on the given rows of the dataset file."""
+    device = pick_device(settings.device)
+    torch.manual_seed(settings.seed)
+    num_classes = len(CLASS_NAMES) if settings.conditional else 0
+    generator, discriminator = build_networks(settings.image_size, settings.ngf, settings.ndf,
+                                              settings.latent_dim, settings.latent_mode,
+                                              settings.norm, num_classes)
+    generator.to(device)
+    discriminator.to(device)
+    print(f"generator {_millions(generator)}M parameters ({settings.latent_mode} latent, ngf {settings.ngf}), "
+          f"discriminator {_millions(discriminator)}M (ndf {settings.ndf}), {settings.norm} norm, on {device}")
+    betas = (settings.beta1, 0.999)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=settings.lr, betas=betas)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=settings.lr, betas=betas)
+    use_amp = settings.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    os.makedirs(os.path.join(out_dir, "samples"), exist_ok=True)
+    checkpoint_path = os.path.join(out_dir, CHECKPOINT)
+    history, start_epoch = [], 0
+    if resume and os.path.exists(checkpoint_path):
+        state = load_checkpoint(checkpoint_path)
+        generator.load_state_dict(state["generator"])
+        discriminator.load_state_dict(state["discriminator"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+        history, start_epoch = state["history"], state["epoch"]
+        print(f"resumed {checkpoint_path} after epoch {start_epoch}")
+    elif os.path.exists(checkpoint_path):
+        raise FileExistsError(f"{checkpoint_path} exists; pass --resume=True to continue it "
+                              f"or choose another run_name")
+
+    data = SliceDataset(dataset, fields=("images", "conditions", "labels"), indices=np.sort(indices))
+    shuffle_rng = torch.Generator().manual_seed(settings.seed)
+    loader = DataLoader(data, batch_size=settings.batch_size, shuffle=True, drop_last=len(data) > settings.batch_size,
+                        num_workers=settings.num_workers, generator=shuffle_rng)
+    grid_batch = _grid_examples(data, device)
+    grid_z = torch.randn(GRID_FAKES, settings.latent_dim,
+                         generator=torch.Generator().manual_seed(settings.seed + 1)).to(device)
+    pool = ImagePool(settings.pool_size)
+    criterion = gan_criterion(settings.gan_loss)
+    steps = dict(generator=generator, discriminator=discriminator, opt_g=opt_g, opt_d=opt_d,
+                 scaler=scaler, pool=pool, criterion=criterion, settings=settings, use_amp=use_amp)
+
+    for epoch in range(start_epoch, settings.epochs):
+        lr = learning_rate(epoch, settings)
+        for opt in (opt_g, opt_d):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        shuffle_rng.manual_seed(settings.seed * 100003 + epoch)
+        started = time.perf_counter()
+        sums = {}
+        bar = tqdm(loader, desc=f"{os.path.basename(out_dir)} epoch {epoch + 1}/{settings.epochs}",
+                   unit="batch", dynamic_ncols=True)
+        for batch in bar:
+            losses = train_step(*to_model_range(batch, device), **steps)
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + value
+            bar.set_postfix({name[5:]: f"{value:.3f}" for name, value in losses.items()})
+        row = {"epoch": epoch + 1, "lr": lr, "seconds": round(time.perf_counter() - started, 2)}
+        row.update({name: value / max(len(loader), 1) for name, value in sums.items()})
+        history.append(row)
+        tiles = sample_grid(generator, grid_batch, grid_z)
+        save_image_grid(tiles, os.path.join(out_dir, "samples", f"epoch_{epoch + 1:03d}.png"))
+        write_loss_table(history, os.path.join(out_dir, "losses.csv"), os.path.join(out_dir, "losses.png"))
+        save_checkpoint({"generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
+                         "generator_config": generator.config, "discriminator_config": discriminator.config,
+                         "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "scaler": scaler.state_dict(),
+                         "rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history,
+                         "settings": dataclasses.asdict(settings), "class_names": list(CLASS_NAMES),
+                         "intensity": "tanh output in [-1, 1] = dataset intensity [0, 1] * 2 - 1"},
+                        checkpoint_path)
+        print(f"{os.path.basename(out_dir)} epoch {epoch + 1}: " +
+              ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    return {"epochs": len(history), "slices": len(data), "checkpoint": checkpoint_path,
+            "last": history[-1] if history else None}
+
+
+def _millions(module):
+    return round(sum(p.numel() for p in module.parameters()) / 1e6, 2)
+
+
+def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scaler, pool, criterion,
+               settings, use_amp):
+    """One discriminator and one generator update; returns the losses as floats."""
+    device_type = mask.device.type
+    if settings.diversity_weight > 0:
+        # two latent vectors per mask: the mode-seeking term rewards different outputs for them
+        mask, real, labels = mask.repeat(2, 1, 1, 1), real.repeat(2, 1, 1, 1), labels.repeat(2)
+    z = torch.randn(mask.shape[0], settings.latent_dim, device=mask.device)
+    with torch.autocast(device_type, enabled=use_amp):
+        fake = generator(mask, z, labels)
+
+        pair = pool.query(torch.cat([mask, fake.detach()], 1))
+        loss_d = 0.5 * (criterion(discriminator(pair[:, :1], pair[:, 1:], labels), False) +
+                        criterion(discriminator(mask, real, labels), True))
+    opt_d.zero_grad(set_to_none=True)
+    scaler.scale(loss_d).backward()
+    scaler.step(opt_d)
+
+    discriminator.requires_grad_(False)  # the generator step needs no discriminator gradients
+    with torch.autocast(device_type, enabled=use_amp):
+        loss_gan = criterion(discriminator(mask, fake, labels), True)
+        loss_l1 = F.l1_loss(fake.float(), real)
+        loss_g = loss_gan + settings.l1_weight * loss_l1
+        losses = {"loss_d": loss_d, "loss_g_gan": loss_gan, "loss_g_l1": loss_l1}
+        if settings.diversity_weight > 0:
+            half = mask.shape[0] // 2
+            ratio = ((fake[:half] - fake[half:]).float().abs().mean() /
+                     (z[:half] - z[half:]).abs().mean())
+            loss_div = -torch.clamp(ratio, max=DIVERSITY_CAP)
+            loss_g = loss_g + settings.diversity_weight * loss_div
+            losses["loss_diversity"] = loss_div
+    opt_g.zero_grad(set_to_none=True)
+    scaler.scale(loss_g).backward()
+    scaler.step(opt_g)
+    scaler.update()
+    discriminator.requires_grad_(True)
+    return {name: float(value.detach()) for name, value in losses.items()}
+
+
+def _grid_examples(data, device, rows=GRID_ROWS):
+    """A fixed handful of slices, spread over the training set, for the per-epoch sample grid."""
+    picks = np.linspace(0, len(data) - 1, min(rows, len(data))).round().astype(int)
+    items = [data[int(i)] for i in picks]
+    batch = {name: torch.as_tensor(np.stack([item[name] for item in items])) for name in items[0]}
+    return to_model_range(batch, device)
+
+
+@torch.no_grad()
+def sample_grid(generator, examples, latents):
+    """Rows of mask | real | one fake per latent vector, as arrays in [0, 1]."""
+    mask, real, labels = examples
+    was_training = generator.training
+    generator.eval()
+    fakes = [generator(mask, z.expand(len(mask), -1), labels) for z in latents]
+    generator.train(was_training)
+    to01 = lambda t: ((t.float().cpu().numpy() + 1) / 2)[:, 0]  # noqa: E731
+    columns = [to01(mask), to01(real)] + [to01(f) for f in fakes]
+    return [[column[r] for column in columns] for r in range(len(mask))]
+
+
+def load_generators(run_dir, device="cpu"):
+    """The trained generators of a run: {class name or "all": generator (eval mode)}, and run.json."""
+    from generative_model.networks import UNetGenerator
+    index_path = os.path.join(run_dir, "run.json")
+    if not os.path.exists(index_path):
+        raise FileNotFoundError(f"{index_path}: no trained GAN run here (train.py writes run.json)")
+    with open(index_path) as handle:
+        index = json.load(handle)
+    generators = {}
+    for name, relative in index["models"].items():
+        state = load_checkpoint(os.path.join(run_dir, relative), map_location=device)
+        generator = UNetGenerator(**state["generator_config"])
+        generator.load_state_dict(state["generator"])
+        generators[name] = generator.to(device).eval()
+    return generators, index
+

@@ -1,0 +1,73 @@
+"""Patient-wise folds, in-memory loading, study pickles and batch augmentation."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from capsule_classifier.augment import augment_batch, rotated_copies
+from capsule_classifier.data import holdout_split, load_sources, patient_folds
+from capsule_classifier.study_pickle import load_study_pickle
+from preprocess.dataset import read_column
+
+
+def test_folds_never_share_a_patient_and_cover_every_slice():
+    rng = np.random.default_rng(0)
+    patients = np.array([f"P{p}" for p in rng.integers(0, 40, 400)], dtype=object)
+    labels = np.array([hash(p) % 3 for p in patients])
+    folds = patient_folds(labels, patients, 5, seed=3)
+    seen = np.concatenate([val for _, val in folds])
+    assert sorted(seen) == list(range(400))
+    for train, val in folds:
+        assert not set(patients[train]) & set(patients[val])
+        assert len(np.unique(labels[val])) == 3
+    train, val = holdout_split(labels, patients, 0.2, seed=0)
+    assert not set(patients[train]) & set(patients[val]) and 0.1 < len(val) / 400 < 0.3
+
+
+def test_too_few_patients_for_the_folds_is_an_error():
+    with pytest.raises(ValueError, match="at least 5 patients"):
+        patient_folds(np.zeros(6, int), np.array(["a", "b", "c"] * 2, dtype=object), 5, 0)
+
+
+def test_load_sources_resizes_and_keeps_columns(blob_dataset):
+    data = load_sources([blob_dataset], image_size=32)
+    assert data.images.shape == (36, 32, 32) and data.images.dtype == torch.float16
+    assert list(data.patient_ids) == list(read_column(blob_dataset, "patient_ids"))
+    assert not data.synthetic.any()
+    assert 0 <= float(data.images.min()) and float(data.images.max()) <= 1
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_restricted_unpickler_refuses_code(tmp_path):
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps([[_RunsCode(), 0]]))
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+        load_study_pickle(path)
+
+
+def test_study_pickle_is_read(tmp_path):
+    rng = np.random.default_rng(0)
+    items = [[(rng.random((16, 16)) * 255).astype(np.uint8), k % 3] for k in range(6)]
+    path = tmp_path / "train.pkl"
+    path.write_bytes(pickle.dumps(np.array(items, dtype=object)))
+    images, labels = load_study_pickle(path)
+    assert images.shape == (6, 16, 16) and labels.tolist() == [0, 1, 2, 0, 1, 2]
+    with pytest.warns(UserWarning, match="NOT patient-wise"):
+        data = load_sources([path])
+    assert len(set(data.patient_ids)) == 6
+
+
+def test_augmentation_is_seeded_and_keeps_shapes():
+    images, labels = torch.rand(4, 1, 32, 32), torch.arange(4)
+    one = augment_batch(images, labels, "affine", torch.Generator().manual_seed(1))[0]
+    two = augment_batch(images, labels, "affine", torch.Generator().manual_seed(1))[0]
+    assert one.shape == images.shape and torch.equal(one, two) and not torch.equal(one, images)
+    copies, copy_labels = rotated_copies(images, labels)
+    assert copies.shape == (16, 1, 32, 32) and copy_labels.tolist()[:5] == [0, 0, 0, 0, 1]
+    torch.testing.assert_close(copies[1], torch.rot90(images[0], 1, dims=(-2, -1)))

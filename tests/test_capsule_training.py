@@ -1,0 +1,172 @@
+"""End to end on tiny data: train.py outputs, cross-validation with pre-training, resume, test-only,
+predict.py and tsne.py on a tiny checkpoint."""
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from capsule_classifier import predict
+from capsule_classifier.checkpoint import load_checkpoint
+from capsule_classifier.data import load_sources
+from capsule_classifier.engine import TrainConfig, fit
+from capsule_classifier.experiment import Experiment, run_experiment
+from capsule_classifier.network import make_model
+from preprocess.flags import apply_cli_flags
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"width": 8}
+
+
+@pytest.fixture(scope="module")
+def holdout_run(blob_dataset, tmp_path_factory):
+    """The interface command of the issue, run as a script (2 epochs, 64 px)."""
+    model_dir = tmp_path_factory.mktemp("models")
+    command = [sys.executable, "capsule_classifier/train.py", "--model=capsule",
+               f"--data_path={blob_dataset}", "--image_size=64", "--CrossValidation=False",
+               "--Train=True", "--Test=False", f"--model_dir={model_dir}", "--run_name=tiny",
+               "--epochs=2", "--batch_size=8"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return model_dir / "tiny", done.stdout
+
+
+def test_train_script_writes_checkpoints_and_metrics(holdout_run):
+    run_dir, stdout = holdout_run
+    for name in ("best.pt", "last.pt", "metrics.json", "curves.png", "confusion_validation.png"):
+        assert (run_dir / name).is_file(), name
+    assert "parameters" in stdout and "Total params" in stdout      # torchinfo summary printed
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["flags"]["epochs"] == 2 and metrics["flags"]["image_size"] == 64
+    assert 0 <= metrics["validation"]["accuracy"] <= 1 and "git_commit" in metrics
+    checkpoint = load_checkpoint(run_dir / "best.pt")
+    assert checkpoint["model_name"] == "capsule" and checkpoint["image_size"] == 64
+    assert checkpoint["class_names"] == ["meningioma", "glioma", "pituitary"]
+    assert "percentile" in checkpoint["normalisation"]
+
+
+def _synthetic_copy(source, path):
+    shutil.copy(source, path)
+    with h5py.File(path, "a") as f:
+        f.attrs["synthetic"] = True
+    return path
+
+
+def test_cross_validation_with_pretraining_and_test(blob_dataset, tmp_path):
+    synthetic = _synthetic_copy(blob_dataset, tmp_path / "synthetic.h5")
+    exp = Experiment(data_path=[str(synthetic), str(blob_dataset)], data_test_path=[str(blob_dataset)],
+                     model_dir=str(tmp_path), run_name="cv", test=True, k_folds=3, pretrain_epochs=1,
+                     capsule_options=TINY, device="cpu",
+                     config=TrainConfig(epochs=2, batch_size=8), flags={"k_folds": 3})
+    metrics = run_experiment(exp, log=lambda *a: None)
+    run_dir = tmp_path / "cv"
+    for name in ("metrics.json", "curves.png", "confusion_cv.png", "confusion_test.png", "report.txt",
+                 "report_test.txt", "pretrain/best.pt", "fold_1/best.pt", "fold_3/last.pt", "fold_2/fold.json"):
+        assert (run_dir / name).is_file(), name
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    cv = saved["cv"]
+    assert len(cv["folds"]) == 3 and {"accuracy", "macro_f1"} <= set(cv["folds"][0])
+    assert {"accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std"} <= set(cv)
+    assert np.array(cv["confusion_matrix"]).sum() == 36          # every real slice validated once
+    assert {"accuracy", "macro_f1", "confusion_matrix"} <= set(saved["test"])
+    assert saved["flags"] == {"k_folds": 3} and metrics["pretrain"]["slices"] == 36
+
+
+def _history_without_timing(history):
+    return [{k: v for k, v in h.items() if k not in ("seconds", "images_per_s")} for h in history]
+
+
+def test_resume_after_interruption_gives_the_same_result(blob_dataset, tmp_path):
+    data = load_sources([blob_dataset])
+    train, val = data.subset(np.arange(0, 27)), data.subset(np.arange(27, 36))
+    config = TrainConfig(epochs=3, batch_size=8, seed=5)
+
+    def fresh():
+        torch.manual_seed(0)
+        return make_model("capsule", image_size=64, preset="compact", **TINY)
+
+    whole, whole_best = fit(fresh(), "capsule", train, val, config, str(tmp_path / "whole"), torch.device("cpu"),
+                            log=lambda *a: None)
+
+    def interrupt(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(fresh(), "capsule", train, val, config, str(tmp_path / "cut"), torch.device("cpu"),
+            on_epoch_end=interrupt, log=lambda *a: None)
+    with pytest.raises(FileExistsError, match="--resume=True"):
+        fit(fresh(), "capsule", train, val, config, str(tmp_path / "cut"), torch.device("cpu"),
+            log=lambda *a: None)
+    resumed, resumed_best = fit(fresh(), "capsule", train, val, config, str(tmp_path / "cut"),
+                                torch.device("cpu"), resume=True, log=lambda *a: None)
+    assert _history_without_timing(resumed) == _history_without_timing(whole)
+    assert resumed_best == whole_best
+    a = load_checkpoint(tmp_path / "whole" / "last.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "cut" / "last.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_test_only_from_checkpoint(holdout_run, blob_dataset, tmp_path):
+    run_dir, _ = holdout_run
+    exp = Experiment(train=False, test=True, check_name=str(run_dir / "best.pt"),
+                     data_test_path=[str(blob_dataset)], model_dir=str(tmp_path), run_name="test",
+                     device="cpu")
+    metrics = run_experiment(exp, log=lambda *a: None)
+    assert metrics["test"]["count"] == 36 and "cv" not in metrics
+    assert (tmp_path / "test" / "confusion_test.png").is_file()
+
+
+def test_predict_on_mat_png_and_dataset(holdout_run, blob_dataset, demo_mat_dir, tmp_path):
+    run_dir, _ = holdout_run
+    picture = tmp_path / "slice.png"
+    Image.fromarray((np.random.default_rng(0).random((100, 90)) * 255).astype(np.uint8)).save(picture)
+    out = tmp_path / "preds.csv"
+    for source, count in ((demo_mat_dir, 12), (picture, 1), (blob_dataset, 36)):
+        flags = [f"--checkpoint={run_dir / 'best.pt'}", f"--input={source}", f"--out={out}"]
+        if source == demo_mat_dir:      # once as a script, the other inputs in this process
+            done = subprocess.run([sys.executable, "capsule_classifier/predict.py"] + flags, cwd=ROOT,
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr[-2000:]
+        else:
+            predict.run(apply_cli_flags(vars(predict).copy(), flags))
+        rows = list(csv.DictReader(out.open()))
+        assert len(rows) == count
+        assert list(rows[0]) == ["file", "predicted_class", "p_meningioma", "p_glioma", "p_pituitary"]
+        probabilities = np.array([[float(r[f"p_{c}"]) for c in ("meningioma", "glioma", "pituitary")]
+                                  for r in rows])
+        np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-4)
+    assert rows[0]["file"].endswith("#1")
+
+
+def test_tsne_on_real_and_synthetic(holdout_run, blob_dataset, tmp_path):
+    from capsule_classifier import tsne
+    run_dir, _ = holdout_run
+    synthetic = _synthetic_copy(blob_dataset, tmp_path / "synthetic.h5")
+    flags = {"checkpoint": str(run_dir / "best.pt"), "data_path": [str(blob_dataset), str(synthetic)],
+             "out_dir": str(tmp_path / "tsne"), "max_slices": 0, "seed": 0, "device": "cpu", "threads": 2}
+    out_png, out_csv = tsne.run(flags)
+    rows = list(csv.DictReader(open(out_csv)))
+    assert len(rows) == 72 and {r["synthetic"] for r in rows} == {"True", "False"}
+    assert Path(out_png).stat().st_size > 1000
+
+
+def test_fine_tune_from_saved_model_and_refuse_a_mismatch(holdout_run, blob_dataset, tmp_path):
+    run_dir, _ = holdout_run
+    common = dict(load_saved_model=True, check_name=str(run_dir / "best.pt"), data_path=[str(blob_dataset)],
+                  cross_validation=False, model_dir=str(tmp_path), device="cpu",
+                  config=TrainConfig(epochs=1, batch_size=8))
+    saved = load_checkpoint(run_dir / "best.pt")["model_config"]
+    options = {k: saved[k] for k in ("width", "stem_stride", "head", "stem_channels", "refine_blocks")}
+    metrics = run_experiment(Experiment(run_name="tuned", capsule_preset="study", capsule_options=options,
+                                        **common), log=lambda *a: None)
+    assert (tmp_path / "tuned" / "best.pt").is_file() and "validation" in metrics
+    with pytest.raises(ValueError, match="does not fit"):
+        run_experiment(Experiment(run_name="bad", capsule_preset="study", **common), log=lambda *a: None)

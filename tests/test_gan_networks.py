@@ -1,0 +1,78 @@
+"""GAN networks: shapes follow the image size, the latent vector and the class change the output."""
+import pytest
+import torch
+
+from generative_model.networks import (PatchDiscriminator, UNetGenerator, build_networks,
+                                       receptive_field, unet_depth)
+
+
+@pytest.mark.parametrize("size", [64, 128, 256])
+@pytest.mark.parametrize("mode", ["inject", "study"])
+def test_shapes_follow_image_size(size, mode):
+    generator, discriminator = build_networks(size, 4, 4, 100, mode, "batch", 0)
+    mask = torch.zeros(2, 1, size, size)
+    image = generator(mask, torch.randn(2, 100))
+    assert image.shape == (2, 1, size, size)
+    assert image.abs().max() <= 1
+    assert len(generator.down) == unet_depth(size)
+    logits = discriminator(mask, image)
+    # 70x70 PatchGAN: three stride-2 convolutions, then two stride-1 4x4 ones
+    assert logits.shape == (2, 1, size // 8 - 2, size // 8 - 2)
+
+
+def test_patchgan_receptive_field_is_70():
+    assert receptive_field(PatchDiscriminator(ndf=4)) == 70
+
+
+def test_study_latent_is_a_full_plane_and_inject_is_small():
+    study = UNetGenerator(128, 4, latent_mode="study")
+    inject = UNetGenerator(128, 4, latent_mode="inject")
+    assert study.latent_plane.weight.shape == (128 * 128, 100)
+    assert inject.latent_plane.weight.numel() < 100 * 100
+
+
+@pytest.mark.parametrize("mode", ["inject", "study"])
+def test_different_latent_gives_different_image(mode):
+    torch.manual_seed(0)
+    generator = UNetGenerator(64, 8, latent_mode=mode).eval()
+    mask = (torch.rand(1, 1, 64, 64) > 0.9).float() * 2 - 1
+    z1, z2 = torch.randn(2, 1, 100)
+    with torch.no_grad():
+        a, again, b = generator(mask, z1), generator(mask, z1), generator(mask, z2)
+    assert torch.equal(a, again)
+    assert (a - b).abs().mean() > 1e-4
+
+
+def test_class_planes_change_the_output():
+    torch.manual_seed(0)
+    generator = UNetGenerator(64, 8, num_classes=3, norm="instance").eval()
+    mask, z = torch.zeros(2, 1, 64, 64), torch.randn(1, 100).repeat(2, 1)
+    with torch.no_grad():
+        out = generator(mask, z, torch.tensor([0, 2]))
+    assert (out[0] - out[1]).abs().mean() > 1e-5
+    discriminator = PatchDiscriminator(ndf=4, num_classes=3, norm="instance")
+    assert discriminator(mask, out, torch.tensor([0, 2])).shape == (2, 1, 6, 6)
+
+
+def test_initialisation_is_normal_002():
+    generator = UNetGenerator(64, 16)
+    weights = torch.cat([m.weight.flatten() for m in generator.modules()
+                         if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))])
+    assert abs(weights.std().item() - 0.02) < 0.002
+    assert abs(weights.mean().item()) < 0.002
+
+
+def test_bad_size_and_mode_are_refused():
+    with pytest.raises(ValueError, match="power of two"):
+        UNetGenerator(100, 4)
+    with pytest.raises(ValueError, match="latent_mode"):
+        UNetGenerator(64, 4, latent_mode="nope")
+    with pytest.raises(ValueError, match="norm"):
+        UNetGenerator(64, 4, norm="layer")
+
+
+def test_learning_rate_is_constant_then_decays_linearly():
+    from generative_model.trainer import GanSettings, learning_rate
+    settings = GanSettings(epochs=6, decay_start=0.5, lr=2e-4)
+    rates = [learning_rate(epoch, settings) / 2e-4 for epoch in range(6)]
+    assert rates == pytest.approx([1, 1, 1, 0.75, 0.5, 0.25])

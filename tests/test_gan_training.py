@@ -1,0 +1,157 @@
+"""GAN training and synthesis on the tiny blob dataset: outputs, resume, generate, checkpoints."""
+import csv
+import pickle
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from generative_model.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from generative_model.synthesis import synthesize
+from generative_model.trainer import GanSettings, train_models
+from preprocess.dataset import CLASS_NAMES, DatasetWriter, read_attrs, read_column, read_images
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+TINY = dict(image_size=64, epochs=1, batch_size=4, ngf=4, ndf=4, pool_size=4, diversity_weight=1.0,
+            device="cpu")
+
+
+@pytest.fixture(scope="module")
+def trained_run(blob_dataset, tmp_path_factory):
+    """One tiny epoch of the three per-class models on the blob dataset."""
+    model_dir = tmp_path_factory.mktemp("gan")
+    train_models(blob_dataset, model_dir, "tiny", GanSettings(**TINY))
+    return model_dir / "tiny"
+
+
+@pytest.fixture(scope="module")
+def masks_file(blob_dataset, tmp_path_factory):
+    """An augmented-mask file made from the blob dataset's masks."""
+    path = tmp_path_factory.mktemp("masks") / "masks_64.h5"
+    with h5py.File(blob_dataset, "r") as f:
+        columns = {name: f[name][()] for name in ("conditions", "tumor_masks", "labels")}
+    columns["source_ids"] = read_column(blob_dataset, "source_ids")
+    with DatasetWriter(path, image_size=64, fields=tuple(columns)) as out:
+        out.append(**columns)
+    return path
+
+
+def test_one_epoch_writes_checkpoint_grid_and_losses(trained_run):
+    for name in CLASS_NAMES:
+        folder = trained_run / name
+        assert (folder / "checkpoint.pt").exists()
+        assert (folder / "samples" / "epoch_001.png").exists()
+        assert (folder / "losses.png").exists()
+        rows = list(csv.DictReader(open(folder / "losses.csv")))
+        assert len(rows) == 1 and rows[0]["epoch"] == "1"
+        assert np.isfinite([float(rows[0][k]) for k in ("loss_d", "loss_g_gan", "loss_g_l1", "loss_diversity")]).all()
+    assert (trained_run / "run.json").exists()
+
+
+def test_grid_has_mask_real_and_three_fakes(trained_run):
+    from PIL import Image
+    grid = np.array(Image.open(trained_run / "glioma" / "samples" / "epoch_001.png"))
+    assert grid.shape == (4 * 64 + 3 * 2, 5 * 64 + 4 * 2)
+
+
+def test_resume_continues_and_refuses_to_overwrite(blob_dataset, tmp_path):
+    settings = GanSettings(**TINY)
+    train_models(blob_dataset, tmp_path, "r", settings, classes=["pituitary"])
+    with pytest.raises(FileExistsError, match="resume"):
+        train_models(blob_dataset, tmp_path, "r", settings, classes=["pituitary"])
+    before = load_checkpoint(tmp_path / "r" / "pituitary" / "checkpoint.pt")
+    settings.epochs = 2
+    train_models(blob_dataset, tmp_path, "r", settings, classes=["pituitary"], resume=True)
+    after = load_checkpoint(tmp_path / "r" / "pituitary" / "checkpoint.pt")
+    assert after["epoch"] == 2 and len(after["history"]) == 2
+    assert after["history"][0] == before["history"][0]
+    assert not torch.equal(after["generator"]["up.0.1.weight"], before["generator"]["up.0.1.weight"])
+    assert (tmp_path / "r" / "pituitary" / "samples" / "epoch_002.png").exists()
+
+
+def test_generate_writes_counts_labels_layout_and_pickle(trained_run, masks_file, tmp_path):
+    out, pkl = tmp_path / "synthetic.h5", tmp_path / "synthetic.pkl"
+    summary = synthesize(trained_run, masks_file, out, per_class=17, batch_size=5, seed=3,
+                         device="cpu", progress=False, pickle_out=pkl)
+    assert summary["slices"] == 51
+    labels = read_column(out, "labels")
+    assert np.bincount(labels).tolist() == [17, 17, 17]
+    attrs = read_attrs(out)
+    assert attrs["synthetic"] is True and attrs["image_size"] == 64
+    with h5py.File(out, "r") as f:
+        assert set(f) == {"images", "labels", "patient_ids", "source_ids", "conditions", "tumor_masks"}
+        assert f["images"].dtype == np.float16 and f["images"].shape == (51, 64, 64)
+    images = read_images(out)
+    assert images.min() >= 0 and images.max() <= 1 and images.std() > 0
+    patients = read_column(out, "patient_ids")
+    assert patients[0] == "synthetic-meningioma-0" and patients[-1] == "synthetic-pituitary-16"
+    # each synthetic slice keeps the mask it was made from, and that mask has the slice's class
+    mask_labels = read_column(masks_file, "labels")
+    mask_sources = list(read_column(masks_file, "source_ids"))
+    for source, label in zip(read_column(out, "source_ids"), labels):
+        assert mask_labels[mask_sources.index(source)] == label
+    items = pickle.load(open(pkl, "rb"))
+    assert len(items) == 51 and items[0][0].shape == (64, 64) and items[-1][1] == 2
+
+
+def test_generate_is_deterministic_given_the_seed(trained_run, masks_file, tmp_path):
+    paths = [tmp_path / f"s{i}.h5" for i in range(3)]
+    for path, seed, batch in zip(paths, (1, 1, 2), (4, 4, 4)):
+        synthesize(trained_run, masks_file, path, per_class=6, batch_size=batch, seed=seed,
+                   device="cpu", progress=False)
+    first, same, other = (read_images(p) for p in paths)
+    assert np.array_equal(first, same)
+    assert not np.array_equal(first, other)
+
+
+def test_checkpoints_load_restricted_and_refuse_objects(trained_run, tmp_path):
+    state = torch.load(trained_run / "glioma" / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["generator_config"]["image_size"] == 64
+    evil = tmp_path / "evil.pt"
+    save_checkpoint({"generator": {}, "payload": CheckpointError("an arbitrary object")}, evil)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(evil)
+
+
+def test_command_line_train_and_generate(blob_dataset, masks_file, tmp_path):
+    run = [sys.executable, str(ROOT / "generative_model" / "train.py"), f"--dataset={blob_dataset}",
+           "--image_size=64", "--epochs=1", f"--model_dir={tmp_path}", "--run_name=cli", "--ngf=4",
+           "--ndf=4", "--batch_size=6", "--classes=glioma", "--device=cpu"]
+    done = subprocess.run(run, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "cli" / "glioma" / "checkpoint.pt").exists()
+    out = tmp_path / "cli.h5"
+    gen = [sys.executable, str(ROOT / "generative_model" / "generate.py"), f"--model_dir={tmp_path}",
+           "--run_name=cli", f"--masks={masks_file}", "--per_class=7", f"--out={out}", "--device=cpu"]
+    done = subprocess.run(gen, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert read_column(out, "labels").tolist() == [1] * 7
+    bad = subprocess.run(run[:2] + ["--dataset=missing.h5"], capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode != 0 and "missing.h5" in bad.stderr
+
+
+def test_mask_batches_read_in_any_order_with_repeats(masks_file):
+    from generative_model.synthesis import read_mask_batch
+    rows = np.array([7, 3, 4, 5, 3, 30])
+    with h5py.File(masks_file, "r") as f:
+        batch = read_mask_batch(f, rows, ["conditions", "tumor_masks"])
+        for name in ("conditions", "tumor_masks"):
+            assert np.array_equal(batch[name], np.stack([f[name][r] for r in rows]))
+
+
+def test_evaluation_measures_diversity_histograms_and_grid(trained_run, masks_file, blob_dataset, tmp_path):
+    from generative_model.evaluation import comparison_grid, histogram_distances, latent_diversity
+    diversity = latent_diversity(trained_run, masks_file, n_masks=2, n_latents=3, device="cpu")
+    assert set(diversity) == set(CLASS_NAMES)
+    assert all(0 < d["pairwise_l1"] < 1 and -1 <= d["pairwise_ssim"] < 1 for d in diversity.values())
+    out = tmp_path / "s.h5"
+    synthesize(trained_run, masks_file, out, per_class=4, batch_size=4, device="cpu", progress=False)
+    distances = histogram_distances(blob_dataset, out)
+    assert all(0 < d["total_variation"] <= 1 for d in distances.values())
+    same = histogram_distances(blob_dataset, blob_dataset)
+    assert all(d["total_variation"] == 0 and d["wasserstein"] == 0 for d in same.values())
+    comparison_grid(blob_dataset, out, tmp_path / "grid.png", per_class=2)
+    assert (tmp_path / "grid.png").stat().st_size > 1000
