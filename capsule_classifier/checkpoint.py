@@ -5,11 +5,11 @@ A checkpoint holds only tensors, numbers, strings, lists and dicts, so it loads 
 model name and constructor arguments, image size, class names and the normalisation applied.
 """
 import os
-import tempfile
 
 import torch
 
 from capsule_classifier.network import model_from_config
+from preprocess.atomic import atomic_path
 from preprocess.dataset import CLASS_NAMES
 
 NORMALISATION = ("per-slice: clip to the 0.5-99.5 percentiles, scale to [0, 1], "
@@ -18,16 +18,8 @@ NORMALISATION = ("per-slice: clip to the 0.5-99.5 percentiles, scale to [0, 1], 
 
 def save_atomic(obj, path):
     """torch.save to a temporary file in the same folder, then rename it into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=folder)
-    os.close(handle)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def model_record(model_name, model, image_size):

@@ -119,13 +119,14 @@ def run_experiment(exp, log=print):
             raise ValueError("--Train=True needs --data_path")
         describe_model(build_model(exp, image_size), image_size, log)
         real = data.subset(np.flatnonzero(~data.synthetic))
-        if data.synthetic.any():
+        if len(real) == 0:
+            log("only synthetic files given: training on them (train on synthetic, test on real)")
+            real = data
+        elif data.synthetic.any():
             start_state = _pretrain(exp, data.subset(np.flatnonzero(data.synthetic)), start_state,
                                     run_dir, device, histories, log)
             metrics["pretrain"] = {"slices": int(data.synthetic.sum()), "epochs": exp.pretrain_epochs}
-        if len(real) == 0:
-            raise ValueError("--data_path holds only synthetic files; give real slices to train on")
-        log(f"real slices: {len(real)} from {len(set(real.patient_ids))} patients; "
+        log(f"training slices: {len(real)} from {len(set(real.patient_ids))} patients; "
             f"per class {np.bincount(real.labels, minlength=3).tolist()}")
         if exp.cross_validation:
             metrics["cv"] = _cross_validate(exp, real, start_state, run_dir, device, histories, log)

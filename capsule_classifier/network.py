@@ -9,9 +9,11 @@
     fully connected n -> n -> n/2 -> 3, LeakyReLU(0.2), dropout 0.4
 
 The keyword arguments change it for small inputs on a CPU (see ``CAPSULE_PRESETS``):
-``stem_stride`` downsamples in the first convolution, ``width`` scales the capsule channels and
+``stem_stride`` / ``stem_channels`` downsample in a wider first convolution, ``width`` scales the
+capsule channels, ``refine_blocks`` adds residual 3x3 convolutions after each capsule layer,
 ``head="pool"`` replaces the 512->1 squeeze by global average and max pooling of the capsule
-vectors, so that the classifier keeps every channel at any image size.
+vectors (so that the classifier keeps every channel at any image size), and ``scaled_norm``
+starts the capsule batch-norm scales at 1/sqrt(D) so that squash is not saturated.
 
 The network outputs logits; the study's LogSoftmax is folded into the cross-entropy loss.
 ``embed(x)`` returns the penultimate features (for t-SNE) and ``forward = final(embed(x))``.
@@ -29,7 +31,6 @@ CAPSULE_PRESETS = {
     # refinement per capsule layer, pooled head
     "compact": {"stem_stride": 4, "width": 32, "head": "pool", "stem_channels": 16, "refine_blocks": 1},
 }
-RESNET_FREEZE_STUDY = 8
 
 
 def squash(s, dim):

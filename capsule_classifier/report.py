@@ -1,7 +1,6 @@
 """Evaluation numbers and figures: accuracy, macro-F1, confusion matrix, per-class report, plots."""
 import json
 import os
-import tempfile
 
 import matplotlib
 
@@ -10,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score  # noqa: E402
 
+from preprocess.atomic import atomic_path  # noqa: E402
 from preprocess.dataset import CLASS_NAMES  # noqa: E402
 
 LABELS = list(range(len(CLASS_NAMES)))
@@ -48,12 +48,8 @@ def summarise_folds(folds):
 
 
 def write_json_atomic(data, path):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=folder)
-    with os.fdopen(handle, "w") as out:
+    with atomic_path(path) as tmp, open(tmp, "w") as out:
         json.dump(data, out, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 def plot_confusion(matrix, path, title):

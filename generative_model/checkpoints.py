@@ -5,9 +5,10 @@ A checkpoint holds only tensors, numbers, strings, lists and dicts, so it loads 
 """
 import os
 import pickle
-import tempfile
 
 import torch
+
+from preprocess.atomic import atomic_path
 
 
 class CheckpointError(ValueError):
@@ -16,18 +17,8 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(state, path):
     """Write ``state`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
-                                        suffix=".partial", dir=folder)
-    os.close(handle)
-    try:
-        torch.save(state, tmp_path)
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path, map_location="cpu"):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
-from generative_model.synthesis import plan_class, read_mask_batch, write_study_pickle
+from generative_model.synthesis import plan_class, read_mask_batch
 from generative_model.trainer import CONDITIONAL_FOLDER, load_generators, pick_device
 from preprocess.dataset import CLASS_NAMES, read_column
 
@@ -175,12 +175,7 @@ def classifier_comparison(real_path, synthetic_path, image_size, work_dir, k_fol
     results = {}
     for name in runs:
         if name == "synthetic_to_real":
-            # train.py pre-trains on files marked synthetic and insists on real slices to train on;
-            # the study's pickle format carries no such mark, so the synthetic slices go in as one
-            pickle_path = work_dir / "synthetic_as_training_set.pkl"
-            if not pickle_path.exists():
-                write_study_pickle(synthetic_path, pickle_path)
-            args = [f"--data_path={pickle_path}", f"--data_test_path={real_path}", "--CrossValidation=False",
+            args = [f"--data_path={synthetic_path}", f"--data_test_path={real_path}", "--CrossValidation=False",
                     "--Train=True", "--Test=True", *common]
         else:
             data = real_path if name == "real_only" else f"{synthetic_path},{real_path}"

@@ -45,6 +45,6 @@ if __name__ == "__main__":
                              compression=compression)
     except (OSError, KeyError, ValueError, CheckpointError) as error:
         sys.exit(f"error: {error}")
-    print(f"wrote {summary['out']}: {summary['slices']} slices ({summary['per_class']} per class: "
-          f"{', '.join(summary['classes'])}) in {summary['seconds']} s"
+    counts = ", ".join(f"{name} {n}" for name, n in zip(summary["classes"], summary["per_class"]))
+    print(f"wrote {summary['out']}: {summary['slices']} slices ({counts}) in {summary['seconds']} s"
           + (f"; pickle {summary['pickle']}" if "pickle" in summary else ""))

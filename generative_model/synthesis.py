@@ -68,13 +68,16 @@ def synthesize(run_dir, masks_path, out_path, per_class=None, total=7000, batch_
     if index["conditional"]:
         classes = list(range(len(CLASS_NAMES)))
     else:
-        classes = [CLASS_NAMES.index(name) for name in generators]
-    per_class = per_class or int(np.ceil(total / len(classes)))
+        classes = sorted(CLASS_NAMES.index(name) for name in generators)
+    if per_class:
+        counts = [per_class] * len(classes)
+    else:  # split the total as evenly as possible: 7,000 -> 2,334 + 2,333 + 2,333
+        counts = [total // len(classes) + (k < total % len(classes)) for k in range(len(classes))]
     image_fields = ["conditions"] + (["tumor_masks"] if _has(masks_path, "tumor_masks") else [])
     fields = ("images", "labels", "patient_ids", "source_ids") + tuple(image_fields)
     use_amp = device.type == "cuda"
     started = time.perf_counter()
-    bar = tqdm(total=per_class * len(classes), desc="synthesising", unit="slice", disable=not progress,
+    bar = tqdm(total=sum(counts), desc="synthesising", unit="slice", disable=not progress,
                dynamic_ncols=True)
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
@@ -83,7 +86,7 @@ def synthesize(run_dir, masks_path, out_path, per_class=None, total=7000, batch_
             h5py.File(masks_path, "r") as masks, \
             ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as write_worker:
         pending_write = None
-        for class_index in classes:
+        for class_index, per_class in zip(classes, counts):
             name = CLASS_NAMES[class_index]
             generator = generators[CONDITIONAL_FOLDER if index["conditional"] else name]
             rows = plan_class(labels, class_index, per_class, seed)
@@ -117,7 +120,7 @@ def synthesize(run_dir, masks_path, out_path, per_class=None, total=7000, batch_
                             generator_run=os.path.abspath(run_dir), seed=seed,
                             created_with=created_with or {})
     bar.close()
-    summary = {"out": os.fspath(out_path), "slices": per_class * len(classes), "per_class": per_class,
+    summary = {"out": os.fspath(out_path), "slices": sum(counts), "per_class": counts,
                "classes": [CLASS_NAMES[c] for c in classes], "image_size": size,
                "seconds": round(time.perf_counter() - started, 2)}
     if pickle_out:

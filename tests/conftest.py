@@ -20,7 +20,7 @@ def write_blob_dataset(path, n=36, size=64, patients=12, seed=0):
     ring = np.abs(np.hypot(yy - 0.5, xx - 0.5) - 0.42) < 0.02
     centres = [(0.3, 0.3), (0.5, 0.65), (0.7, 0.5)]
     labels = np.arange(n) % 3
-    patient_of = [f"P{(i // 3) % patients:03d}-{labels[i]}" for i in range(n)]
+    patient_of = [f"P{i % patients:03d}" for i in range(n)]  # patients divisible by 3: one class each
     images, masks, conditions = [], [], []
     for label in labels:
         cy, cx = np.array(centres[label]) + rng.normal(0, 0.03, 2)

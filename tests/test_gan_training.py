@@ -155,3 +155,10 @@ def test_evaluation_measures_diversity_histograms_and_grid(trained_run, masks_fi
     assert all(d["total_variation"] == 0 and d["wasserstein"] == 0 for d in same.values())
     comparison_grid(blob_dataset, out, tmp_path / "grid.png", per_class=2)
     assert (tmp_path / "grid.png").stat().st_size > 1000
+
+
+def test_generate_splits_a_total_evenly(trained_run, masks_file, tmp_path):
+    summary = synthesize(trained_run, masks_file, tmp_path / "t.h5", total=10, batch_size=4,
+                         device="cpu", progress=False)
+    assert summary["per_class"] == [4, 3, 3]
+    assert np.bincount(read_column(tmp_path / "t.h5", "labels")).tolist() == [4, 3, 3]
