@@ -1,5 +1,5 @@
 # `make demo` runs the pipeline on generated demo data; `make test` runs the tests.
-# Both create the virtual environment .venv/ on first use (Python 3.10+ and pip are all you need).
+# Both create the virtual environment .venv/ on first use (Python 3.11 and pip are all you need).
 
 PYTHON ?= python3
 VENV := .venv
