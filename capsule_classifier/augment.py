@@ -6,6 +6,8 @@ draws the same numbers as an uninterrupted one).
 
 Modes:
   ``"affine"``  random horizontal/vertical flips, rotation +-15 degrees, scale +-10 %, shift +-8 %
+  ``"mri"``     ``"affine"`` plus intensity changes between scanners and patients: a random gamma
+                (x ** g, g in [e^-0.4, e^0.4]) and contrast (x 0.9-1.1), clipped to [0, 1]
   ``"study"``   the study's rotated copies: each sample appears 4 times, rotated by 0/90/180/270
                 degrees, plus random flips (the batch grows 4x)
   ``"none"``    no change
@@ -15,10 +17,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-MODES = ("affine", "study", "none")
+MODES = ("affine", "mri", "study", "none")
 MAX_ROTATION_DEG = 15.0
 MAX_SCALE = 0.10
 MAX_SHIFT = 0.08
+MAX_LOG_GAMMA = 0.4
+MAX_CONTRAST = 0.10
 STUDY_ROTATIONS = 4
 
 
@@ -49,6 +53,14 @@ def random_affine(images, generator, max_rotation_deg=MAX_ROTATION_DEG, max_scal
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def random_intensity(images, generator, max_log_gamma=MAX_LOG_GAMMA, max_contrast=MAX_CONTRAST):
+    """Per image: a random gamma curve and contrast factor on [0, 1] intensities (black stays black)."""
+    n, device = images.shape[0], images.device
+    gamma = torch.exp(_uniform(n, -max_log_gamma, max_log_gamma, generator, device)).view(-1, 1, 1, 1)
+    contrast = _uniform(n, 1 - max_contrast, 1 + max_contrast, generator, device).view(-1, 1, 1, 1)
+    return (images.clamp(0, 1).pow(gamma.to(images.dtype)) * contrast.to(images.dtype)).clamp(0, 1)
+
+
 def rotated_copies(images, labels, copies=STUDY_ROTATIONS):
     """The study's augmentation: each sample followed by its rotations by k * 360/copies degrees."""
     rotated = [torch.rot90(images, k, dims=(-2, -1)) for k in range(copies)]
@@ -63,6 +75,7 @@ def augment_batch(images, labels, mode, generator):
     if mode == "study":
         images, labels = rotated_copies(images, labels)
         return random_flips(images, generator), labels
-    if mode == "affine":
-        return random_affine(random_flips(images, generator), generator), labels
+    if mode in ("affine", "mri"):
+        images = random_affine(random_flips(images, generator), generator)
+        return (random_intensity(images, generator) if mode == "mri" else images), labels
     raise ValueError(f"unknown augmentation {mode!r}; use one of {MODES}")

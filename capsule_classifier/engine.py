@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from capsule_classifier.augment import augment_batch
@@ -37,6 +38,7 @@ class TrainConfig:
     amp: bool = False
     channels_last: bool = False
     seed: int = 0
+    ema_decay: float = 0.0           # > 0: evaluate and save an exponential moving average of the weights
 
 
 def resolve_device(name):
@@ -59,6 +61,25 @@ def make_optimiser(model, config, steps_per_epoch):
     return optimiser, scheduler
 
 
+def _ema_update(decay):
+    """EMA step for ``AveragedModel`` whose decay ramps up as (1 + n) / (10 + n) towards ``decay``,
+    so that the average follows the weights closely in a short run; integer buffers are copied."""
+    def update(averaged, current, num_averaged):
+        rate = min(decay, (1.0 + float(num_averaged)) / (10.0 + float(num_averaged)))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - rate)
+        else:
+            torch._foreach_copy_(averaged, current)
+    return update
+
+
+def make_average(model, config):
+    """An ``AveragedModel`` (weights and batch-norm statistics) when ``config.ema_decay``, else None."""
+    if not config.ema_decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=_ema_update(config.ema_decay), use_buffers=True)
+
+
 def _to_device(images, device, channels_last):
     x = images.to(device, non_blocking=True).float().unsqueeze(1)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
@@ -73,8 +94,9 @@ def _epoch_seed(seed, epoch):
     return int(seed) * 1_000_003 + int(epoch)
 
 
-def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch, description):
-    """One pass over ``data`` (LabelledImages); returns (mean loss, accuracy, images per second)."""
+def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch, description, average=None):
+    """One pass over ``data`` (LabelledImages); returns (mean loss, accuracy, images per second).
+    ``average`` (an ``AveragedModel``) is updated after every step."""
     model.train()
     seed = _epoch_seed(config.seed, epoch)
     torch.manual_seed(seed)
@@ -100,6 +122,8 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
         scaler.update()
         if scheduler is not None:
             scheduler.step()
+        if average is not None:
+            average.update_parameters(model)
         total_loss += loss.item() * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
@@ -120,8 +144,14 @@ def predict(model, images, device, batch_size=EVAL_BATCH, channels_last=False, a
     return torch.cat(out).numpy()
 
 
-def _state(model, model_name, image_size, optimiser, scheduler, scaler, history, best, config, epoch):
-    record = model_record(model_name, model, image_size)
+def _state(model, average, model_name, image_size, optimiser, scheduler, scaler, history, best, config,
+           epoch):
+    """last.pt: ``state_dict`` holds the weights to use (the average when there is one);
+    the raw training weights and the average's count are kept to resume exactly."""
+    record = model_record(model_name, average.module if average is not None else model, image_size)
+    if average is not None:
+        record.update(train_state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                      ema_count=int(average.n_averaged))
     record.update(optimiser=optimiser.state_dict(), scheduler=scheduler.state_dict() if scheduler else None,
                   scaler=scaler.state_dict(), history=history, best=best, epoch=epoch,
                   train_config=asdict(config))
@@ -131,6 +161,8 @@ def _state(model, model_name, image_size, optimiser, scheduler, scaler, history,
 def fit(model, model_name, train_data, val_data, config, run_dir, device, resume=False,
         on_epoch_end=None, log=tqdm.write):
     """Train ``model`` on ``train_data``, validate every epoch on ``val_data``.
+
+    With ``config.ema_decay`` the validated and saved weights are the exponential moving average.
 
     Writes ``run_dir/best.pt`` (best validation macro-F1) and ``run_dir/last.pt`` (every epoch).
     With ``resume`` it continues from ``run_dir/last.pt`` when that exists. ``on_epoch_end(epoch)``
@@ -144,10 +176,15 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
     steps = max(1, math.ceil(len(train_data) / config.batch_size))
     optimiser, scheduler = make_optimiser(model, config, steps)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
+    average = make_average(model, config)
+    evaluated = average.module if average is not None else model
     history, best, start = [], {"epoch": None, "macro_f1": -1.0, "accuracy": None}, 0
     if resume and os.path.isfile(last_path):
         state = torch.load(last_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["state_dict"])
+        model.load_state_dict(state.get("train_state_dict", state["state_dict"]))
+        if average is not None:
+            average.module.load_state_dict(state["state_dict"])
+            average.n_averaged.fill_(state["ema_count"])
         optimiser.load_state_dict(state["optimiser"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
@@ -161,8 +198,8 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
     for epoch in range(start, config.epochs):
         started = time.time()
         loss, accuracy, speed = train_epoch(model, train_data, config, optimiser, scheduler, scaler,
-                                            device, epoch, f"epoch {epoch + 1}/{config.epochs}")
-        probabilities = predict(model, val_data.images, device, channels_last=config.channels_last,
+                                            device, epoch, f"epoch {epoch + 1}/{config.epochs}", average)
+        probabilities = predict(evaluated, val_data.images, device, channels_last=config.channels_last,
                                 amp=config.amp)
         metrics = classification_metrics(val_data.labels, probabilities)
         val_loss = float(F.nll_loss(torch.log(torch.as_tensor(probabilities).clamp_min(1e-8)),
@@ -173,10 +210,10 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
                         "seconds": time.time() - started})
         if metrics["macro_f1"] > best["macro_f1"]:
             best = {"epoch": epoch + 1, "macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"]}
-            record = model_record(model_name, model, image_size)
+            record = model_record(model_name, evaluated, image_size)
             record.update(epoch=epoch + 1, val_metrics=metrics, train_config=asdict(config))
             save_atomic(record, best_path)
-        save_atomic(_state(model, model_name, image_size, optimiser, scheduler, scaler, history, best,
+        save_atomic(_state(model, average, model_name, image_size, optimiser, scheduler, scaler, history, best,
                            config, epoch + 1), last_path)
         log(f"epoch {epoch + 1}/{config.epochs}  loss {loss:.3f}  train acc {accuracy:.3f}  "
             f"val loss {val_loss:.3f}  val acc {metrics['accuracy']:.3f}  "

@@ -37,7 +37,7 @@ model_dir = "checkpoints"
 data_path = []                # one or more .h5 dataset files or study .pkl files
 data_test_path = []
 check_name = ""               # checkpoint path, or run name inside model_dir, for LoadSavedModel / Test
-augmentation = "affine"       # "affine" (flips + small affine), "study" (rot90 copies + flips), "none"
+augmentation = "affine"       # "affine" (flips + small affine), "mri" (affine + gamma/contrast), "study" (rot90 copies + flips), "none"
 # --- additions ---
 image_size = None             # None: the size of the first data file
 seed = 0
@@ -50,6 +50,7 @@ pretrain_epochs = 5
 recipe = "onecycle"           # "onecycle" (AdamW) or "study_sgd" (SGD, fixed lr)
 weight_decay = 1e-4
 label_smoothing = 0.1
+ema_decay = 0.0               # > 0: validate and keep an exponential moving average of the weights
 capsule_preset = "compact"    # "compact" (CPU) or "study" (the paper's exact network)
 routing = "fast"              # "fast" or "general" dynamic routing loop
 capsule_types = 1             # capsule types of the hidden capsule layers (study: 1)
@@ -75,7 +76,8 @@ def run(flags):
                          momentum=flags["momentum"], weight_decay=flags["weight_decay"],
                          recipe=flags["recipe"], label_smoothing=flags["label_smoothing"],
                          augmentation=flags["augmentation"], amp=flags["amp"],
-                         channels_last=flags["channels_last"], seed=flags["seed"])
+                         channels_last=flags["channels_last"], seed=flags["seed"],
+                         ema_decay=flags["ema_decay"])
     as_list = lambda value: [value] if isinstance(value, str) else list(value or [])  # noqa: E731
     exp = Experiment(
         model=name, data_path=as_list(flags["data_path"]), data_test_path=as_list(flags["data_test_path"]),

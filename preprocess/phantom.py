@@ -16,8 +16,6 @@ import numpy as np
 from scipy import ndimage
 from skimage.measure import find_contours
 
-LABEL_NAMES = {1: "meningioma", 2: "glioma", 3: "pituitary"}
-
 
 @dataclass
 class Patient:

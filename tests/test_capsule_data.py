@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from capsule_classifier.augment import augment_batch, rotated_copies
+from capsule_classifier.augment import augment_batch, random_intensity, rotated_copies
 from capsule_classifier.data import holdout_split, load_sources, patient_folds
 from capsule_classifier.study_pickle import load_study_pickle
 from preprocess.dataset import read_column
@@ -63,11 +63,24 @@ def test_study_pickle_is_read(tmp_path):
     assert len(set(data.patient_ids)) == 6
 
 
-def test_augmentation_is_seeded_and_keeps_shapes():
+@pytest.mark.parametrize("mode", ["affine", "mri"])
+def test_augmentation_is_seeded_and_keeps_shapes(mode):
     images, labels = torch.rand(4, 1, 32, 32), torch.arange(4)
-    one = augment_batch(images, labels, "affine", torch.Generator().manual_seed(1))[0]
-    two = augment_batch(images, labels, "affine", torch.Generator().manual_seed(1))[0]
+    one = augment_batch(images, labels, mode, torch.Generator().manual_seed(1))[0]
+    two = augment_batch(images, labels, mode, torch.Generator().manual_seed(1))[0]
     assert one.shape == images.shape and torch.equal(one, two) and not torch.equal(one, images)
+    assert one.min() >= 0 and one.max() <= 1
+
+
+def test_study_rotated_copies():
+    images, labels = torch.rand(4, 1, 32, 32), torch.arange(4)
     copies, copy_labels = rotated_copies(images, labels)
     assert copies.shape == (16, 1, 32, 32) and copy_labels.tolist()[:5] == [0, 0, 0, 0, 1]
     torch.testing.assert_close(copies[1], torch.rot90(images[0], 1, dims=(-2, -1)))
+
+
+def test_intensity_augmentation_keeps_black_and_order_of_intensities():
+    ramp = torch.linspace(0, 1, 64).view(1, 1, 1, 64).repeat(8, 1, 4, 1)
+    out = random_intensity(ramp, torch.Generator().manual_seed(0))
+    assert torch.all(out[..., 0] == 0) and not torch.equal(out, ramp)
+    assert torch.all(out[..., 1:] >= out[..., :-1])      # monotone: anatomy keeps its contrast order

@@ -83,10 +83,11 @@ def _history_without_timing(history):
     return [{k: v for k, v in h.items() if k not in ("seconds", "images_per_s")} for h in history]
 
 
-def test_resume_after_interruption_gives_the_same_result(blob_dataset, tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_after_interruption_gives_the_same_result(blob_dataset, tmp_path, ema_decay):
     data = load_sources([blob_dataset])
     train, val = data.subset(np.arange(0, 27)), data.subset(np.arange(27, 36))
-    config = TrainConfig(epochs=3, batch_size=8, seed=5)
+    config = TrainConfig(epochs=3, batch_size=8, seed=5, ema_decay=ema_decay)
 
     def fresh():
         torch.manual_seed(0)
@@ -109,9 +110,12 @@ def test_resume_after_interruption_gives_the_same_result(blob_dataset, tmp_path)
                                 torch.device("cpu"), resume=True, log=lambda *a: None)
     assert _history_without_timing(resumed) == _history_without_timing(whole)
     assert resumed_best == whole_best
-    a = load_checkpoint(tmp_path / "whole" / "last.pt")["state_dict"]
-    b = load_checkpoint(tmp_path / "cut" / "last.pt")["state_dict"]
+    whole_last = load_checkpoint(tmp_path / "whole" / "last.pt")
+    a, b = whole_last["state_dict"], load_checkpoint(tmp_path / "cut" / "last.pt")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    if ema_decay:   # the saved weights are the average, not the last step's weights
+        raw = whole_last["train_state_dict"]
+        assert not all(torch.equal(a[k], raw[k]) for k in a)
 
 
 def test_test_only_from_checkpoint(holdout_run, blob_dataset, tmp_path):
@@ -164,7 +168,7 @@ def test_fine_tune_from_saved_model_and_refuse_a_mismatch(holdout_run, blob_data
                   cross_validation=False, model_dir=str(tmp_path), device="cpu",
                   config=TrainConfig(epochs=1, batch_size=8))
     saved = load_checkpoint(run_dir / "best.pt")["model_config"]
-    options = {k: saved[k] for k in ("width", "stem_stride", "head", "stem_channels", "refine_blocks")}
+    options = {k: v for k, v in saved.items() if k not in ("image_size", "num_classes")}
     metrics = run_experiment(Experiment(run_name="tuned", capsule_preset="study", capsule_options=options,
                                         **common), log=lambda *a: None)
     assert (tmp_path / "tuned" / "best.pt").is_file() and "validation" in metrics
