@@ -34,11 +34,11 @@ class TrainConfig:
     weight_decay: float = 1e-4
     recipe: str = "onecycle"         # "onecycle": AdamW + one-cycle LR; "study_sgd": SGD, fixed LR
     label_smoothing: float = 0.1
-    augmentation: str = "affine"
+    augmentation: str = "mri"
     amp: bool = False
     channels_last: bool = False
     seed: int = 0
-    ema_decay: float = 0.0           # > 0: evaluate and save an exponential moving average of the weights
+    ema_decay: float = 0.998         # > 0: evaluate and save an exponential moving average of the weights
 
 
 def resolve_device(name):

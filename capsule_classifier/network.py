@@ -9,8 +9,8 @@
     fully connected n -> n -> n/2 -> 3, LeakyReLU(0.2), dropout 0.4
 
 The keyword arguments change it for small inputs on a CPU (see ``CAPSULE_PRESETS``):
-``stem_stride`` / ``stem_channels`` downsample in a wider first convolution (``stem="cnn"``: a stack
-of 3x3 stride-2 convolutions with batch norm instead of the study's one 5x5), ``width`` scales the
+``stem_stride`` / ``stem_channels`` downsample in a wider first convolution (``"auto"``: down to
+64 x 64, so that the capsule layers see the same map sizes at any image size), ``width`` scales the
 capsule channels, ``refine_blocks`` adds residual 3x3 convolutions after each capsule layer,
 ``head="pool"`` replaces the 512->1 squeeze by global average and max pooling of the capsule
 vectors (so that the classifier keeps every channel at any image size), and ``scaled_norm``
@@ -25,12 +25,14 @@ import torch
 from torch import nn
 
 SQUASH_EPS = 1e-8
+STEM_TARGET_SIZE = 64     # stem_stride="auto": the capsule layers start at 64 x 64
 CAPSULE_PRESETS = {
     # the study's network, exactly
     "study": {},
-    # CPU-friendly: 16-channel stem at 1/4 resolution, half the channels, one residual 3x3
-    # refinement per capsule layer, pooled head
-    "compact": {"stem_stride": 4, "width": 32, "head": "pool", "stem_channels": 16, "refine_blocks": 1},
+    # CPU-friendly: 16-channel stem down to 64 x 64 whatever the image size (stride 4 at 256 px),
+    # half the channels, one residual 3x3 refinement per capsule layer, pooled head
+    "compact": {"stem_stride": "auto", "width": 32, "head": "pool", "stem_channels": 16,
+                "refine_blocks": 1},
 }
 
 
@@ -117,42 +119,25 @@ class CapsuleRefine(nn.Module):
         return squash(flat + self.body(flat), dim=1).reshape(shape)
 
 
-def make_stem(kind, channels, stride):
-    """The first layers, before the capsules.
-
-    ``"study"``: one 5x5 convolution (1 -> channels) with the given stride and LeakyReLU.
-    ``"cnn"``: log2(stride) 3x3 convolutions of stride 2 (or one of stride 1), each with batch norm
-    and LeakyReLU: a stride-4 5x5 kernel skips pixels, two stride-2 3x3 ones see every pixel.
-    """
-    if kind == "study":
-        return nn.Sequential(nn.Conv2d(1, channels, 5, stride=stride, padding=2), nn.LeakyReLU())
-    if kind != "cnn":
-        raise ValueError(f"stem must be 'study' or 'cnn', got {kind!r}")
-    if stride < 1 or stride & (stride - 1):
-        raise ValueError(f"the cnn stem needs a power-of-two stride, got {stride}")
-    layers, width_in = [], 1
-    for _ in range(max(stride.bit_length() - 1, 1)):
-        layers += [nn.Conv2d(width_in, channels, 3, stride=2 if stride > 1 else 1, padding=1, bias=False),
-                   nn.BatchNorm2d(channels), nn.LeakyReLU(0.2)]
-        width_in = channels
-    return nn.Sequential(*layers)
-
-
 class CapsuleClassifier(nn.Module):
     """The study's capsule classifier; the defaults reproduce it at 512 px (see module doc)."""
 
     def __init__(self, image_size=512, num_classes=3, width=64, stem_stride=1, head="squeeze",
                  routing="fast", routing_iterations=3, capsule_types=1, dropout=0.4,
-                 stem_channels=1, refine_blocks=0, scaled_norm=False, stem="study"):
+                 stem_channels=1, refine_blocks=0, scaled_norm=False):
         super().__init__()
+        if stem_stride == "auto":
+            stem_stride = max(1, image_size // STEM_TARGET_SIZE)
         if head not in ("squeeze", "pool"):
             raise ValueError(f"head must be 'squeeze' or 'pool', got {head!r}")
         self.config = dict(image_size=image_size, num_classes=num_classes, width=width,
                            stem_stride=stem_stride, head=head, routing=routing,
                            routing_iterations=routing_iterations, capsule_types=capsule_types,
                            dropout=dropout, stem_channels=stem_channels, refine_blocks=refine_blocks,
-                           scaled_norm=scaled_norm, stem=stem)
-        self.stem = make_stem(stem, stem_channels, stem_stride)
+                           scaled_norm=scaled_norm)
+        kernel = max(5, stem_stride + 1) | 1      # the study's 5x5; wider when the stride would skip pixels
+        self.stem = nn.Sequential(nn.Conv2d(1, stem_channels, kernel, stride=stem_stride, padding=kernel // 2),
+                                  nn.LeakyReLU())
         dims = [stem_channels] + [width * 2 ** k for k in range(4)]
         types = [1] + [capsule_types] * 3 + [1]
         stages = []

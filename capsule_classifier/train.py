@@ -12,8 +12,9 @@ starting from the pre-trained weights. Study-format pickles (.pkl, a list of [im
 read through a restricted unpickler; they carry no patient ids, so their splits are slice-wise.
 
 The defaults are the CPU recipe (capsule_preset=compact, AdamW with a one-cycle learning rate,
-label smoothing 0.1, flips and small affine warps); the study's exact setting is
-``--capsule_preset=study --recipe=study_sgd --lr=5e-5 --augmentation=study --label_smoothing=0``.
+label smoothing 0.1, flips, small affine warps and gamma/contrast changes, an exponential moving
+average of the weights); the study's exact setting is ``--capsule_preset=study --recipe=study_sgd
+--lr=5e-5 --augmentation=study --label_smoothing=0 --ema_decay=0``.
 Outputs go to model_dir/run_name/ (see capsule_classifier/README.md).
 """
 import sys
@@ -37,7 +38,8 @@ model_dir = "checkpoints"
 data_path = []                # one or more .h5 dataset files or study .pkl files
 data_test_path = []
 check_name = ""               # checkpoint path, or run name inside model_dir, for LoadSavedModel / Test
-augmentation = "affine"       # "affine" (flips + small affine), "mri" (affine + gamma/contrast), "study" (rot90 copies + flips), "none"
+augmentation = "mri"          # "mri" (flips, small affine, gamma/contrast), "affine" (no intensity
+                              # change), "study" (rot90 copies + flips), "none"
 # --- additions ---
 image_size = None             # None: the size of the first data file
 seed = 0
@@ -50,7 +52,7 @@ pretrain_epochs = 5
 recipe = "onecycle"           # "onecycle" (AdamW) or "study_sgd" (SGD, fixed lr)
 weight_decay = 1e-4
 label_smoothing = 0.1
-ema_decay = 0.0               # > 0: validate and keep an exponential moving average of the weights
+ema_decay = 0.998             # > 0: validate and keep an exponential moving average of the weights
 capsule_preset = "compact"    # "compact" (CPU) or "study" (the paper's exact network)
 routing = "fast"              # "fast" or "general" dynamic routing loop
 capsule_types = 1             # capsule types of the hidden capsule layers (study: 1)

@@ -31,19 +31,6 @@ def test_compact_preset_output_and_embedding(size):
         assert model.embed(x).shape[0] == 3
 
 
-@pytest.mark.parametrize("stride, layers", [(1, 1), (2, 1), (4, 2)])
-def test_cnn_stem_downsamples_by_its_stride(stride, layers):
-    model = CapsuleClassifier(image_size=128, stem="cnn", stem_stride=stride, stem_channels=8,
-                              width=8, head="pool").eval()
-    convolutions = [m for m in model.stem if isinstance(m, torch.nn.Conv2d)]
-    assert len(convolutions) == layers
-    with torch.no_grad():
-        assert model.stem(torch.rand(2, 1, 128, 128)).shape == (2, 8, 128 // stride, 128 // stride)
-        assert model(torch.rand(2, 1, 128, 128)).shape == (2, 3)
-    with pytest.raises(ValueError, match="power-of-two"):
-        CapsuleClassifier(image_size=128, stem="cnn", stem_stride=3, head="pool")
-
-
 def test_fast_routing_equals_general_routing_outputs_and_gradients():
     torch.manual_seed(0)
     fast = ConvCapsuleLayer(1, 1, 8, 16, routing="fast")
