@@ -131,15 +131,29 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
     return total_loss / max(seen, 1), correct / max(seen, 1), seen / (time.time() - started)
 
 
+def flip_views(x):
+    """The image batch and its left-right, up-down and both-ways flips (test-time averaging)."""
+    return [x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)]
+
+
 @torch.no_grad()
-def predict(model, images, device, batch_size=EVAL_BATCH, channels_last=False, amp=False, embed=False):
-    """Class probabilities (N, C) of images (N, S, S), or penultimate features when ``embed``."""
+def predict(model, images, device, batch_size=EVAL_BATCH, channels_last=False, amp=False, embed=False,
+            flips=False):
+    """Class probabilities (N, C) of images (N, S, S), or penultimate features when ``embed``.
+
+    ``flips``: average the probabilities over the image and its three flips (4x the cost; the
+    training augmentation flips too, so the network has seen every view).
+    """
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
         x = _to_device(torch.as_tensor(images[start:start + batch_size]), device, channels_last)
         with _autocast(device, amp):
-            y = model.embed(x) if embed else torch.softmax(model(x).float(), dim=1)
+            if embed:
+                y = model.embed(x)
+            else:
+                views = flip_views(x) if flips else [x]
+                y = sum(torch.softmax(model(v).float(), dim=1) for v in views) / len(views)
         out.append(y.float().cpu())
     return torch.cat(out).numpy()
 

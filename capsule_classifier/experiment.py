@@ -45,6 +45,7 @@ class Experiment:
     capsule_options: dict = field(default_factory=dict)
     freeze_children: int = 0
     pretrained: str = "none"
+    test_time_flips: bool = True    # score folds, hold-out and test with flip-averaged probabilities
     resume: bool = False
     device: str = "auto"
     config: TrainConfig = field(default_factory=TrainConfig)
@@ -153,9 +154,9 @@ def _pretrain(exp, synthetic, start_state, run_dir, device, histories, log):
     return load_checkpoint(os.path.join(run_dir, "pretrain", "last.pt"))["state_dict"]
 
 
-def _evaluate_fold(model_path, data, device):
+def _evaluate_fold(model_path, data, device, flips):
     model, _ = load_model(model_path, device)
-    return classification_metrics(data.labels, predict(model, data.images, device))
+    return classification_metrics(data.labels, predict(model, data.images, device, flips=flips))
 
 
 def _cross_validate(exp, real, start_state, run_dir, device, histories, log):
@@ -174,7 +175,7 @@ def _cross_validate(exp, real, start_state, run_dir, device, histories, log):
         histories[f"fold {k}"] = history
         # the fold's score is its final model: picking the best epoch on the same validation
         # part would be optimistic; the best epoch's numbers are kept for reference only
-        final = _evaluate_fold(os.path.join(fold_dir, "last.pt"), val, device)
+        final = _evaluate_fold(os.path.join(fold_dir, "last.pt"), val, device, exp.test_time_flips)
         final.update(fold=k, best_epoch=best["epoch"], best_epoch_accuracy=best["accuracy"],
                      best_epoch_macro_f1=best["macro_f1"], train_slices=int(len(train_rows)),
                      val_slices=int(len(val_rows)),
@@ -204,7 +205,7 @@ def _holdout(exp, real, start_state, run_dir, device, histories, log):
     history, best = fit(model, exp.model, real.subset(train_rows), val, exp.config, run_dir, device,
                         resume=exp.resume, log=log)
     histories["hold-out"] = history
-    final = _evaluate_fold(os.path.join(run_dir, "last.pt"), val, device)
+    final = _evaluate_fold(os.path.join(run_dir, "last.pt"), val, device, exp.test_time_flips)
     final.update(best_epoch=best["epoch"], best_epoch_accuracy=best["accuracy"],
                  best_epoch_macro_f1=best["macro_f1"])
     plot_confusion(final["confusion_matrix"], os.path.join(run_dir, "confusion_validation.png"),
@@ -226,7 +227,7 @@ def _test(exp, run_dir, device, metrics, log):
     probabilities = []
     for path in paths:
         model, _ = load_model(path, device)
-        probabilities.append(predict(model, test.images, device))
+        probabilities.append(predict(model, test.images, device, flips=exp.test_time_flips))
     # several fold models: average their probabilities (an ensemble of the folds)
     mean = np.mean(probabilities, axis=0)
     result = classification_metrics(test.labels, mean)

@@ -16,6 +16,7 @@ input = ""
 out = "predictions.csv"
 device = "cpu"
 threads = 2
+flips = True                  # average the probabilities over the slice and its three flips
 
 
 def run(flags):
@@ -30,7 +31,7 @@ def run(flags):
     torch.set_num_threads(flags["threads"])
     chosen = resolve_device(flags["device"])
     model, record = load_model(flags["checkpoint"], chosen)
-    rows = classify(model, flags["input"], record["image_size"], chosen, flags["out"])
+    rows = classify(model, flags["input"], record["image_size"], chosen, flags["out"], flags["flips"])
     print(f"classified {len(rows)} slices with {flags['checkpoint']} -> {flags['out']}")
     return rows
 

@@ -57,6 +57,7 @@ capsule_preset = "compact"    # "compact" (CPU) or "study" (the paper's exact ne
 routing = "fast"              # "fast" or "general" dynamic routing loop
 capsule_types = 1             # capsule types of the hidden capsule layers (study: 1)
 scaled_norm = False           # start capsule batch-norm scales at 1/sqrt(D) so squash is not saturated
+test_time_flips = True        # score with probabilities averaged over the image and its flips
 freeze_children = 8           # used when FreezeLayers (study: 8)
 pretrained = "none"           # ResNet50: "none", "imagenet" or a path to a torchvision weights file
 amp = False                   # mixed precision (CUDA)
@@ -93,7 +94,8 @@ def run(flags):
         capsule_options={"routing": flags["routing"], "capsule_types": flags["capsule_types"],
                          "scaled_norm": flags["scaled_norm"]},
         freeze_children=flags["freeze_children"] if flags["FreezeLayers"] else 0,
-        pretrained=flags["pretrained"], resume=flags["resume"], device=str(chosen), config=config,
+        pretrained=flags["pretrained"], test_time_flips=flags["test_time_flips"], resume=flags["resume"],
+        device=str(chosen), config=config,
         flags={**flags, "epochs": n_epochs})
     return run_experiment(exp)
 

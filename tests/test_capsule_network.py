@@ -1,4 +1,5 @@
 """The capsule classifier and ResNet50 builders: sizes, routing paths, weights loading."""
+import numpy as np
 import pytest
 import torch
 
@@ -117,3 +118,17 @@ def test_scaled_norm_keeps_squash_out_of_saturation():
         layer = ConvCapsuleLayer(1, 1, 8, 64, scaled_norm=scaled).train()
         lengths[scaled] = layer(x).norm(dim=2).mean().item()
     assert lengths[False] > 0.95 and 0.3 < lengths[True] < 0.8
+
+
+def test_flip_averaged_prediction_is_the_mean_over_the_four_flips():
+    from capsule_classifier.engine import predict
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))   # sees orientation
+    images, cpu = torch.rand(5, 8, 8), torch.device("cpu")
+    views = [images, images.flip(-1), images.flip(-2), images.flip(-1).flip(-2)]
+    expected = sum(predict(model, v, cpu) for v in views) / 4
+    averaged = predict(model, images, cpu, flips=True)
+    assert averaged.shape == (5, 3)
+    np.testing.assert_allclose(averaged, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(averaged, predict(model, images, cpu))
