@@ -227,8 +227,8 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
             record = model_record(model_name, evaluated, image_size)
             record.update(epoch=epoch + 1, val_metrics=metrics, train_config=asdict(config))
             save_atomic(record, best_path)
-        save_atomic(_state(model, average, model_name, image_size, optimiser, scheduler, scaler, history, best,
-                           config, epoch + 1), last_path)
+        save_atomic(_state(model, average, model_name, image_size, optimiser, scheduler, scaler, history,
+                           best, config, epoch + 1), last_path)
         log(f"epoch {epoch + 1}/{config.epochs}  loss {loss:.3f}  train acc {accuracy:.3f}  "
             f"val loss {val_loss:.3f}  val acc {metrics['accuracy']:.3f}  "
             f"val F1 {metrics['macro_f1']:.3f}  {speed:.0f} img/s  {time.time() - started:.0f}s")

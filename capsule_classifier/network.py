@@ -136,8 +136,8 @@ class CapsuleClassifier(nn.Module):
                            dropout=dropout, stem_channels=stem_channels, refine_blocks=refine_blocks,
                            scaled_norm=scaled_norm)
         kernel = max(5, stem_stride + 1) | 1      # the study's 5x5; wider when the stride would skip pixels
-        self.stem = nn.Sequential(nn.Conv2d(1, stem_channels, kernel, stride=stem_stride, padding=kernel // 2),
-                                  nn.LeakyReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, stem_channels, kernel, stride=stem_stride, padding=kernel // 2), nn.LeakyReLU())
         dims = [stem_channels] + [width * 2 ** k for k in range(4)]
         types = [1] + [capsule_types] * 3 + [1]
         stages = []

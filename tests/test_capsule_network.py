@@ -32,6 +32,14 @@ def test_compact_preset_output_and_embedding(size):
         assert model.embed(x).shape[0] == 3
 
 
+@pytest.mark.parametrize("size, stride, kernel", [(64, 1, 5), (128, 2, 5), (256, 4, 5), (512, 8, 9)])
+def test_compact_stem_brings_every_size_to_64_pixels(size, stride, kernel):
+    model = make_model("capsule", image_size=size, preset="compact")
+    conv = model.stem[0]
+    assert model.config["stem_stride"] == stride and conv.kernel_size == (kernel, kernel)
+    assert conv(torch.zeros(1, 1, size, size)).shape[-1] == 64
+
+
 def test_fast_routing_equals_general_routing_outputs_and_gradients():
     torch.manual_seed(0)
     fast = ConvCapsuleLayer(1, 1, 8, 16, routing="fast")
