@@ -7,6 +7,8 @@ For each device (the CPU, and CUDA when present) and image size it measures, in 
                     batch_size images (batch_size/4 samples x their 4 rotated copies) per step
   capsule_baseline  a straightforward version of the study's training: general routing loop
                     (3 iterations) and one sample's 4 rotated copies per step
+  capsule_compact   the CPU preset ("compact", the default of train.py), fast path, as capsule_fast
+                    (opt in: --models=...,capsule_compact)
   resnet50          torchvision ResNet50 with the study's head, batch_size images per step
 and the speed-up of capsule_fast over capsule_baseline. Peak memory (weights, optimiser state and
 activations) is the CUDA allocator's peak on a GPU; on the CPU it is the growth of the peak resident
@@ -84,8 +86,9 @@ def measure(kind, size, device, n_steps, batch, with_memory=True):
     if kind == "resnet50":
         model = make_model("resnet50")
     else:
-        routing = "fast" if kind == "capsule_fast" else "general"
-        model = make_model("capsule", image_size=size, preset="study", routing=routing)
+        routing = "general" if kind == "capsule_baseline" else "fast"
+        preset = "compact" if kind == "capsule_compact" else "study"
+        model = make_model("capsule", image_size=size, preset=preset, routing=routing)
     model.to(device).train()
     optimiser = torch.optim.SGD(model.parameters(), lr=5e-5, momentum=0.9)
     samples = torch.rand(batch // ROTATIONS, 1, size, size, device=device)

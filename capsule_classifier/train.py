@@ -14,7 +14,7 @@ read through a restricted unpickler; they carry no patient ids, so their splits 
 The defaults are the CPU recipe (capsule_preset=compact, AdamW with a one-cycle learning rate,
 label smoothing 0.1, flips, small affine warps and gamma/contrast changes, an exponential moving
 average of the weights); the study's exact setting is ``--capsule_preset=study --recipe=study_sgd
---lr=5e-5 --augmentation=study --label_smoothing=0 --ema_decay=0``.
+--lr=5e-5 --augmentation=study --label_smoothing=0 --ema_decay=0 --test_time_flips=False``.
 Outputs go to model_dir/run_name/ (see capsule_classifier/README.md).
 """
 import sys
