@@ -5,7 +5,8 @@ Everything works on a whole batch tensor (B, 1, S, S) at once with ``affine_grid
 draws the same numbers as an uninterrupted one).
 
 Modes:
-  ``"affine"``  random horizontal/vertical flips, rotation +-15 degrees, scale +-10 %, shift +-8 %
+  ``"affine"``  random left-right and up-down flips (up-down ones optional: ``vertical_flips``),
+                rotation +-15 degrees, scale +-10 %, shift +-8 %
   ``"mri"``     ``"affine"`` plus intensity changes between scanners and patients: a random gamma
                 (x ** g, g in [e^-0.4, e^0.4]) and contrast (x 0.9-1.1), clipped to [0, 1]
   ``"study"``   the study's rotated copies: each sample appears 4 times, rotated by 0/90/180/270
@@ -30,13 +31,13 @@ def _uniform(n, low, high, generator, device):
     return torch.rand(n, generator=generator, device=device) * (high - low) + low
 
 
-def random_flips(images, generator):
-    """Flip each image left-right and/or up-down with probability 1/2 each."""
+def random_flips(images, generator, vertical=True):
+    """Flip each image left-right and (when ``vertical``) up-down with probability 1/2 each."""
     n = images.shape[0]
     lr = torch.rand(n, generator=generator, device=images.device) < 0.5
-    ud = torch.rand(n, generator=generator, device=images.device) < 0.5
+    ud = torch.rand(n, generator=generator, device=images.device) < 0.5   # drawn either way: same stream
     images = torch.where(lr.view(-1, 1, 1, 1), images.flip(-1), images)
-    return torch.where(ud.view(-1, 1, 1, 1), images.flip(-2), images)
+    return torch.where(ud.view(-1, 1, 1, 1), images.flip(-2), images) if vertical else images
 
 
 def random_affine(images, generator, max_rotation_deg=MAX_ROTATION_DEG, max_scale=MAX_SCALE,
@@ -68,14 +69,15 @@ def rotated_copies(images, labels, copies=STUDY_ROTATIONS):
     return images, labels.repeat_interleave(copies)
 
 
-def augment_batch(images, labels, mode, generator):
-    """Augmented (images, labels) for one training batch on the batch's device."""
+def augment_batch(images, labels, mode, generator, vertical_flips=True):
+    """Augmented (images, labels) for one training batch on the batch's device.
+    ``vertical_flips=False`` keeps every image's top at the top (left-right flips only)."""
     if mode == "none":
         return images, labels
     if mode == "study":
         images, labels = rotated_copies(images, labels)
-        return random_flips(images, generator), labels
+        return random_flips(images, generator, vertical_flips), labels
     if mode in ("affine", "mri"):
-        images = random_affine(random_flips(images, generator), generator)
+        images = random_affine(random_flips(images, generator, vertical_flips), generator)
         return (random_intensity(images, generator) if mode == "mri" else images), labels
     raise ValueError(f"unknown augmentation {mode!r}; use one of {MODES}")

@@ -41,6 +41,12 @@ def load_checkpoint(path):
     return checkpoint
 
 
+def trained_vertical_flips(checkpoint):
+    """Whether the checkpoint's training flipped images up-down (so test-time views may too);
+    checkpoints from before the option was added were."""
+    return bool(checkpoint.get("train_config", {}).get("vertical_flips", True))
+
+
 def load_model(path, device="cpu"):
     """(model in eval mode on ``device``, checkpoint dict) from a checkpoint file."""
     checkpoint = load_checkpoint(path)

@@ -35,6 +35,7 @@ class TrainConfig:
     recipe: str = "onecycle"         # "onecycle": AdamW + one-cycle LR; "study_sgd": SGD, fixed LR
     label_smoothing: float = 0.1
     augmentation: str = "mri"
+    vertical_flips: bool = True      # augmentation and test-time views include up-down flips
     amp: bool = False
     channels_last: bool = False
     seed: int = 0
@@ -112,7 +113,7 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
         index = torch.as_tensor(rows)
         images = _to_device(data.images[index], device, config.channels_last)
         labels = labels_all[index].to(device)
-        images, labels = augment_batch(images, labels, config.augmentation, generator)
+        images, labels = augment_batch(images, labels, config.augmentation, generator, config.vertical_flips)
         with _autocast(device, config.amp):
             logits = model(images)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
@@ -131,18 +132,21 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
     return total_loss / max(seen, 1), correct / max(seen, 1), seen / (time.time() - started)
 
 
-def flip_views(x):
-    """The image batch and its left-right, up-down and both-ways flips (test-time averaging)."""
-    return [x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)]
+def flip_views(x, vertical=True):
+    """The image batch and its left-right flip, plus (``vertical``) its up-down and both-ways flips
+    (test-time averaging)."""
+    views = [x, x.flip(-1)]
+    return views + [x.flip(-2), x.flip(-1).flip(-2)] if vertical else views
 
 
 @torch.no_grad()
 def predict(model, images, device, batch_size=EVAL_BATCH, channels_last=False, amp=False, embed=False,
-            flips=False):
+            flips=False, vertical_flips=True):
     """Class probabilities (N, C) of images (N, S, S), or penultimate features when ``embed``.
 
-    ``flips``: average the probabilities over the image and its three flips (4x the cost; the
-    training augmentation flips too, so the network has seen every view).
+    ``flips``: average the probabilities over the image and its flips (left-right, and with
+    ``vertical_flips`` up-down and both; 2x or 4x the cost): the views the training augmentation
+    showed the network (``checkpoint.trained_vertical_flips``).
     """
     model.eval()
     out = []
@@ -152,7 +156,7 @@ def predict(model, images, device, batch_size=EVAL_BATCH, channels_last=False, a
             if embed:
                 y = model.embed(x)
             else:
-                views = flip_views(x) if flips else [x]
+                views = flip_views(x, vertical_flips) if flips else [x]
                 y = sum(torch.softmax(model(v).float(), dim=1) for v in views) / len(views)
         out.append(y.float().cpu())
     return torch.cat(out).numpy()

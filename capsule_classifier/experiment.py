@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torchinfo import summary
 
-from capsule_classifier.checkpoint import load_checkpoint, load_model
+from capsule_classifier.checkpoint import load_checkpoint, load_model, trained_vertical_flips
 from capsule_classifier.data import holdout_split, load_sources, patient_folds
 from capsule_classifier.engine import TrainConfig, fit, predict, resolve_device
 from capsule_classifier.network import count_parameters, make_model
@@ -155,8 +155,9 @@ def _pretrain(exp, synthetic, start_state, run_dir, device, histories, log):
 
 
 def _evaluate_fold(model_path, data, device, flips):
-    model, _ = load_model(model_path, device)
-    return classification_metrics(data.labels, predict(model, data.images, device, flips=flips))
+    model, record = load_model(model_path, device)
+    return classification_metrics(data.labels, predict(model, data.images, device, flips=flips,
+                                                       vertical_flips=trained_vertical_flips(record)))
 
 
 def _cross_validate(exp, real, start_state, run_dir, device, histories, log):
@@ -226,8 +227,9 @@ def _test(exp, run_dir, device, metrics, log):
     test = load_sources(exp.data_test_path, image_size)
     probabilities = []
     for path in paths:
-        model, _ = load_model(path, device)
-        probabilities.append(predict(model, test.images, device, flips=exp.test_time_flips))
+        model, record = load_model(path, device)
+        probabilities.append(predict(model, test.images, device, flips=exp.test_time_flips,
+                                     vertical_flips=trained_vertical_flips(record)))
     # several fold models: average their probabilities (an ensemble of the folds)
     mean = np.mean(probabilities, axis=0)
     result = classification_metrics(test.labels, mean)

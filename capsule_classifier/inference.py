@@ -57,13 +57,14 @@ def iter_slices(source, size):
         raise ValueError(f"{source}: cannot classify this file type (use .mat, .zip, .png, .jpg or .h5)")
 
 
-def classify(model, source, size, device, out_csv, flips=True):
+def classify(model, source, size, device, out_csv, flips=True, vertical_flips=True):
     """Write ``out_csv`` (file, predicted_class, p_<class>...) for every slice; returns the rows.
-    ``flips``: average the probabilities over the slice and its flips, as training scored them."""
+    ``flips``: average the probabilities over the slice and its flips (up-down ones only with
+    ``vertical_flips``), as training scored them."""
     rows, names, batch = [], [], []
 
     def flush():
-        probabilities = predict(model, np.stack(batch), device, flips=flips)
+        probabilities = predict(model, np.stack(batch), device, flips=flips, vertical_flips=vertical_flips)
         for name, p in zip(names, probabilities):
             rows.append([name, CLASS_NAMES[int(p.argmax())]] + [f"{v:.6f}" for v in p])
         names.clear()

@@ -16,13 +16,13 @@ input = ""
 out = "predictions.csv"
 device = "cpu"
 threads = 2
-flips = True                  # average the probabilities over the slice and its three flips
+flips = True                  # average the probabilities over the slice and the flips it was trained with
 
 
 def run(flags):
     import torch
 
-    from capsule_classifier.checkpoint import load_model
+    from capsule_classifier.checkpoint import load_model, trained_vertical_flips
     from capsule_classifier.engine import resolve_device
     from capsule_classifier.inference import classify
 
@@ -31,7 +31,8 @@ def run(flags):
     torch.set_num_threads(flags["threads"])
     chosen = resolve_device(flags["device"])
     model, record = load_model(flags["checkpoint"], chosen)
-    rows = classify(model, flags["input"], record["image_size"], chosen, flags["out"], flags["flips"])
+    rows = classify(model, flags["input"], record["image_size"], chosen, flags["out"], flags["flips"],
+                    trained_vertical_flips(record))
     print(f"classified {len(rows)} slices with {flags['checkpoint']} -> {flags['out']}")
     return rows
 

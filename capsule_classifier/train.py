@@ -41,6 +41,7 @@ check_name = ""               # checkpoint path, or run name inside model_dir, f
 augmentation = "mri"          # "mri" (flips, small affine, gamma/contrast), "affine" (no intensity
                               # change), "study" (rot90 copies + flips), "none"
 # --- additions ---
+vertical_flips = True         # flips up-down as well as left-right (augmentation and test-time views)
 image_size = None             # None: the size of the first data file
 seed = 0
 device = "auto"               # "auto", "cpu", "cuda", "cuda:1"
@@ -80,7 +81,7 @@ def run(flags):
                          recipe=flags["recipe"], label_smoothing=flags["label_smoothing"],
                          augmentation=flags["augmentation"], amp=flags["amp"],
                          channels_last=flags["channels_last"], seed=flags["seed"],
-                         ema_decay=flags["ema_decay"])
+                         ema_decay=flags["ema_decay"], vertical_flips=flags["vertical_flips"])
     as_list = lambda value: [value] if isinstance(value, str) else list(value or [])  # noqa: E731
     exp = Experiment(
         model=name, data_path=as_list(flags["data_path"]), data_test_path=as_list(flags["data_test_path"]),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from capsule_classifier.augment import augment_batch, random_intensity, rotated_copies
+from capsule_classifier.augment import augment_batch, random_flips, random_intensity, rotated_copies
 from capsule_classifier.data import holdout_split, load_sources, patient_folds
 from capsule_classifier.study_pickle import load_study_pickle
 from preprocess.dataset import read_column
@@ -70,6 +70,17 @@ def test_augmentation_is_seeded_and_keeps_shapes(mode):
     two = augment_batch(images, labels, mode, torch.Generator().manual_seed(1))[0]
     assert one.shape == images.shape and torch.equal(one, two) and not torch.equal(one, images)
     assert one.min() >= 0 and one.max() <= 1
+
+
+@pytest.mark.parametrize("vertical", [True, False])
+def test_vertical_flips_can_be_left_out(vertical):
+    images = torch.zeros(64, 1, 8, 8)
+    images[:, :, 0, 0] = 1                                    # a mark in the top-left corner
+    flipped = random_flips(images, torch.Generator().manual_seed(0), vertical=vertical)
+    top_kept = flipped[:, 0, 0, :].sum(1) == 1
+    left_kept = flipped[:, 0, :, 0].sum(1) == 1
+    assert not left_kept.all()                               # left-right flips happen either way
+    assert top_kept.all() != vertical
 
 
 def test_study_rotated_copies():

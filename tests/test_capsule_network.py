@@ -128,15 +128,16 @@ def test_scaled_norm_keeps_squash_out_of_saturation():
     assert lengths[False] > 0.95 and 0.3 < lengths[True] < 0.8
 
 
-def test_flip_averaged_prediction_is_the_mean_over_the_four_flips():
+@pytest.mark.parametrize("vertical", [True, False])
+def test_flip_averaged_prediction_is_the_mean_over_the_trained_flips(vertical):
     from capsule_classifier.engine import predict
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))   # sees orientation
     images, cpu = torch.rand(5, 8, 8), torch.device("cpu")
-    views = [images, images.flip(-1), images.flip(-2), images.flip(-1).flip(-2)]
-    expected = sum(predict(model, v, cpu) for v in views) / 4
-    averaged = predict(model, images, cpu, flips=True)
+    views = [images, images.flip(-1)] + ([images.flip(-2), images.flip(-1).flip(-2)] if vertical else [])
+    expected = sum(predict(model, v, cpu) for v in views) / len(views)
+    averaged = predict(model, images, cpu, flips=True, vertical_flips=vertical)
     assert averaged.shape == (5, 3)
     np.testing.assert_allclose(averaged, expected, rtol=1e-5, atol=1e-6)
     assert not np.allclose(averaged, predict(model, images, cpu))

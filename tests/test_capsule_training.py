@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from capsule_classifier import predict
-from capsule_classifier.checkpoint import load_checkpoint
+from capsule_classifier.checkpoint import load_checkpoint, trained_vertical_flips
 from capsule_classifier.data import load_sources
 from capsule_classifier.engine import TrainConfig, fit
 from capsule_classifier.experiment import Experiment, run_experiment
@@ -116,6 +116,16 @@ def test_resume_after_interruption_gives_the_same_result(blob_dataset, tmp_path,
     if ema_decay:   # the saved weights are the average, not the last step's weights
         raw = whole_last["train_state_dict"]
         assert not all(torch.equal(a[k], raw[k]) for k in a)
+
+
+def test_checkpoint_says_whether_training_flipped_up_down(holdout_run, blob_dataset, tmp_path):
+    data = load_sources([blob_dataset])
+    config = TrainConfig(epochs=1, batch_size=8, vertical_flips=False)
+    fit(make_model("capsule", image_size=64, preset="compact", **TINY), "capsule", data.subset(np.arange(27)),
+        data.subset(np.arange(27, 36)), config, str(tmp_path), torch.device("cpu"), log=lambda *a: None)
+    for name in ("best.pt", "last.pt"):
+        assert not trained_vertical_flips(load_checkpoint(tmp_path / name))
+    assert trained_vertical_flips(load_checkpoint(holdout_run[0] / "best.pt"))    # the default
 
 
 def test_test_only_from_checkpoint(holdout_run, blob_dataset, tmp_path):
