@@ -29,7 +29,7 @@ CrossValidation = True
 LoadSavedModel = False        # start from the checkpoint named by check_name
 FreezeLayers = False          # ResNet50: freeze the first freeze_children children
 model = "capsule"             # "capsule" or "resnet" (ResNet50)
-epochs = None                 # None: 30 on the CPU, 60 on a GPU
+epochs = 60                   # per fold or hold-out run; a 256 px fold: about 8 minutes on 2 CPU threads
 batch_size = 32
 lr = 1e-3                     # peak learning rate of the one-cycle recipe (study: 5e-5 with SGD)
 momentum = 0.9                # SGD momentum (recipe=study_sgd)
@@ -74,9 +74,8 @@ def run(flags):
 
     torch.set_num_threads(flags["threads"])
     chosen = resolve_device(flags["device"])
-    n_epochs = flags["epochs"] or (60 if chosen.type == "cuda" else 30)
     name = "resnet50" if flags["model"] in ("resnet", "resnet50") else flags["model"]
-    config = TrainConfig(epochs=n_epochs, batch_size=flags["batch_size"], lr=flags["lr"],
+    config = TrainConfig(epochs=flags["epochs"], batch_size=flags["batch_size"], lr=flags["lr"],
                          momentum=flags["momentum"], weight_decay=flags["weight_decay"],
                          recipe=flags["recipe"], label_smoothing=flags["label_smoothing"],
                          augmentation=flags["augmentation"], amp=flags["amp"],
@@ -96,8 +95,7 @@ def run(flags):
                          "scaled_norm": flags["scaled_norm"]},
         freeze_children=flags["freeze_children"] if flags["FreezeLayers"] else 0,
         pretrained=flags["pretrained"], test_time_flips=flags["test_time_flips"], resume=flags["resume"],
-        device=str(chosen), config=config,
-        flags={**flags, "epochs": n_epochs})
+        device=str(chosen), config=config, flags=flags)
     return run_experiment(exp)
 
 
