@@ -71,7 +71,8 @@ def rotated_copies(images, labels, copies=STUDY_ROTATIONS):
 
 def augment_batch(images, labels, mode, generator, vertical_flips=True):
     """Augmented (images, labels) for one training batch on the batch's device.
-    ``vertical_flips=False`` keeps every image's top at the top (left-right flips only)."""
+    ``vertical_flips=False`` flips left-right only (in ``"study"`` mode the 180 degree copies still
+    turn images upside down)."""
     if mode == "none":
         return images, labels
     if mode == "study":

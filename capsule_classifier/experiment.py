@@ -154,10 +154,15 @@ def _pretrain(exp, synthetic, start_state, run_dir, device, histories, log):
     return load_checkpoint(os.path.join(run_dir, "pretrain", "last.pt"))["state_dict"]
 
 
-def _evaluate_fold(model_path, data, device, flips):
+def _checkpoint_probabilities(model_path, images, device, flips):
+    """Class probabilities of a checkpoint; ``flips`` averages over the views its training showed."""
     model, record = load_model(model_path, device)
-    return classification_metrics(data.labels, predict(model, data.images, device, flips=flips,
-                                                       vertical_flips=trained_vertical_flips(record)))
+    return predict(model, images, device, flips=flips, vertical_flips=trained_vertical_flips(record))
+
+
+def _evaluate_fold(model_path, data, device, flips):
+    probabilities = _checkpoint_probabilities(model_path, data.images, device, flips)
+    return classification_metrics(data.labels, probabilities)
 
 
 def _cross_validate(exp, real, start_state, run_dir, device, histories, log):
@@ -225,11 +230,7 @@ def _test(exp, run_dir, device, metrics, log):
         paths = [_checkpoint_path(exp)]
     image_size = load_checkpoint(paths[0])["image_size"]
     test = load_sources(exp.data_test_path, image_size)
-    probabilities = []
-    for path in paths:
-        model, record = load_model(path, device)
-        probabilities.append(predict(model, test.images, device, flips=exp.test_time_flips,
-                                     vertical_flips=trained_vertical_flips(record)))
+    probabilities = [_checkpoint_probabilities(path, test.images, device, exp.test_time_flips) for path in paths]
     # several fold models: average their probabilities (an ensemble of the folds)
     mean = np.mean(probabilities, axis=0)
     result = classification_metrics(test.labels, mean)
