@@ -69,16 +69,24 @@ def rotated_copies(images, labels, copies=STUDY_ROTATIONS):
     return images, labels.repeat_interleave(copies)
 
 
-def augment_batch(images, labels, mode, generator, vertical_flips=True):
-    """Augmented (images, labels) for one training batch on the batch's device.
-    ``vertical_flips=False`` flips left-right only (in ``"study"`` mode the 180 degree copies still
-    turn images upside down)."""
+def augment_batch(images, labels, mode, generator, vertical_flips=True, masks=None):
+    """Augmented (images, labels, masks) for one training batch on the batch's device.
+
+    ``masks`` (B, 1, S, S) tumour masks, or None, go through the same flips, warps and rotations
+    as their images (bilinear, so warped edges become fractions) and never through intensity
+    changes. ``vertical_flips=False`` flips left-right only (in ``"study"`` mode the 180 degree
+    copies still turn images upside down)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown augmentation {mode!r}; use one of {MODES}")
     if mode == "none":
-        return images, labels
+        return images, labels, masks
+    stack = images if masks is None else torch.cat([images, masks.to(images.dtype)], dim=1)
     if mode == "study":
-        images, labels = rotated_copies(images, labels)
-        return random_flips(images, generator, vertical_flips), labels
-    if mode in ("affine", "mri"):
-        images = random_affine(random_flips(images, generator, vertical_flips), generator)
-        return (random_intensity(images, generator) if mode == "mri" else images), labels
-    raise ValueError(f"unknown augmentation {mode!r}; use one of {MODES}")
+        stack, labels = rotated_copies(stack, labels)
+        stack = random_flips(stack, generator, vertical_flips)
+    else:
+        stack = random_affine(random_flips(stack, generator, vertical_flips), generator)
+    images, masks = (stack, None) if masks is None else (stack[:, :1], stack[:, 1:])
+    if mode == "mri":
+        images = random_intensity(images, generator)
+    return images, labels, masks

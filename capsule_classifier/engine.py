@@ -35,11 +35,12 @@ class TrainConfig:
     recipe: str = "onecycle"         # "onecycle": AdamW + one-cycle LR; "study_sgd": SGD, fixed LR
     label_smoothing: float = 0.1
     augmentation: str = "mri"
-    vertical_flips: bool = True      # augmentation and test-time views include up-down flips
-    amp: bool = False
+    vertical_flips: bool = False     # augmentation and test-time views include up-down flips
+    amp: bool = False                # mixed precision: float16 on CUDA, bfloat16 on the CPU
     channels_last: bool = False
     seed: int = 0
     ema_decay: float = 0.998         # > 0: evaluate and save an exponential moving average of the weights
+    mask_weight: float = 0.0         # > 0: add this times the tumour-mask loss (models with a mask head)
 
 
 def resolve_device(name):
@@ -86,9 +87,38 @@ def _to_device(images, device, channels_last):
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def cpu_has_native_bf16():
+    """True when the CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX), where bf16 autocast
+    speeds training up (measured in bench/bench_classifier.py); elsewhere it is emulated and slow."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = info.read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_amp(flag, device):
+    """The ``amp`` flag (a bool, or "true", "false", "auto") as a bool: ``"auto"`` is on for CUDA
+    and for CPUs with native bfloat16."""
+    text = str(flag).strip().lower()
+    if text == "auto":
+        return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    if text in ("true", "false"):
+        return text == "true"
+    raise ValueError(f"amp must be true, false or 'auto', got {flag!r}")
+
+
 def _autocast(device, enabled):
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype, enabled=enabled and device.type == "cuda")
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled and device.type in ("cuda", "cpu"))
+
+
+def mask_loss(mask_logits, masks):
+    """Binary cross-entropy of the mask head's logits against the tumour masks pooled to their size
+    (the fraction of each cell the tumour covers)."""
+    target = F.adaptive_avg_pool2d(masks.float(), mask_logits.shape[-2:])
+    return F.binary_cross_entropy_with_logits(mask_logits.float(), target)
 
 
 def _epoch_seed(seed, epoch):
@@ -113,10 +143,17 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
         index = torch.as_tensor(rows)
         images = _to_device(data.images[index], device, config.channels_last)
         labels = labels_all[index].to(device)
-        images, labels = augment_batch(images, labels, config.augmentation, generator, config.vertical_flips)
+        masks = data.masks[index].to(device).unsqueeze(1) if config.mask_weight else None
+        images, labels, masks = augment_batch(images, labels, config.augmentation, generator,
+                                              config.vertical_flips, masks)
         with _autocast(device, config.amp):
-            logits = model(images)
+            if masks is None:
+                logits = model(images)
+            else:
+                logits, mask_logits = model.forward_with_mask(images)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+            if masks is not None:
+                loss = loss + config.mask_weight * mask_loss(mask_logits, masks)
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimiser)
@@ -217,8 +254,9 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
         started = time.time()
         loss, accuracy, speed = train_epoch(model, train_data, config, optimiser, scheduler, scaler,
                                             device, epoch, f"epoch {epoch + 1}/{config.epochs}", average)
+        # bfloat16 on the CPU only trains: validation runs in float32 there
         probabilities = predict(evaluated, val_data.images, device, channels_last=config.channels_last,
-                                amp=config.amp)
+                                amp=config.amp and device.type == "cuda")
         metrics = classification_metrics(val_data.labels, probabilities)
         val_loss = float(F.nll_loss(torch.log(torch.as_tensor(probabilities).clamp_min(1e-8)),
                                     torch.as_tensor(val_data.labels)))

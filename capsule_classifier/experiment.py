@@ -24,6 +24,9 @@ from capsule_classifier.report import (classification_metrics, plot_confusion, p
                                        summarise_folds, text_report, write_json_atomic)
 
 
+MASK_HEAD_PREFIX = "mask_head."
+
+
 @dataclass
 class Experiment:
     """What to run (the flags of train.py, resolved)."""
@@ -37,11 +40,12 @@ class Experiment:
     cross_validation: bool = True
     k_folds: int = 7
     val_fraction: float = 0.2
+    group_by: str = "patient"       # split by "patient" or by "stretch" of figshare numbering
     load_saved_model: bool = False
     check_name: str = ""
     image_size: int = None
     pretrain_epochs: int = 5
-    capsule_preset: str = "compact"
+    capsule_preset: str = "residual"
     capsule_options: dict = field(default_factory=dict)
     freeze_children: int = 0
     pretrained: str = "none"
@@ -60,10 +64,31 @@ def git_commit():
         return "unknown"
 
 
+def uses_mask_head(exp):
+    """The residual capsule network trains a tumour-mask head when the mask loss is on."""
+    return exp.model == "capsule" and exp.capsule_preset == "residual" and exp.config.mask_weight > 0
+
+
 def build_model(exp, image_size):
+    options = dict(exp.capsule_options) if exp.model == "capsule" else {}
+    if exp.model == "capsule" and exp.capsule_preset == "residual":
+        options["mask_head"] = uses_mask_head(exp)
     return make_model(exp.model, image_size=image_size, preset=exp.capsule_preset,
-                      freeze_children=exp.freeze_children, pretrained=exp.pretrained,
-                      **(exp.capsule_options if exp.model == "capsule" else {}))
+                      freeze_children=exp.freeze_children, pretrained=exp.pretrained, **options)
+
+
+def _check_mask_loss(exp, data, log):
+    """Switch the mask loss off, saying why, when the model or the data cannot use it."""
+    if not exp.config.mask_weight:
+        return
+    reason = None
+    if not uses_mask_head(exp):
+        reason = "only the residual capsule network has a mask head"
+    elif data.masks is None:
+        reason = "a data file has no tumor_masks"
+    if reason:
+        log(f"mask_weight={exp.config.mask_weight} ignored: {reason}")
+        exp.config.mask_weight = 0.0
 
 
 def describe_model(model, image_size, log):
@@ -83,11 +108,20 @@ def _checkpoint_path(exp):
                             f"nor at {os.path.join(exp.model_dir, exp.check_name, 'best.pt')}")
 
 
+def load_start_state(model, state):
+    """Load starting weights; only the training-only mask head may be absent on either side (a
+    model fine-tuned with or without the mask loss from one trained the other way)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    others = [k for k in missing + unexpected if not k.startswith(MASK_HEAD_PREFIX)]
+    if others:
+        raise RuntimeError(f"Error(s) in loading state_dict: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
 def _fresh_model(exp, image_size, start_state):
     torch.manual_seed(exp.config.seed)
     model = build_model(exp, image_size)
     if start_state is not None:
-        model.load_state_dict(start_state)
+        load_start_state(model, start_state)
     return model
 
 
@@ -106,7 +140,7 @@ def run_experiment(exp, log=print):
         exp.image_size = exp.image_size or checkpoint["image_size"]
         start_state = checkpoint["state_dict"]
         try:
-            build_model(exp, exp.image_size).load_state_dict(start_state)
+            load_start_state(build_model(exp, exp.image_size), start_state)
         except RuntimeError as error:
             raise ValueError(f"{path}: holds a {checkpoint['model_name']} {checkpoint['model_config']} "
                              f"that does not fit --model={exp.model} with these flags "
@@ -118,6 +152,7 @@ def run_experiment(exp, log=print):
     if exp.train:
         if data is None:
             raise ValueError("--Train=True needs --data_path")
+        _check_mask_loss(exp, data, log)
         describe_model(build_model(exp, image_size), image_size, log)
         real = data.subset(np.flatnonzero(~data.synthetic))
         if len(real) == 0:
@@ -166,7 +201,8 @@ def _evaluate_fold(model_path, data, device, flips):
 
 
 def _cross_validate(exp, real, start_state, run_dir, device, histories, log):
-    folds = patient_folds(real.labels, real.patient_ids, exp.k_folds, exp.config.seed)
+    folds = patient_folds(real.labels, real.patient_ids, exp.k_folds, exp.config.seed, real.source_ids,
+                          exp.group_by)
     results, reports = [], []
     for k, (train_rows, val_rows) in enumerate(folds, start=1):
         shared = set(real.patient_ids[train_rows]) & set(real.patient_ids[val_rows])
@@ -190,11 +226,12 @@ def _cross_validate(exp, real, start_state, run_dir, device, histories, log):
         write_json_atomic(final, os.path.join(fold_dir, "fold.json"))    # partial results survive
         log(f"fold {k}: accuracy {final['accuracy']:.4f}  macro-F1 {final['macro_f1']:.4f}")
     cv = summarise_folds(results)
+    cv["group_by"] = exp.group_by
     plot_confusion(cv["confusion_matrix"], os.path.join(run_dir, "confusion_cv.png"),
-                   f"{exp.k_folds}-fold patient-wise CV, pooled: accuracy {cv['pooled_accuracy']:.3f}")
+                   f"{exp.k_folds}-fold {exp.group_by}-wise CV, pooled: accuracy {cv['pooled_accuracy']:.3f}")
     with open(os.path.join(run_dir, "report.txt"), "w") as out:
         matrix = np.array(cv["confusion_matrix"])
-        out.write(f"{exp.k_folds}-fold patient-wise cross-validation\n"
+        out.write(f"{exp.k_folds}-fold {exp.group_by}-wise cross-validation\n"
                   f"accuracy {cv['accuracy_mean']:.4f} +- {cv['accuracy_std']:.4f}, "
                   f"macro-F1 {cv['macro_f1_mean']:.4f} +- {cv['macro_f1_std']:.4f}\n"
                   f"pooled confusion matrix (rows true, columns predicted):\n{matrix}\n")
@@ -204,8 +241,9 @@ def _cross_validate(exp, real, start_state, run_dir, device, histories, log):
 
 
 def _holdout(exp, real, start_state, run_dir, device, histories, log):
-    train_rows, val_rows = holdout_split(real.labels, real.patient_ids, exp.val_fraction, exp.config.seed)
-    log(f"patient-wise hold-out: train {len(train_rows)}, validation {len(val_rows)} slices")
+    train_rows, val_rows = holdout_split(real.labels, real.patient_ids, exp.val_fraction, exp.config.seed,
+                                         real.source_ids, exp.group_by)
+    log(f"{exp.group_by}-wise hold-out: train {len(train_rows)}, validation {len(val_rows)} slices")
     model = _fresh_model(exp, real.image_size, start_state)
     val = real.subset(val_rows)
     history, best = fit(model, exp.model, real.subset(train_rows), val, exp.config, run_dir, device,
@@ -215,7 +253,7 @@ def _holdout(exp, real, start_state, run_dir, device, histories, log):
     final.update(best_epoch=best["epoch"], best_epoch_accuracy=best["accuracy"],
                  best_epoch_macro_f1=best["macro_f1"])
     plot_confusion(final["confusion_matrix"], os.path.join(run_dir, "confusion_validation.png"),
-                   f"patient-wise validation (last epoch): accuracy {final['accuracy']:.3f}")
+                   f"{exp.group_by}-wise validation (last epoch): accuracy {final['accuracy']:.3f}")
     return final
 
 

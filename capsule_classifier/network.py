@@ -36,6 +36,13 @@ CAPSULE_PRESETS = {
 }
 
 
+# the residual preset (capsule_classifier.residual_capsules) is built separately; these options of
+# the study network must keep their defaults with it
+STUDY_NETWORK_DEFAULTS = {"routing": "fast", "capsule_types": 1, "scaled_norm": False}
+RESNET_NAMES = {"resnet": 50, "resnet50": 50, "resnet18": 18}
+RESNET_DEPTHS = (18, 50)
+
+
 def squash(s, dim):
     """Capsule non-linearity: keeps the direction of ``s``, maps its length into [0, 1)."""
     norm2 = (s * s).sum(dim=dim, keepdim=True)
@@ -178,19 +185,24 @@ class CapsuleClassifier(nn.Module):
 
 
 class ResNetClassifier(nn.Module):
-    """torchvision ResNet50 on one-channel input with the study's head 2048 -> 2048 -> 2048 -> 3."""
+    """torchvision ResNet50 (or ResNet18: ``depth=18``, the CPU baseline) on one-channel input with
+    the study's head n -> n -> n -> 3 (n = 2048 for ResNet50, 512 for ResNet18)."""
 
-    def __init__(self, num_classes=3, dropout=0.4):
+    def __init__(self, num_classes=3, dropout=0.4, depth=50):
         super().__init__()
-        from torchvision.models import resnet50
-        self.config = dict(num_classes=num_classes, dropout=dropout)
-        self.backbone = resnet50(weights=None)
+        import torchvision.models
+        if depth not in RESNET_DEPTHS:
+            raise ValueError(f"ResNet depth must be one of {RESNET_DEPTHS}, got {depth!r}")
+        self.config = dict(num_classes=num_classes, dropout=dropout, depth=depth)
+        self.depth = depth
+        self.backbone = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+        features = self.backbone.fc.in_features
         self.backbone.conv1 = nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False)
         self.backbone.fc = nn.Identity()
         self.head = nn.Sequential(
-            nn.Linear(2048, 2048), nn.LeakyReLU(0.2), nn.Dropout(dropout),
-            nn.Linear(2048, 2048), nn.LeakyReLU(0.2), nn.Dropout(dropout))
-        self.final = nn.Linear(2048, num_classes)
+            nn.Linear(features, features), nn.LeakyReLU(0.2), nn.Dropout(dropout),
+            nn.Linear(features, features), nn.LeakyReLU(0.2), nn.Dropout(dropout))
+        self.final = nn.Linear(features, num_classes)
 
     def embed(self, x):
         return self.head(self.backbone(x))
@@ -209,6 +221,8 @@ class ResNetClassifier(nn.Module):
 
         The RGB kernels of the first convolution are summed into one grey channel.
         """
+        if self.depth != 50:
+            raise ValueError("ImageNet weights are supported for ResNet50 only")
         state = _imagenet_state_dict(source)
         conv1 = state.get("conv1.weight")
         if conv1 is None:
@@ -239,31 +253,49 @@ def _imagenet_state_dict(source):
             f"--pretrained=none") from None
 
 
+def _residual_capsules(image_size, num_classes, capsule_options):
+    """The residual preset: options of the study network must keep their defaults."""
+    from capsule_classifier.residual_capsules import ResidualCapsuleClassifier
+    options = dict(capsule_options)
+    for key, default in STUDY_NETWORK_DEFAULTS.items():
+        if options.pop(key, default) != default:
+            raise ValueError(f"--{key} applies to the study and compact capsule presets, "
+                             f"not to capsule_preset=residual")
+    return ResidualCapsuleClassifier(image_size=image_size, num_classes=num_classes, **options)
+
+
 def make_model(name, image_size=512, num_classes=3, preset="study", freeze_children=0,
                pretrained="none", **capsule_options):
-    """Build a classifier by name: ``capsule`` (``preset`` + ``capsule_options``) or ``resnet50``.
+    """Build a classifier by name: ``capsule`` (``preset`` + ``capsule_options``), ``resnet50``
+    (alias ``resnet``) or ``resnet18``.
 
     ``pretrained`` (ResNet50 only): ``"none"``, ``"imagenet"`` or a path to a torchvision ResNet50
     weights file. ``freeze_children`` freezes the first children of the ResNet.
     """
     if name == "capsule":
+        if preset == "residual":
+            return _residual_capsules(image_size, num_classes, capsule_options)
         if preset not in CAPSULE_PRESETS:
-            raise ValueError(f"unknown capsule preset {preset!r}; known: {sorted(CAPSULE_PRESETS)}")
+            raise ValueError(f"unknown capsule preset {preset!r}; known: "
+                             f"{sorted(CAPSULE_PRESETS) + ['residual']}")
         options = {**CAPSULE_PRESETS[preset], **capsule_options}
         return CapsuleClassifier(image_size=image_size, num_classes=num_classes, **options)
-    if name in ("resnet50", "resnet"):
-        model = ResNetClassifier(num_classes=num_classes, **capsule_options)
+    if name in RESNET_NAMES:
+        model = ResNetClassifier(num_classes=num_classes, depth=RESNET_NAMES[name], **capsule_options)
         if pretrained and pretrained != "none":
             model.load_imagenet(pretrained)
         if freeze_children:
             model.freeze_children(freeze_children)
         return model
-    raise ValueError(f"unknown model {name!r}: use 'capsule' or 'resnet50'")
+    raise ValueError(f"unknown model {name!r}: use 'capsule', 'resnet18' or 'resnet50'")
 
 
 def model_from_config(name, config):
     """Rebuild an (untrained) model from the ``config`` a checkpoint stores."""
     if name == "capsule":
+        if config.get("architecture") == "residual":
+            from capsule_classifier.residual_capsules import ResidualCapsuleClassifier
+            return ResidualCapsuleClassifier(**config)
         return CapsuleClassifier(**config)
     return ResNetClassifier(**config)
 

@@ -28,7 +28,7 @@ Test = False
 CrossValidation = True
 LoadSavedModel = False        # start from the checkpoint named by check_name
 FreezeLayers = False          # ResNet50: freeze the first freeze_children children
-model = "capsule"             # "capsule" or "resnet" (ResNet50)
+model = "capsule"             # "capsule", "resnet18" (CPU baseline) or "resnet50" (alias "resnet")
 epochs = 60                   # per fold or hold-out run (256 px on 2 CPU threads: about 8 s per epoch)
 batch_size = 32
 lr = 1e-3                     # peak learning rate of the one-cycle recipe (study: 5e-5 with SGD)
@@ -41,27 +41,32 @@ check_name = ""               # checkpoint path, or run name inside model_dir, f
 augmentation = "mri"          # "mri" (flips, small affine, gamma/contrast), "affine" (no intensity
                               # change), "study" (rot90 copies + flips), "none"
 # --- additions ---
-vertical_flips = True         # flips up-down as well as left-right (augmentation and test-time views)
+vertical_flips = False        # flips up-down as well as left-right (augmentation and test-time views);
+                              # off: up-down flips turn sagittal and coronal slices upside down
 image_size = None             # None: the size of the first data file
 seed = 0
 device = "auto"               # "auto", "cpu", "cuda", "cuda:1"
 num_workers = 0               # data is held in memory; kept for the study's interface
 run_name = None               # None: <model>_<image size>
 resume = False                # continue an interrupted run from its last.pt files
-val_fraction = 0.2            # hold-out part when CrossValidation=False (patient-wise)
+val_fraction = 0.2            # hold-out part when CrossValidation=False
+group_by = "patient"          # folds and hold-out keep whole "patient"s apart, or whole "stretch"es
+                              # of consecutive figshare indices (about 200 slices, whole patients)
 pretrain_epochs = 5
 recipe = "onecycle"           # "onecycle" (AdamW) or "study_sgd" (SGD, fixed lr)
 weight_decay = 1e-4
 label_smoothing = 0.1
 ema_decay = 0.998             # > 0: validate and keep an exponential moving average of the weights
-capsule_preset = "compact"    # "compact" (CPU) or "study" (the paper's exact network)
+capsule_preset = "residual"   # "residual" (residual trunk + routed class capsules), "compact"
+                              # (the study's network made small) or "study" (the paper's exact network)
+mask_weight = 0.5             # residual preset: weight of the tumour-mask loss (0: no mask head)
 routing = "fast"              # "fast" or "general" dynamic routing loop
 capsule_types = 1             # capsule types of the hidden capsule layers (study: 1)
 scaled_norm = False           # start capsule batch-norm scales at 1/sqrt(D) so squash is not saturated
 test_time_flips = True        # score with probabilities averaged over the image and its flips
 freeze_children = 8           # used when FreezeLayers (study: 8)
 pretrained = "none"           # ResNet50: "none", "imagenet" or a path to a torchvision weights file
-amp = False                   # mixed precision (CUDA)
+amp = "auto"                  # mixed precision: float16 on CUDA, bfloat16 on CPUs that have it ("auto")
 channels_last = False
 threads = 2                   # CPU threads
 
@@ -69,25 +74,26 @@ threads = 2                   # CPU threads
 def run(flags):
     import torch
 
-    from capsule_classifier.engine import TrainConfig, resolve_device
+    from capsule_classifier.engine import TrainConfig, resolve_amp, resolve_device
     from capsule_classifier.experiment import Experiment, run_experiment
 
     torch.set_num_threads(flags["threads"])
     chosen = resolve_device(flags["device"])
-    name = "resnet50" if flags["model"] in ("resnet", "resnet50") else flags["model"]
+    name = "resnet50" if flags["model"] == "resnet" else flags["model"]
     config = TrainConfig(epochs=flags["epochs"], batch_size=flags["batch_size"], lr=flags["lr"],
                          momentum=flags["momentum"], weight_decay=flags["weight_decay"],
                          recipe=flags["recipe"], label_smoothing=flags["label_smoothing"],
-                         augmentation=flags["augmentation"], amp=flags["amp"],
+                         augmentation=flags["augmentation"], amp=resolve_amp(flags["amp"], chosen),
                          channels_last=flags["channels_last"], seed=flags["seed"],
-                         ema_decay=flags["ema_decay"], vertical_flips=flags["vertical_flips"])
+                         ema_decay=flags["ema_decay"], vertical_flips=flags["vertical_flips"],
+                         mask_weight=flags["mask_weight"])
     as_list = lambda value: [value] if isinstance(value, str) else list(value or [])  # noqa: E731
     exp = Experiment(
         model=name, data_path=as_list(flags["data_path"]), data_test_path=as_list(flags["data_test_path"]),
         model_dir=flags["model_dir"],
         run_name=flags["run_name"] or f"{name}_{flags['image_size'] or 'native'}",
         train=flags["Train"], test=flags["Test"], cross_validation=flags["CrossValidation"],
-        k_folds=flags["k_folds"], val_fraction=flags["val_fraction"],
+        k_folds=flags["k_folds"], val_fraction=flags["val_fraction"], group_by=flags["group_by"],
         load_saved_model=flags["LoadSavedModel"], check_name=flags["check_name"],
         image_size=flags["image_size"], pretrain_epochs=flags["pretrain_epochs"],
         capsule_preset=flags["capsule_preset"],

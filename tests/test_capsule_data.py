@@ -1,4 +1,4 @@
-"""Patient-wise folds, in-memory loading, study pickles and batch augmentation."""
+"""Patient-wise and leave-stretch-out folds, in-memory loading, study pickles and batch augmentation."""
 import os
 import pickle
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from capsule_classifier.augment import augment_batch, random_flips, random_intensity, rotated_copies
-from capsule_classifier.data import holdout_split, load_sources, patient_folds
+from capsule_classifier.data import figshare_numbers, holdout_split, load_sources, patient_folds, stretch_ids
 from capsule_classifier.study_pickle import load_study_pickle
 from preprocess.dataset import read_column
 
@@ -95,3 +95,83 @@ def test_intensity_augmentation_keeps_black_and_order_of_intensities():
     out = random_intensity(ramp, torch.Generator().manual_seed(0))
     assert torch.all(out[..., 0] == 0) and not torch.equal(out, ramp)
     assert torch.all(out[..., 1:] >= out[..., :-1])      # monotone: anatomy keeps its contrast order
+
+
+def _numbered_dataset(sizes, labels_of_patient):
+    """Slices numbered 1..N in patient order, with the given slices per patient and patient labels."""
+    patients, labels = [], []
+    for p, (size, label) in enumerate(zip(sizes, labels_of_patient)):
+        patients += [f"P{p:03d}"] * size
+        labels += [label] * size
+    source_ids = np.array([f"{k + 1}" for k in range(len(patients))], dtype=object)
+    return np.array(labels), np.array(patients, dtype=object), source_ids
+
+
+def test_stretches_are_consecutive_whole_patients_of_about_the_target_size():
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(3, 40, 120)
+    labels, patients, source_ids = _numbered_dataset(sizes, np.arange(120) // 40)
+    stretches = stretch_ids(patients, source_ids, stretch_slices=200)
+    assert (np.diff(stretches) >= 0).all()                              # consecutive in the numbering
+    for patient in np.unique(patients):
+        assert len(set(stretches[patients == patient])) == 1             # never splits a patient
+    counts = np.bincount(stretches)
+    assert counts.min() >= 100 and counts[:-1].max() < 200 + sizes.max()
+    # numbering, not the order of the rows, decides: shuffled rows give the same stretches
+    order = rng.permutation(len(labels))
+    assert (stretch_ids(patients[order], source_ids[order], 200) == stretches[order]).all()
+
+
+def test_stretch_folds_leave_whole_stretches_out():
+    rng = np.random.default_rng(1)
+    labels, patients, source_ids = _numbered_dataset(rng.integers(5, 30, 150), np.arange(150) // 50)
+    stretches = stretch_ids(patients, source_ids)
+    folds = patient_folds(labels, patients, 5, 0, source_ids, group_by="stretch")
+    assert sorted(np.concatenate([val for _, val in folds])) == list(range(len(labels)))
+    for train, val in folds:
+        assert not set(stretches[train]) & set(stretches[val])
+        assert not set(patients[train]) & set(patients[val])
+    # patient-wise folds of the same data do put neighbouring slices of a stretch on both sides
+    train, val = patient_folds(labels, patients, 5, 0)[0]
+    assert set(stretches[train]) & set(stretches[val])
+
+
+def test_stretches_need_figshare_numbers():
+    assert figshare_numbers(["12", "brainTumorDataPublic_1-766.zip:766.mat", "3064.mat"]).tolist() == \
+        [12, 766, 3064]
+    with pytest.raises(ValueError, match="group_by=patient"):
+        stretch_ids(np.array(["a", "b"], dtype=object), np.array(["x.png", "y.png"], dtype=object))
+    with pytest.raises(ValueError, match="group_by must be"):
+        patient_folds(np.zeros(6, int), np.array(list("abcdef"), dtype=object), 2, 0, group_by="slice")
+
+
+def test_masks_follow_the_geometry_of_their_images_and_no_intensity_change():
+    images = (torch.rand(8, 1, 32, 32) > 0.7).float()
+    labels = torch.arange(8) % 3
+    for mode in ("affine", "study"):
+        out, out_labels, masks = augment_batch(images, labels, mode, torch.Generator().manual_seed(2),
+                                               masks=images.to(torch.uint8))
+        assert torch.allclose(out, masks) and len(out_labels) == len(out)   # same warp, same flips
+    out, _, masks = augment_batch(images * 0.5, labels, "mri", torch.Generator().manual_seed(2),
+                                  masks=images.to(torch.uint8))
+    assert masks.max() > 0.99 and not torch.allclose(out * 2, masks, atol=1e-3)   # gamma on images only
+
+
+def test_load_sources_reads_tumour_masks(blob_dataset):
+    data = load_sources([blob_dataset], image_size=32)
+    assert data.masks.shape == (36, 32, 32) and data.masks.dtype == torch.uint8
+    assert set(torch.unique(data.masks).tolist()) == {0, 1}
+    assert torch.equal(data.subset([3, 1]).masks, data.masks[[3, 1]])
+
+
+def test_macro_f1_counts_only_the_classes_a_fold_holds():
+    from capsule_classifier.report import classification_metrics, macro_f1_of_confusion, summarise_folds
+    labels = np.array([1, 1, 1, 2])                       # a stretch fold without meningioma
+    probabilities = np.eye(3)[[1, 1, 0, 2]]               # one glioma taken for a meningioma
+    metrics = classification_metrics(labels, probabilities)
+    assert metrics["macro_f1"] == pytest.approx((0.8 + 1.0) / 2)     # F1 glioma 0.8, pituitary 1
+    other = classification_metrics(np.array([0, 0]), np.eye(3)[[0, 1]])
+    summary = summarise_folds([metrics, other])
+    pooled = np.array(summary["confusion_matrix"])
+    assert pooled.sum() == 6 and summary["pooled_macro_f1"] == pytest.approx(macro_f1_of_confusion(pooled))
+    assert summary["pooled_macro_f1"] == pytest.approx(np.mean([0.5, 2 / 3, 1.0]))   # F1 per class

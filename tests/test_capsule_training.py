@@ -63,7 +63,7 @@ def test_cross_validation_with_pretraining_and_test(blob_dataset, tmp_path):
     synthetic = _synthetic_copy(blob_dataset, tmp_path / "synthetic.h5")
     exp = Experiment(data_path=[str(synthetic), str(blob_dataset)], data_test_path=[str(blob_dataset)],
                      model_dir=str(tmp_path), run_name="cv", test=True, k_folds=3, pretrain_epochs=1,
-                     capsule_options=TINY, device="cpu",
+                     capsule_preset="compact", capsule_options=TINY, device="cpu",
                      config=TrainConfig(epochs=2, batch_size=8), flags={"k_folds": 3})
     metrics = run_experiment(exp, log=lambda *a: None)
     run_dir = tmp_path / "cv"
@@ -120,12 +120,12 @@ def test_resume_after_interruption_gives_the_same_result(blob_dataset, tmp_path,
 
 def test_checkpoint_says_whether_training_flipped_up_down(holdout_run, blob_dataset, tmp_path):
     data = load_sources([blob_dataset])
-    config = TrainConfig(epochs=1, batch_size=8, vertical_flips=False)
+    config = TrainConfig(epochs=1, batch_size=8, vertical_flips=True)
     fit(make_model("capsule", image_size=64, preset="compact", **TINY), "capsule", data.subset(np.arange(27)),
         data.subset(np.arange(27, 36)), config, str(tmp_path), torch.device("cpu"), log=lambda *a: None)
     for name in ("best.pt", "last.pt"):
-        assert not trained_vertical_flips(load_checkpoint(tmp_path / name))
-    assert trained_vertical_flips(load_checkpoint(holdout_run[0] / "best.pt"))    # the default
+        assert trained_vertical_flips(load_checkpoint(tmp_path / name))
+    assert not trained_vertical_flips(load_checkpoint(holdout_run[0] / "best.pt"))    # the default
 
 
 def test_test_only_from_checkpoint(holdout_run, blob_dataset, tmp_path):
@@ -179,8 +179,30 @@ def test_fine_tune_from_saved_model_and_refuse_a_mismatch(holdout_run, blob_data
                   config=TrainConfig(epochs=1, batch_size=8))
     saved = load_checkpoint(run_dir / "best.pt")["model_config"]
     options = {k: v for k, v in saved.items() if k not in ("image_size", "num_classes")}
-    metrics = run_experiment(Experiment(run_name="tuned", capsule_preset="study", capsule_options=options,
+    metrics = run_experiment(Experiment(run_name="tuned", capsule_preset="residual", capsule_options=options,
                                         **common), log=lambda *a: None)
     assert (tmp_path / "tuned" / "best.pt").is_file() and "validation" in metrics
     with pytest.raises(ValueError, match="does not fit"):
         run_experiment(Experiment(run_name="bad", capsule_preset="study", **common), log=lambda *a: None)
+
+
+def test_mask_loss_trains_the_residual_network_and_is_refused_politely_elsewhere(blob_dataset, tmp_path):
+    said = []
+    common = dict(data_path=[str(blob_dataset)], model_dir=str(tmp_path), cross_validation=False,
+                  device="cpu", capsule_options={"widths": (8, 8, 16, 16), "stem_channels": 4})
+    config = TrainConfig(epochs=1, batch_size=8, mask_weight=0.5)
+    run_experiment(Experiment(run_name="masked", config=config, **common), log=said.append)
+    record = load_checkpoint(tmp_path / "masked" / "last.pt")
+    assert record["model_config"]["mask_head"] and "mask_head.weight" in record["state_dict"]
+    assert record["train_config"]["mask_weight"] == 0.5
+    compact = TrainConfig(epochs=1, batch_size=8, mask_weight=0.5)
+    run_experiment(Experiment(run_name="compact", config=compact, capsule_preset="compact",
+                              **{**common, "capsule_options": TINY}), log=said.append)
+    assert any("mask_weight=0.5 ignored" in line for line in said) and compact.mask_weight == 0
+
+
+def test_stretch_folds_need_enough_stretches(blob_dataset, tmp_path):
+    exp = Experiment(data_path=[str(blob_dataset)], model_dir=str(tmp_path), run_name="stretch",
+                     group_by="stretch", k_folds=3, device="cpu", config=TrainConfig(epochs=1))
+    with pytest.raises(ValueError, match="at least 3 stretches"):
+        run_experiment(exp, log=lambda *a: None)

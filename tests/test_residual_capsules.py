@@ -1,0 +1,83 @@
+"""The residual capsule classifier (the default) and the ResNet18 baseline: shapes at every size,
+routing that is not saturated, the training-only mask head, rebuilding from a checkpoint."""
+import pytest
+import torch
+
+from capsule_classifier.network import ResNetClassifier, count_parameters, make_model, model_from_config
+from capsule_classifier.residual_capsules import ClassCapsules, ResidualCapsuleClassifier
+
+
+@pytest.mark.parametrize("size, stem_convs", [(64, 0), (128, 1), (256, 2), (512, 3)])
+def test_stem_follows_the_image_size(size, stem_convs):
+    model = make_model("capsule", image_size=size, preset="residual", stem_channels=4, widths=(4, 8, 8, 8))
+    convs = [m for m in model.stem.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == stem_convs
+    with torch.no_grad():
+        logits, mask_logits = model.eval().forward_with_mask(torch.rand(2, 1, size, size))
+    assert logits.shape == (2, 3) and mask_logits.shape == (2, 1, 16, 16)   # mask at 1/16 of 64 px maps
+    assert ((logits >= 0) & (logits <= model.logit_scale)).all()          # scaled capsule lengths
+
+
+def test_class_capsules_are_not_saturated_at_the_start():
+    """Without dividing the summed predictions, hundreds of primary capsules squash every class
+    capsule to length ~1 and the classifier cannot learn (seen in training); with it they differ."""
+    torch.manual_seed(0)
+    layer = ClassCapsules(types=16, in_dim=8, classes=3, out_dim=16)
+    primary = torch.nn.functional.normalize(torch.randn(4, 64, 16, 8), dim=-1) * 0.7
+    lengths = layer(primary).norm(dim=-1)
+    assert lengths.max() < 0.9 and lengths.std() > 0.01
+
+
+def test_the_class_whose_predictions_agree_gets_the_longer_capsule():
+    layer = ClassCapsules(types=1, in_dim=4, classes=2, out_dim=4)
+    both_to_first = torch.zeros(4, 4)
+    both_to_first[0, 0] = both_to_first[0, 1] = 1.0
+    with torch.no_grad():
+        layer.weight.copy_(torch.stack([torch.eye(4), both_to_first])[None])
+    primary = torch.zeros(1, 32, 1, 4)
+    primary[:, ::2, 0, 0] = 0.5                # half the capsules point one way, half another:
+    primary[:, 1::2, 0, 1] = 0.5               # class 0 keeps them apart, class 1 maps both to one
+    lengths = layer(primary).norm(dim=-1)[0]
+    assert lengths[1] > 1.3 * lengths[0]
+
+
+def test_mask_head_is_optional_and_trains_the_trunk():
+    model = ResidualCapsuleClassifier(image_size=64, stem_channels=4, widths=(4, 8, 8, 8))
+    logits, mask_logits = model.forward_with_mask(torch.rand(2, 1, 64, 64))
+    mask_logits.sum().backward()
+    assert model.stages[0].body[0].weight.grad.abs().sum() > 0
+    bare = ResidualCapsuleClassifier(image_size=64, stem_channels=4, widths=(4, 8, 8, 8), mask_head=False)
+    assert count_parameters(bare)[0] < count_parameters(model)[0]
+    with pytest.raises(RuntimeError, match="mask head"):
+        bare.forward_with_mask(torch.rand(2, 1, 64, 64))
+
+
+def test_rebuilt_from_its_config_gives_the_same_outputs():
+    torch.manual_seed(0)
+    model = make_model("capsule", image_size=128, preset="residual", widths=(8, 8, 16, 16)).eval()
+    rebuilt = model_from_config("capsule", model.config).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.rand(2, 1, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), rebuilt(x))
+        assert model.embed(x).shape == (2, 3 * model.config["class_dim"])
+
+
+def test_study_network_options_are_refused_with_the_residual_preset():
+    with pytest.raises(ValueError, match="capsule_types"):
+        make_model("capsule", image_size=64, preset="residual", capsule_types=4)
+    make_model("capsule", image_size=64, preset="residual", routing="fast", capsule_types=1)  # defaults pass
+    with pytest.raises(ValueError, match="multiple of 16"):
+        make_model("capsule", image_size=72, preset="residual")
+
+
+def test_resnet18_baseline():
+    model = make_model("resnet18").eval()
+    assert isinstance(model, ResNetClassifier) and model.config["depth"] == 18
+    assert model.final.in_features == 512 and 11_000_000 < count_parameters(model)[0] < 12_500_000
+    with torch.no_grad():
+        assert model(torch.rand(2, 1, 64, 64)).shape == (2, 3)
+    assert model_from_config("resnet18", model.config).config["depth"] == 18
+    assert model_from_config("resnet50", {"num_classes": 3, "dropout": 0.4}).config["depth"] == 50  # old
+    with pytest.raises(ValueError, match="ResNet50 only"):
+        make_model("resnet18", pretrained="imagenet")
