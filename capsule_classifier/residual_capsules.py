@@ -2,10 +2,10 @@
 class capsules with dynamic routing, plus an optional tumour-mask head used only in training.
 
     stem       3x3 convolutions with stride 2 (batch norm, ReLU) down to ``stem_target`` px
-               (64 px: two at 256 px, three at 512 px, one at 128 px), so every size below
+               (32 px: three at 256 px, four at 512 px, two at 128 px), so every size below
                follows the image size
     trunk      one residual basic block per stage (3x3, batch norm, ReLU), ``widths`` channels,
-               every stage after the first halves the map (8 x 8 at the end from a 64 px stem)
+               every stage after the first halves the map (4 x 4 at the end from a 32 px stem)
     primary    1x1 convolution into ``primary_types`` capsule types of ``primary_dim`` dimensions
                at every position of the last map, squashed
     class      one capsule of ``class_dim`` dimensions per class, reached from every primary
@@ -14,7 +14,7 @@ class capsules with dynamic routing, plus an optional tumour-mask head used only
                the tumour lies
     logits     ``logit_scale`` x capsule length (a length in [0, 1) is the class evidence, as in
                CapsNet; the scale lets cross-entropy train it)
-    mask head  (training only) a 1x1 convolution on the stage that has a 16 x 16 map at 256 px
+    mask head  (training only) a 1x1 convolution on the third stage (8 x 8 from a 32 px stem)
                predicting the tumour mask, so the trunk learns where the tumour is; prediction
                never needs a mask
 
@@ -32,7 +32,7 @@ from torch import nn
 
 from capsule_classifier.network import dynamic_routing, squash
 
-STEM_TARGET = 64
+STEM_TARGET = 32      # the trunk starts at 32 x 32 whatever the image size (64 costs twice as much)
 
 
 class BasicBlock(nn.Module):
@@ -109,7 +109,7 @@ class ResidualCapsuleClassifier(nn.Module):
         self.class_capsules = ClassCapsules(primary_types, primary_dim, num_classes, class_dim,
                                             routing_iterations)
         self.logit_scale = logit_scale
-        # the mask head reads the stage whose map is 1/16 of the image (16 x 16 at 256 px)
+        # the mask head reads the third stage (8 x 8 from a 32 px stem)
         self.mask_stage = min(len(widths) - 1, 2)
         self.mask_head = nn.Conv2d(widths[self.mask_stage], 1, 1) if mask_head else None
 

@@ -7,14 +7,14 @@ from capsule_classifier.network import ResNetClassifier, count_parameters, make_
 from capsule_classifier.residual_capsules import ClassCapsules, ResidualCapsuleClassifier
 
 
-@pytest.mark.parametrize("size, stem_convs", [(64, 0), (128, 1), (256, 2), (512, 3)])
+@pytest.mark.parametrize("size, stem_convs", [(64, 1), (128, 2), (256, 3), (512, 4)])
 def test_stem_follows_the_image_size(size, stem_convs):
     model = make_model("capsule", image_size=size, preset="residual", stem_channels=4, widths=(4, 8, 8, 8))
     convs = [m for m in model.stem.modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == stem_convs
     with torch.no_grad():
         logits, mask_logits = model.eval().forward_with_mask(torch.rand(2, 1, size, size))
-    assert logits.shape == (2, 3) and mask_logits.shape == (2, 1, 16, 16)   # mask at 1/16 of 64 px maps
+    assert logits.shape == (2, 3) and mask_logits.shape == (2, 1, 8, 8)   # third stage of a 32 px trunk
     assert ((logits >= 0) & (logits <= model.logit_scale)).all()          # scaled capsule lengths
 
 
