@@ -41,7 +41,6 @@ class TrainConfig:
     seed: int = 0
     ema_decay: float = 0.998         # > 0: evaluate and save an exponential moving average of the weights
     mask_weight: float = 0.0         # > 0: add this times the tumour-mask loss (models with a mask head)
-    class_weights: str = "none"      # "balanced": weight each class's loss by N / (classes * its slices)
 
 
 def resolve_device(name):
@@ -115,18 +114,6 @@ def _autocast(device, enabled):
     return torch.autocast(device.type, dtype=dtype, enabled=enabled and device.type in ("cuda", "cpu"))
 
 
-def loss_weights(labels, mode, classes=3):
-    """Per-class loss weights: None for ``"none"``; for ``"balanced"`` N / (classes * count), so that
-    every class weighs as much in the loss as if the training data held it as often as the others."""
-    if mode == "none":
-        return None
-    if mode != "balanced":
-        raise ValueError(f"class_weights must be 'none' or 'balanced', got {mode!r}")
-    counts = np.bincount(np.asarray(labels), minlength=classes).astype(np.float64)
-    weights = np.where(counts > 0, len(labels) / (classes * np.maximum(counts, 1)), 0.0)
-    return torch.tensor(weights, dtype=torch.float32)
-
-
 def mask_loss(mask_logits, masks):
     """Binary cross-entropy of the mask head's logits against the tumour masks pooled to their size
     (the fraction of each cell the tumour covers)."""
@@ -150,8 +137,6 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
     if len(batches) > 1 and len(batches[-1]) < 2:   # batch norm needs two samples
         batches = batches[:-1]
     labels_all = torch.as_tensor(data.labels)
-    weights = loss_weights(data.labels, config.class_weights)
-    weights = None if weights is None else weights.to(device)
     total_loss, correct, seen, started = 0.0, 0, 0, time.time()
     bar = tqdm(batches, desc=description, unit="batch", leave=False, dynamic_ncols=True)
     for rows in bar:
@@ -166,7 +151,7 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
                 logits = model(images)
             else:
                 logits, mask_logits = model.forward_with_mask(images)
-            loss = F.cross_entropy(logits.float(), labels, weight=weights, label_smoothing=config.label_smoothing)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
             if masks is not None:
                 loss = loss + config.mask_weight * mask_loss(mask_logits, masks)
         optimiser.zero_grad(set_to_none=True)

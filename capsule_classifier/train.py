@@ -61,7 +61,6 @@ pretrain_epochs = 5
 recipe = "onecycle"           # "onecycle" (AdamW) or "study_sgd" (SGD, fixed lr)
 weight_decay = 1e-4
 label_smoothing = 0.1
-class_weights = "none"        # "balanced": weight each class's loss inversely to its share of the slices
 ema_decay = 0.998             # > 0: validate and keep an exponential moving average of the weights
 capsule_preset = "residual"   # "residual" (residual trunk + routed class capsules), "compact"
                               # (the study's network made small) or "study" (the paper's exact network)
@@ -92,7 +91,7 @@ def run(flags):
                          augmentation=flags["augmentation"], amp=resolve_amp(flags["amp"], chosen),
                          channels_last=flags["channels_last"], seed=flags["seed"],
                          ema_decay=flags["ema_decay"], vertical_flips=flags["vertical_flips"],
-                         mask_weight=flags["mask_weight"], class_weights=flags["class_weights"])
+                         mask_weight=flags["mask_weight"])
     as_list = lambda value: [value] if isinstance(value, str) else list(value or [])  # noqa: E731
     exp = Experiment(
         model=name, data_path=as_list(flags["data_path"]), data_test_path=as_list(flags["data_test_path"]),

@@ -207,12 +207,3 @@ def test_stretch_folds_need_enough_stretches(blob_dataset, tmp_path):
     with pytest.raises(ValueError, match="at least 3 stretches"):
         run_experiment(exp, log=lambda *a: None)
 
-
-def test_balanced_class_weights():
-    from capsule_classifier.engine import loss_weights
-    assert loss_weights([0, 1, 1, 1], "none") is None
-    weights = loss_weights([0, 1, 1, 1, 2, 2], "balanced")
-    torch.testing.assert_close(weights, torch.tensor([2.0, 2 / 3, 1.0]))      # N / (3 * count)
-    assert loss_weights([1, 1, 2], "balanced")[0] == 0                        # absent class: no weight
-    with pytest.raises(ValueError, match="class_weights"):
-        loss_weights([0, 1], "inverse")
