@@ -8,9 +8,9 @@ loudly, because then splits cannot be patient-wise.
 ``patient_folds`` / ``holdout_split`` use scikit-learn's ``StratifiedGroupKFold``: no patient is
 ever in both parts, and classes are balanced across folds where the groups allow it. With
 ``group_by="stretch"`` the groups are stretches of consecutive figshare indices (``stretch_ids``):
-the figshare numbering runs in long one-label stretches whose slices resemble each other, so
-leaving whole stretches out predicts how a model does on patients from elsewhere in the numbering
-far better than patient-wise folds do.
+the figshare numbering runs in long one-label stretches whose slices resemble each other (and
+share imaging planes), so leaving whole stretches out asks what a model meets on patients from
+elsewhere in the numbering, which patient-wise folds never ask.
 """
 import os
 import re

@@ -89,7 +89,7 @@ def _to_device(images, device, channels_last):
 
 def cpu_has_native_bf16():
     """True when the CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX), where bf16 autocast
-    speeds training up (measured in bench/bench_classifier.py); elsewhere it is emulated and slow."""
+    speeds training up (measured in bench/bench_training_epoch.py); elsewhere it is emulated and slow."""
     try:
         with open("/proc/cpuinfo") as info:
             flags = info.read()
