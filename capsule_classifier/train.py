@@ -17,9 +17,9 @@ The defaults are the CPU recipe: the residual capsule network (capsule_preset=re
 trunk, routed class capsules, a tumour-mask loss in training), AdamW with a one-cycle learning
 rate, label smoothing 0.1, left-right flips, small affine warps and gamma/contrast changes, an
 exponential moving average of the weights, bfloat16 autocast where the CPU has it. The previous
-default is ``--capsule_preset=compact --vertical_flips=True --epochs=60``; the study's exact setting
-is ``--capsule_preset=study --recipe=study_sgd --lr=5e-5 --augmentation=study --label_smoothing=0
---ema_decay=0 --test_time_flips=False --vertical_flips=True``.
+default is ``--capsule_preset=compact --vertical_flips=True --epochs=60 --amp=false``; the study's
+exact setting is ``--capsule_preset=study --recipe=study_sgd --lr=5e-5 --augmentation=study --label_smoothing=0
+--ema_decay=0 --test_time_flips=False --vertical_flips=True --amp=false``.
 Outputs go to model_dir/run_name/ (see capsule_classifier/README.md).
 """
 import sys
