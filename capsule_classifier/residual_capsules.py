@@ -21,8 +21,8 @@ class capsules with dynamic routing, plus an optional tumour-mask head used only
 Why not the compact study network: on patients from other stretches of the figshare numbering it
 scored 0.68-0.70 where a ResNet18 scored 0.85 with the same recipe (see the README). Our
 reading: its 4x4 stride-2 capsule convolutions with a squash after each are a shallow, weakly
-non-linear trunk; this one keeps capsules where they carry the study's idea (part-whole routing into class
-capsules) and uses a residual trunk for features.
+non-linear trunk; this one keeps capsules where they carry the study's idea (part-whole
+routing into class capsules) and uses a residual trunk for features.
 """
 import math
 
