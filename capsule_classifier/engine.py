@@ -109,9 +109,17 @@ def resolve_amp(flag, device):
     raise ValueError(f"amp must be true, false or 'auto', got {flag!r}")
 
 
+def autocast_dtype(device):
+    """bfloat16 on CPUs and on GPUs that support it (no loss scaling, no float16 overflow in the
+    capsule routing); float16 on older GPUs."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
 def _autocast(device, enabled):
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype, enabled=enabled and device.type in ("cuda", "cpu"))
+    return torch.autocast(device.type, dtype=autocast_dtype(device),
+                          enabled=enabled and device.type in ("cuda", "cpu"))
 
 
 def mask_loss(mask_logits, masks):
@@ -230,7 +238,7 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
         model.to(memory_format=torch.channels_last)
     steps = max(1, math.ceil(len(train_data) / config.batch_size))
     optimiser, scheduler = make_optimiser(model, config, steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp and autocast_dtype(device) == torch.float16)
     average = make_average(model, config)
     evaluated = average.module if average is not None else model
     history, best, start = [], {"epoch": None, "macro_f1": -1.0, "accuracy": None}, 0

@@ -39,6 +39,7 @@ class Experiment:
     test: bool = False
     cross_validation: bool = True
     k_folds: int = 7
+    fold: int = 0                   # 1..k_folds: cross-validate that fold only (0: every fold)
     val_fraction: float = 0.2
     group_by: str = "patient"       # split by "patient" or by "stretch" of figshare numbering
     load_saved_model: bool = False
@@ -73,6 +74,8 @@ def build_model(exp, image_size):
     options = dict(exp.capsule_options) if exp.model == "capsule" else {}
     if exp.model == "capsule" and exp.capsule_preset == "residual":
         options["mask_head"] = uses_mask_head(exp)
+    elif options.pop("tumour_crop", False):
+        raise ValueError("--tumour_crop applies to the residual capsule network (capsule_preset=residual)")
     return make_model(exp.model, image_size=image_size, preset=exp.capsule_preset,
                       freeze_children=exp.freeze_children, pretrained=exp.pretrained, **options)
 
@@ -204,7 +207,11 @@ def _cross_validate(exp, real, start_state, run_dir, device, histories, log):
     folds = patient_folds(real.labels, real.patient_ids, exp.k_folds, exp.config.seed, real.source_ids,
                           exp.group_by)
     results, reports = [], []
+    if not 0 <= exp.fold <= exp.k_folds:
+        raise ValueError(f"--fold={exp.fold}: use 1..{exp.k_folds} (k_folds), or 0 for every fold")
     for k, (train_rows, val_rows) in enumerate(folds, start=1):
+        if exp.fold and k != exp.fold:
+            continue
         shared = set(real.patient_ids[train_rows]) & set(real.patient_ids[val_rows])
         assert not shared, f"fold {k} shares patients {sorted(shared)[:5]}"
         log(f"fold {k}/{exp.k_folds}: train {len(train_rows)}, validation {len(val_rows)} slices "

@@ -39,6 +39,7 @@ batch_size = 32
 lr = 1e-3                     # peak learning rate of the one-cycle recipe (study: 5e-5 with SGD)
 momentum = 0.9                # SGD momentum (recipe=study_sgd)
 k_folds = 7
+fold = 0                      # 1..k_folds: run only that cross-validation fold (0: all of them)
 model_dir = "checkpoints"
 data_path = []                # one or more .h5 dataset files or study .pkl files
 data_test_path = []
@@ -65,13 +66,14 @@ ema_decay = 0.998             # > 0: validate and keep an exponential moving ave
 capsule_preset = "residual"   # "residual" (residual trunk + routed class capsules), "compact"
                               # (the study's network made small) or "study" (the paper's exact network)
 mask_weight = 0.5             # residual preset: weight of the tumour-mask loss (0: no mask head)
+tumour_crop = False           # residual preset: add a second view centred on the predicted tumour
 routing = "fast"              # "fast" or "general" dynamic routing loop
 capsule_types = 1             # capsule types of the hidden capsule layers (study: 1)
 scaled_norm = False           # start capsule batch-norm scales at 1/sqrt(D) so squash is not saturated
 test_time_flips = True        # score with probabilities averaged over the image and its flips
 freeze_children = 8           # used when FreezeLayers (study: 8)
 pretrained = "none"           # ResNet50: "none", "imagenet" or a path to a torchvision weights file
-amp = "auto"                  # mixed precision: float16 on CUDA, bfloat16 on CPUs that have it ("auto")
+amp = "auto"                  # mixed precision ("auto"): bfloat16 on GPUs and CPUs that support it, float16 on older GPUs
 channels_last = False
 threads = 2                   # CPU threads
 
@@ -98,12 +100,12 @@ def run(flags):
         model_dir=flags["model_dir"],
         run_name=flags["run_name"] or f"{name}_{flags['image_size'] or 'native'}",
         train=flags["Train"], test=flags["Test"], cross_validation=flags["CrossValidation"],
-        k_folds=flags["k_folds"], val_fraction=flags["val_fraction"], group_by=flags["group_by"],
+        k_folds=flags["k_folds"], fold=flags["fold"], val_fraction=flags["val_fraction"], group_by=flags["group_by"],
         load_saved_model=flags["LoadSavedModel"], check_name=flags["check_name"],
         image_size=flags["image_size"], pretrain_epochs=flags["pretrain_epochs"],
         capsule_preset=flags["capsule_preset"],
         capsule_options={"routing": flags["routing"], "capsule_types": flags["capsule_types"],
-                         "scaled_norm": flags["scaled_norm"]},
+                         "scaled_norm": flags["scaled_norm"], "tumour_crop": flags["tumour_crop"]},
         freeze_children=flags["freeze_children"] if flags["FreezeLayers"] else 0,
         pretrained=flags["pretrained"], test_time_flips=flags["test_time_flips"], resume=flags["resume"],
         device=str(chosen), config=config, flags=flags)

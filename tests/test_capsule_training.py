@@ -201,6 +201,20 @@ def test_mask_loss_trains_the_residual_network_and_is_refused_politely_elsewhere
     assert any("mask_weight=0.5 ignored" in line for line in said) and compact.mask_weight == 0
 
 
+def test_one_fold_at_a_time(blob_dataset, tmp_path):
+    common = dict(data_path=[str(blob_dataset)], model_dir=str(tmp_path), k_folds=3, device="cpu",
+                  capsule_preset="compact", capsule_options=TINY, config=TrainConfig(epochs=1, batch_size=8))
+    metrics = run_experiment(Experiment(run_name="one", fold=2, **common), log=lambda *a: None)
+    assert [f["fold"] for f in metrics["cv"]["folds"]] == [2]
+    assert (tmp_path / "one" / "fold_2" / "fold.json").is_file()
+    assert not (tmp_path / "one" / "fold_1").exists() and not (tmp_path / "one" / "fold_3").exists()
+    with pytest.raises(ValueError, match="--fold=4"):
+        run_experiment(Experiment(run_name="bad", fold=4, **common), log=lambda *a: None)
+    with pytest.raises(ValueError, match="tumour_crop"):
+        run_experiment(Experiment(run_name="crop", **{**common, "capsule_options": {**TINY, "tumour_crop": True}}),
+                       log=lambda *a: None)
+
+
 def test_stretch_folds_need_enough_stretches(blob_dataset, tmp_path):
     exp = Experiment(data_path=[str(blob_dataset)], model_dir=str(tmp_path), run_name="stretch",
                      group_by="stretch", k_folds=3, device="cpu", config=TrainConfig(epochs=1))

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from capsule_classifier.network import ResNetClassifier, count_parameters, make_model, model_from_config
-from capsule_classifier.residual_capsules import ClassCapsules, ResidualCapsuleClassifier
+from capsule_classifier.residual_capsules import (CROP_LIMITS, ClassCapsules, ResidualCapsuleClassifier,
+                                                  tumour_window)
 
 
 @pytest.mark.parametrize("size, stem_convs", [(64, 1), (128, 2), (256, 3), (512, 4)])
@@ -50,6 +51,35 @@ def test_mask_head_is_optional_and_trains_the_trunk():
     assert count_parameters(bare)[0] < count_parameters(model)[0]
     with pytest.raises(RuntimeError, match="mask head"):
         bare.forward_with_mask(torch.rand(2, 1, 64, 64))
+
+
+def test_tumour_window_centres_on_the_predicted_tumour_and_follows_its_size():
+    logits = torch.full((2, 1, 8, 8), -10.0)
+    logits[0, 0, 1:3, 5:7] = 10.0          # small tumour, upper right
+    logits[1, 0, 2:8, 0:6] = 10.0          # large tumour, lower left
+    theta = tumour_window(logits)
+    # cell centres of an 8-cell axis lie at -7/8, -5/8, ..., 7/8
+    torch.testing.assert_close(theta[0, :, 2], torch.tensor([0.5, -0.5]), atol=0.02, rtol=0)
+    torch.testing.assert_close(theta[1, :, 2], torch.tensor([-0.25, 0.25]), atol=0.02, rtol=0)
+    small, large = theta[0, 0, 0].item(), theta[1, 0, 0].item()
+    assert CROP_LIMITS[0] <= small < large <= CROP_LIMITS[1]
+    assert theta[0, 0, 0] == theta[0, 1, 1] and theta[0, 0, 1] == 0
+
+
+def test_tumour_crop_adds_a_second_view_and_needs_the_mask_head():
+    model = ResidualCapsuleClassifier(image_size=128, stem_channels=4, widths=(4, 8, 8, 8), tumour_crop=True)
+    assert model.crop_branch.config["image_size"] == 32
+    x = torch.rand(2, 1, 128, 128)
+    logits, mask_logits = model.forward_with_mask(x)
+    assert logits.shape == (2, 3) and mask_logits.shape == (2, 1, 8, 8)
+    assert model.embed(x).shape == (2, 3 * 2 * model.config["class_dim"])
+    logits.sum().backward()
+    assert model.crop_branch.stages[0].body[0].weight.grad.abs().sum() > 0
+    assert model.mask_head.weight.grad is None      # the window's position passes no gradient
+    rebuilt = model_from_config("capsule", model.config)
+    rebuilt.load_state_dict(model.state_dict())
+    with pytest.raises(ValueError, match="mask head"):
+        ResidualCapsuleClassifier(image_size=128, mask_head=False, tumour_crop=True)
 
 
 def test_rebuilt_from_its_config_gives_the_same_outputs():
