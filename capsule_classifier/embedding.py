@@ -1,4 +1,5 @@
-"""t-SNE of a classifier's penultimate features: coordinates CSV and a scatter plot by class."""
+"""A classifier's penultimate features over dataset files: t-SNE (coordinates CSV and a scatter plot
+by class) and the feature files of ``features.py``."""
 import csv
 import os
 
@@ -15,6 +16,33 @@ from preprocess.dataset import CLASS_NAMES  # noqa: E402
 
 COLOURS = ("tab:blue", "tab:orange", "tab:green")
 MARKERS = {False: "o", True: "^"}
+
+
+def model_and_files(flags, script):
+    """(model, checkpoint record, device, data paths) from a script's ``checkpoint``, ``data_path``,
+    ``device`` and ``threads`` flags."""
+    import torch
+
+    from capsule_classifier.checkpoint import load_model
+    from capsule_classifier.engine import resolve_device
+
+    paths = [flags["data_path"]] if isinstance(flags["data_path"], str) else list(flags["data_path"])
+    if not flags["checkpoint"] or not paths:
+        raise SystemExit(f"{script} needs --checkpoint=FILE and --data_path=FILE[,FILE...]")
+    torch.set_num_threads(flags["threads"])
+    device = resolve_device(flags["device"])
+    model, record = load_model(flags["checkpoint"], device)
+    return model, record, device, paths
+
+
+def file_features(model, path, image_size, device, max_slices, seed):
+    """(features, labels, rows) of one dataset file, on a seeded subset of at most ``max_slices``."""
+    data = load_sources([path], image_size)
+    rows = np.arange(len(data))
+    if max_slices and len(data) > max_slices:
+        rows = np.sort(np.random.default_rng(seed).choice(len(data), max_slices, replace=False))
+        data = data.subset(rows)
+    return predict(model, data.images, device, embed=True).astype(np.float32), data.labels, rows
 
 
 def embed_files(model, paths, image_size, device, max_slices, seed):

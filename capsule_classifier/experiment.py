@@ -17,7 +17,8 @@ import torch
 from torchinfo import summary
 
 from capsule_classifier.checkpoint import load_checkpoint, load_model, trained_vertical_flips
-from capsule_classifier.data import holdout_split, load_sources, patient_folds
+from capsule_classifier.data import load_sources
+from preprocess.splits import holdout_split, patient_folds
 from capsule_classifier.engine import TrainConfig, fit, predict, resolve_device
 from capsule_classifier.network import count_parameters, make_model
 from capsule_classifier.report import (classification_metrics, plot_confusion, plot_curves,

@@ -23,18 +23,9 @@ threads = 2
 def run(flags):
     import os
 
-    import torch
+    from capsule_classifier.embedding import embed_files, model_and_files, tsne_coordinates, write_tsne
 
-    from capsule_classifier.checkpoint import load_model
-    from capsule_classifier.embedding import embed_files, tsne_coordinates, write_tsne
-    from capsule_classifier.engine import resolve_device
-
-    paths = [flags["data_path"]] if isinstance(flags["data_path"], str) else list(flags["data_path"])
-    if not flags["checkpoint"] or not paths:
-        raise SystemExit("tsne.py needs --checkpoint=FILE and --data_path=FILE[,FILE...]")
-    torch.set_num_threads(flags["threads"])
-    chosen = resolve_device(flags["device"])
-    model, record = load_model(flags["checkpoint"], chosen)
+    model, record, chosen, paths = model_and_files(flags, "tsne.py")
     features, data = embed_files(model, paths, record["image_size"], chosen, flags["max_slices"],
                                  flags["seed"])
     coordinates = tsne_coordinates(features, flags["seed"])

@@ -4,8 +4,11 @@
         --masks=data/masks_aug_128.h5 --real=data/figshare_128.h5 \
         --synthetic=data/synthetic_128.h5 --out_dir=checkpoints/gan/gan_128/evaluation
 
-Writes <out_dir>/evaluation.json (every number, with the commands of the classifier runs) and
-<out_dir>/real_vs_synthetic.png. The classifier part calls capsule_classifier/train.py as a
+Writes <out_dir>/evaluation.json (every number, with the commands of the classifier runs),
+<out_dir>/real_vs_synthetic.png and, with --feature_checkpoint, quality.json and quality.png (KID,
+FD, precision/recall and memorisation in that classifier's feature space). With --heldout (real
+slices of patients the GAN never saw, from preprocess/split_dataset.py), train-on-synthetic is
+tested on those patients. The classifier part calls capsule_classifier/train.py as a
 subprocess (--classifier=False skips it; --classifier_runs=synthetic_to_real keeps only the quick
 train-on-synthetic / test-on-real run; --classifier_args passes more flags, e.g. "--epochs=5").
 Classifier runs that already finished with the same command are reused, so several evaluate.py
@@ -22,11 +25,19 @@ run_name = "gan_128"
 masks = "data/masks_aug_128.h5"         # masks for the diversity measurement
 real = "data/figshare_128.h5"           # real slices (histograms, grid, test set)
 synthetic = "data/synthetic_128.h5"     # output of generate.py
+heldout = ""                            # real slices of patients the GAN never saw (split_dataset.py):
+                                        # train-on-synthetic is tested on them, and they give the
+                                        # real-vs-real floor of every feature metric
+feature_checkpoint = ""                 # classifier trained on the real training slices (e.g.
+                                        # --model=resnet18): its penultimate features are the space of
+                                        # KID, FD, precision/recall and memorisation ("" = skip them)
+feature_slices = 2000                   # at most this many slices per file for the feature metrics
 out_dir = ""                            # "" = <model_dir>/<run_name>/evaluation
 diversity_masks = 8                     # masks per class for the diversity measurement
 diversity_latents = 4                   # latent vectors per mask
 classifier = True                       # run the classifier comparisons
-classifier_runs = ["synthetic_to_real", "real_only", "synthetic_pretrained"]   # which comparisons
+classifier_runs = ["synthetic_to_real", "real_only", "synthetic_pretrained"]   # which comparisons;
+                                        # "real_to_heldout" (needs --heldout) is the TSTR reference
 k_folds = 5
 classifier_args = ""                    # extra flags for capsule_classifier/train.py, space separated
 seed = 0
@@ -41,8 +52,9 @@ if __name__ == "__main__":
 
     import torch
 
-    from generative_model.evaluation import (classifier_comparison, comparison_grid, histogram_distances,
-                                             latent_diversity)
+    from generative_model.evaluation import (classifier_comparison, comparison_grid, heldout_leakage,
+                                             histogram_distances, latent_diversity)
+    from generative_model.quality_report import quality_report
     from preprocess.dataset import read_attrs
     from preprocess.flags import apply_cli_flags
 
@@ -58,10 +70,19 @@ if __name__ == "__main__":
         report["histogram_distance"] = histogram_distances(real, synthetic)
         report["grid"] = comparison_grid(real, synthetic, out / "real_vs_synthetic.png", seed=seed)
         print(json.dumps({k: report[k] for k in ("diversity", "histogram_distance")}, indent=1))
+        if heldout:
+            report["heldout_leakage"] = leakage = heldout_leakage(run_dir, synthetic, heldout)
+            if leakage["heldout_patients_the_gan_saw"] or leakage["synthetic_slices_from_heldout_masks"]:
+                print(f"warning: the GAN or its masks saw held-out patients ({leakage}); the tests on "
+                      f"{heldout} are not on unseen patients")
+        if feature_checkpoint:
+            quality = quality_report(feature_checkpoint, real, synthetic, heldout, out, feature_slices, seed, device)
+            report["feature_space"] = quality
+            print(json.dumps(quality["against_train"], indent=1))
         if classifier:
             report["classifier"] = classifier_comparison(
                 real, synthetic, int(read_attrs(real)["image_size"]), out / "classifier", k_folds, seed,
-                classifier_args.split(), classifier_runs)
+                classifier_args.split(), classifier_runs, heldout or None)
             print(json.dumps(report["classifier"], indent=1))
         report["seconds"] = round(time.perf_counter() - started, 1)
     except (OSError, KeyError, ValueError, RuntimeError) as error:

@@ -153,37 +153,65 @@ def run_classifier(args, model_dir, run_name, log_path):
     return metrics, round(time.perf_counter() - started, 1), " ".join(command[1:])
 
 
-CLASSIFIER_RUNS = ("synthetic_to_real", "real_only", "synthetic_pretrained")
+def heldout_leakage(run_dir, synthetic_path, heldout_path):
+    """How much of the held-out file the GAN and its masks saw: held-out patients in the GAN's
+    training file (run.json's ``dataset``), and synthetic slices whose mask came from a held-out
+    slice (matching ``source_ids``). Both must be 0 for an honest train-on-synthetic test."""
+    with open(os.path.join(run_dir, "run.json")) as handle:
+        gan_dataset = json.load(handle).get("dataset")
+    heldout_patients = set(read_column(heldout_path, "patient_ids"))
+    report = {"gan_dataset": gan_dataset, "heldout_patients": len(heldout_patients)}
+    if gan_dataset and os.path.exists(gan_dataset):
+        report["heldout_patients_the_gan_saw"] = len(heldout_patients & set(read_column(gan_dataset, "patient_ids")))
+    else:
+        report["heldout_patients_the_gan_saw"] = None      # unknown: the GAN's file is not here
+    mask_sources = read_column(synthetic_path, "source_ids")
+    report["synthetic_slices_from_heldout_masks"] = int(np.isin(mask_sources, read_column(heldout_path, "source_ids")).sum())
+    return report
+
+
+CLASSIFIER_RUNS = ("synthetic_to_real", "real_to_heldout", "real_only", "synthetic_pretrained")
+DEFAULT_CLASSIFIER_RUNS = ("synthetic_to_real", "real_only", "synthetic_pretrained")
 
 
 def classifier_comparison(real_path, synthetic_path, image_size, work_dir, k_folds=5, seed=0,
-                          extra_args=(), runs=CLASSIFIER_RUNS):
+                          extra_args=(), runs=DEFAULT_CLASSIFIER_RUNS, heldout_path=None):
     """Classifier runs, each in its own folder under work_dir (and reused when already done):
 
-    synthetic_to_real      train on the synthetic slices, test on all real ones
+    synthetic_to_real      train on the synthetic slices, test on real ones: the held-out file
+                           (patients the GAN never saw) when given, else all real slices
+    real_to_heldout        train on the real slices, test on the held-out file (the reference
+                           the synthetic-only classifier is measured against; needs heldout_path)
     real_only              patient-wise k-fold CV on the real slices
     synthetic_pretrained   the same folds and seed, after pre-training on the synthetic slices
     """
     unknown = set(runs) - set(CLASSIFIER_RUNS)
     if unknown:
         raise ValueError(f"unknown classifier runs {sorted(unknown)}; known: {list(CLASSIFIER_RUNS)}")
+    if "real_to_heldout" in runs and not heldout_path:
+        raise ValueError("the real_to_heldout run needs a held-out file (--heldout)")
     work_dir = Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     real_path, synthetic_path = os.path.abspath(real_path), os.path.abspath(synthetic_path)
+    test_path = os.path.abspath(heldout_path) if heldout_path else real_path
     common = [f"--image_size={image_size}", f"--seed={seed}", *extra_args]
     cv = [f"--k_folds={k_folds}", "--CrossValidation=True", "--Train=True", "--Test=False", *common]
+    tested = ["--CrossValidation=False", "--Train=True", "--Test=True", f"--data_test_path={test_path}", *common]
     results = {}
     for name in runs:
-        if name == "synthetic_to_real":
-            args = [f"--data_path={synthetic_path}", f"--data_test_path={real_path}", "--CrossValidation=False",
-                    "--Train=True", "--Test=True", *common]
+        if name in ("synthetic_to_real", "real_to_heldout"):
+            train_on = synthetic_path if name == "synthetic_to_real" else real_path
+            args = [f"--data_path={train_on}", *tested]
         else:
             data = real_path if name == "real_only" else f"{synthetic_path},{real_path}"
             args = [f"--data_path={data}", *cv]
         metrics, seconds, command = run_classifier(args, work_dir, name, work_dir / f"{name}.log")
-        part = metrics["test"] if name == "synthetic_to_real" else metrics["cv"]
-        keys = ("accuracy", "macro_f1") if name == "synthetic_to_real" else \
+        tests = name in ("synthetic_to_real", "real_to_heldout")
+        part = metrics["test"] if tests else metrics["cv"]
+        keys = ("accuracy", "macro_f1") if tests else \
             ("accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std")
         results[name] = {key: part.get(key) for key in keys}
+        if tests:
+            results[name].update(tested_on=test_path)
         results[name].update(seconds=seconds, command=command)
     return results

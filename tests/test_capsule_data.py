@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from capsule_classifier.augment import augment_batch, random_flips, random_intensity, rotated_copies
-from capsule_classifier.data import figshare_numbers, holdout_split, load_sources, patient_folds, stretch_ids
+from capsule_classifier.data import load_sources
+from preprocess.splits import figshare_numbers, holdout_split, patient_folds, stretch_ids
 from capsule_classifier.study_pickle import load_study_pickle
 from preprocess.dataset import read_column
 

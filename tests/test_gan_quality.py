@@ -1,0 +1,95 @@
+"""Feature-space quality metrics of synthetic slices: KID, FD, precision/recall, memorisation, the
+held-out leakage check, and the report of evaluate.py end to end on tiny data."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from generative_model.quality import (frechet_distance, kernel_distance, nearest_neighbours, precision_recall)
+from preprocess.splits import write_split
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _gaussian(n, shift=0.0, scale=1.0, seed=0, dim=8):
+    return np.random.default_rng(seed).normal(shift, scale, size=(n, dim))
+
+
+def test_frechet_distance_matches_the_closed_form_and_grows_with_a_shift():
+    real = _gaussian(4000, seed=1)
+    assert frechet_distance(real, _gaussian(4000, seed=2)) < 0.05
+    # identity covariances: the distance is the squared mean gap, 8 dimensions x 0.5^2
+    assert frechet_distance(real, _gaussian(4000, shift=0.5, seed=2)) == pytest.approx(2.0, abs=0.15)
+
+
+def test_kernel_distance_is_unbiased_near_zero_and_reports_its_spread():
+    same_mean, same_std = kernel_distance(_gaussian(400, seed=1), _gaussian(400, seed=2), subsets=20, subset_size=200)
+    shifted_mean, _ = kernel_distance(_gaussian(400, seed=1), _gaussian(400, 1.0, seed=2), subsets=20, subset_size=200)
+    assert abs(same_mean) < 3 * same_std + 1e-3 and same_std > 0
+    assert shifted_mean > 20 * max(same_mean, same_std)
+    with pytest.raises(ValueError, match="at least 2"):
+        kernel_distance(_gaussian(1), _gaussian(5))
+
+
+def test_precision_and_recall_tell_collapse_from_spread():
+    real = _gaussian(500, seed=1)
+    collapsed = _gaussian(500, scale=0.1, seed=2)          # realistic but not diverse
+    far = _gaussian(500, shift=6.0, seed=3)                # diverse but unrealistic
+    precision, recall = precision_recall(real, collapsed)
+    assert precision > 0.9 and recall < 0.2
+    precision, recall = precision_recall(real, far)
+    assert precision < 0.05 and recall < 0.05
+    precision, recall = precision_recall(real, _gaussian(500, seed=4))
+    assert precision > 0.6 and recall > 0.6
+
+
+def test_nearest_neighbours_find_copies():
+    references = _gaussian(50, seed=1)
+    index, distance = nearest_neighbours(references[[7, 3]] + 1e-4, references)
+    assert index.tolist() == [7, 3] and (distance < 1e-2).all()
+
+
+def _train_feature_classifier(train_path, model_dir):
+    command = [sys.executable, "capsule_classifier/train.py", "--model=resnet18", f"--data_path={train_path}",
+               "--CrossValidation=False", "--epochs=1", "--batch_size=8", f"--model_dir={model_dir}",
+               "--run_name=features"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return Path(model_dir) / "features" / "last.pt"
+
+
+def test_quality_report_and_leakage_check(blob_dataset, tmp_path):
+    from generative_model.evaluation import heldout_leakage
+    from generative_model.quality_report import quality_report
+    from generative_model.synthesis import synthesize
+    from generative_model.trainer import GanSettings, train_models
+    from tests.test_gan_training import TINY
+
+    train, heldout = tmp_path / "train.h5", tmp_path / "heldout.h5"
+    write_split(blob_dataset, train, heldout, fraction=0.25)
+    train_models(train, tmp_path, "gan", GanSettings(**TINY))
+    masks = tmp_path / "masks.h5"
+    subprocess.run([sys.executable, "preprocess/augment_masks.py", f"--dataset={train}", f"--out={masks}",
+                    "--per_class=6", "--workers=1"], cwd=ROOT, check=True, capture_output=True, timeout=120)
+    synthetic = tmp_path / "synthetic.h5"
+    synthesize(tmp_path / "gan", masks, synthetic, per_class=6, batch_size=6, device="cpu", progress=False)
+
+    leakage = heldout_leakage(tmp_path / "gan", synthetic, heldout)
+    assert leakage["heldout_patients_the_gan_saw"] == 0 and leakage["synthetic_slices_from_heldout_masks"] == 0
+    assert heldout_leakage(tmp_path / "gan", synthetic, train)["heldout_patients_the_gan_saw"] > 0
+
+    checkpoint = _train_feature_classifier(train, tmp_path / "classifier")
+    report = quality_report(checkpoint, train, synthetic, heldout, tmp_path / "quality", device="cpu")
+    for part in ("synthetic", "heldout"):
+        metrics = report["against_train"][part]
+        assert {"kid_mean", "kid_std", "fd", "precision", "recall"} <= set(metrics)
+        assert 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1 and metrics["fd"] >= 0
+    memorisation = report["memorisation"]
+    assert 0 <= memorisation["synthetic"]["share_ssim_above_0.9"] <= 1
+    assert "share_closer_than_heldout_q01" in memorisation["synthetic"]
+    assert (tmp_path / "quality" / "quality.png").stat().st_size > 10_000
+    saved = json.loads((tmp_path / "quality" / "quality.json").read_text())
+    assert saved["against_train"]["synthetic"]["slices"] == 18
