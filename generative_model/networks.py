@@ -16,6 +16,19 @@ The latent vector enters in one of two forms (``latent_mode``):
 With ``num_classes`` > 0 the class enters as one-hot planes (class-conditional model); both
 networks then take the labels as an extra argument.
 
+Options against the artefacts of the study's generator (each off by default in the classes, so
+old checkpoints load unchanged; ``train.py`` picks the defaults):
+
+* ``upsample="resize"``: nearest-neighbour upsampling then a 3x3 convolution instead of 4x4
+  stride-2 transposed convolutions, whose uneven kernel overlap paints checkerboards
+  (Odena et al. 2016);
+* ``mask_norm=True``: every decoder level is normalised without a learned scale and then scaled
+  and shifted per pixel by maps computed from the condition mask (and class planes) at that
+  level's size, SPADE-style (Park et al. 2019), so the mask shapes every scale, not only the input;
+* ``spectral_norm=True`` (discriminator): spectral normalisation of every convolution (Miyato et
+  al. 2018), which keeps the critic's gradients tame; ``PatchDiscriminator(..., features=True)``
+  also returns its intermediate activations for pix2pixHD's feature-matching loss.
+
 Discriminator: pix2pix's 70 x 70 PatchGAN over the (mask, image) pair (plus class planes), giving
 one real/fake logit per overlapping 70 x 70 patch. Weights start from Normal(0, 0.02).
 """
@@ -27,6 +40,8 @@ from torch.nn import functional as F
 
 LATENT_MODES = ("inject", "study")
 NORMS = ("batch", "instance")
+UPSAMPLES = ("transpose", "resize")
+MASK_NORM_HIDDEN = 32   # channels of the small network that turns the mask into scale and shift maps
 SEED_PLANE = 8          # side of the small latent plane of the "inject" mode
 INJECT_CHANNELS = 4     # latent feature planes added to each decoder level in "inject" mode
 
@@ -38,6 +53,38 @@ def norm_layer(norm, channels):
     if norm == "instance":
         return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
+def upsampling(in_channels, out_channels, mode, bias=True):
+    """Double the resolution: a 4x4 stride-2 transposed convolution, or resize + 3x3 convolution."""
+    if mode == "transpose":
+        return nn.ConvTranspose2d(in_channels, out_channels, 4, 2, 1, bias=bias)
+    if mode == "resize":
+        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                             nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=bias))
+    raise ValueError(f"upsample must be one of {UPSAMPLES}, got {mode!r}")
+
+
+class MaskNorm(nn.Module):
+    """SPADE-style normalisation: parameter-free batch or instance norm, then a per-pixel scale and
+    shift predicted from the condition (mask and class planes) resized to the features' size."""
+
+    def __init__(self, norm, channels, condition_channels, hidden=MASK_NORM_HIDDEN):
+        super().__init__()
+        if norm == "batch":
+            self.norm = nn.BatchNorm2d(channels, affine=False)
+        elif norm == "instance":
+            self.norm = nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+        else:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        self.shared = nn.Sequential(nn.Conv2d(condition_channels, hidden, 3, 1, 1), nn.ReLU())
+        self.scale = nn.Conv2d(hidden, channels, 3, 1, 1)
+        self.shift = nn.Conv2d(hidden, channels, 3, 1, 1)
+
+    def forward(self, x, condition):
+        condition = F.interpolate(condition, size=x.shape[-2:], mode="nearest")
+        hidden = self.shared(condition.to(x.dtype))
+        return self.norm(x) * (1 + self.scale(hidden)) + self.shift(hidden)
 
 
 def unet_depth(image_size):
@@ -58,12 +105,13 @@ class UNetGenerator(nn.Module):
     """pix2pix U-Net from a condition mask and a latent vector to a one-channel image."""
 
     def __init__(self, image_size=128, ngf=64, latent_dim=100, latent_mode="inject",
-                 norm="batch", num_classes=0):
+                 norm="batch", num_classes=0, upsample="transpose", mask_norm=False):
         super().__init__()
         if latent_mode not in LATENT_MODES:
             raise ValueError(f"latent_mode must be one of {LATENT_MODES}, got {latent_mode!r}")
         self.config = dict(image_size=image_size, ngf=ngf, latent_dim=latent_dim,
-                           latent_mode=latent_mode, norm=norm, num_classes=num_classes)
+                           latent_mode=latent_mode, norm=norm, num_classes=num_classes,
+                           upsample=upsample, mask_norm=mask_norm)
         self.image_size = image_size
         self.latent_dim = latent_dim
         self.latent_mode = latent_mode
@@ -93,10 +141,11 @@ class UNetGenerator(nn.Module):
             skip = 0 if level == depth - 1 else widths[level]
             in_channels = widths[level] + skip + inject
             if level == 0:
-                layers = [nn.ReLU(), nn.ConvTranspose2d(in_channels, 1, 4, 2, 1), nn.Tanh()]
+                layers = [nn.ReLU(), upsampling(in_channels, 1, upsample), nn.Tanh()]
             else:
-                layers = [nn.ReLU(), nn.ConvTranspose2d(in_channels, widths[level - 1], 4, 2, 1, bias=use_bias),
-                          norm_layer(norm, widths[level - 1])]
+                out = widths[level - 1]
+                layers = [nn.ReLU(), upsampling(in_channels, out, upsample, bias=use_bias),
+                          MaskNorm(norm, out, 1 + num_classes) if mask_norm else norm_layer(norm, out)]
             self.up.append(nn.Sequential(*layers))
         init_weights(self)
 
@@ -111,6 +160,7 @@ class UNetGenerator(nn.Module):
         if self.num_classes:
             inputs.append(class_planes(labels, self.num_classes, size).to(mask.dtype))
         x = torch.cat(inputs, 1)
+        condition = torch.cat([inputs[0], *inputs[2:]], 1)     # mask and class planes, for MaskNorm
         skips = []
         for block in self.down:
             x = block(x)
@@ -123,16 +173,19 @@ class UNetGenerator(nn.Module):
                 side = x.shape[-1]
                 code = self.latent_levels[level](z)[:, :, None, None].expand(-1, -1, side, side)
                 parts.append(code.to(x.dtype))
-            x = block(torch.cat(parts, 1))
+            x = torch.cat(parts, 1)
+            for layer in block:
+                x = layer(x, condition) if isinstance(layer, MaskNorm) else layer(x)
         return x
 
 
 class PatchDiscriminator(nn.Module):
     """70 x 70 PatchGAN over the (mask, image) pair: a map of real/fake logits."""
 
-    def __init__(self, ndf=64, norm="batch", num_classes=0, n_layers=3):
+    def __init__(self, ndf=64, norm="batch", num_classes=0, n_layers=3, spectral_norm=False):
         super().__init__()
-        self.config = dict(ndf=ndf, norm=norm, num_classes=num_classes, n_layers=n_layers)
+        self.config = dict(ndf=ndf, norm=norm, num_classes=num_classes, n_layers=n_layers,
+                           spectral_norm=spectral_norm)
         self.num_classes = num_classes
         use_bias = norm == "instance"
         layers = [nn.Conv2d(2 + num_classes, ndf, 4, 2, 1), nn.LeakyReLU(0.2)]
@@ -146,12 +199,25 @@ class PatchDiscriminator(nn.Module):
         layers.append(nn.Conv2d(width, 1, 4, 1, 1))
         self.model = nn.Sequential(*layers)
         init_weights(self)
+        if spectral_norm:
+            for layer in self.model:
+                if isinstance(layer, nn.Conv2d):
+                    nn.utils.parametrizations.spectral_norm(layer)
 
-    def forward(self, mask, image, labels=None):
+    def forward(self, mask, image, labels=None, features=False):
+        """The logit map; with ``features=True`` also the activations after every LeakyReLU."""
         inputs = [mask, image]
         if self.num_classes:
             inputs.append(class_planes(labels, self.num_classes, mask.shape[-1]).to(mask.dtype))
-        return self.model(torch.cat(inputs, 1))
+        x = torch.cat(inputs, 1)
+        if not features:
+            return self.model(x)
+        activations = []
+        for layer in self.model:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                activations.append(x)
+        return x, activations
 
 
 def receptive_field(discriminator):
@@ -169,13 +235,14 @@ def init_weights(module, std=0.02):
             nn.init.normal_(layer.weight, 0.0, std)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
-        elif isinstance(layer, nn.BatchNorm2d):
+        elif isinstance(layer, nn.BatchNorm2d) and layer.affine:
             nn.init.normal_(layer.weight, 1.0, std)
             nn.init.zeros_(layer.bias)
 
 
-def build_networks(image_size, ngf, ndf, latent_dim, latent_mode, norm, num_classes):
+def build_networks(image_size, ngf, ndf, latent_dim, latent_mode, norm, num_classes, upsample="transpose",
+                   mask_norm=False, spectral_norm=False):
     """The generator and discriminator of one model, from plain settings."""
-    generator = UNetGenerator(image_size, ngf, latent_dim, latent_mode, norm, num_classes)
-    discriminator = PatchDiscriminator(ndf, norm, num_classes)
+    generator = UNetGenerator(image_size, ngf, latent_dim, latent_mode, norm, num_classes, upsample, mask_norm)
+    discriminator = PatchDiscriminator(ndf, norm, num_classes, spectral_norm=spectral_norm)
     return generator, discriminator

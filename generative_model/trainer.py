@@ -52,6 +52,10 @@ class GanSettings:
     latent_dim: int = 100
     latent_mode: str = "inject"
     norm: str = "batch"
+    upsample: str = "transpose"  # "transpose" (study, pix2pix) or "resize" (nearest + 3x3 conv)
+    mask_norm: bool = False      # SPADE-style mask-conditioned normalisation in the decoder
+    spectral_norm: bool = False  # spectral normalisation of the discriminator's convolutions
+    feature_matching_weight: float = 0.0  # pix2pixHD feature-matching loss on the discriminator's layers
     conditional: bool = False    # True: one class-conditional model instead of one per class
     seed: int = 0
     device: str = "auto"
@@ -154,11 +158,14 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
     num_classes = len(CLASS_NAMES) if settings.conditional else 0
     generator, discriminator = build_networks(settings.image_size, settings.ngf, settings.ndf,
                                               settings.latent_dim, settings.latent_mode,
-                                              settings.norm, num_classes)
+                                              settings.norm, num_classes, settings.upsample,
+                                              settings.mask_norm, settings.spectral_norm)
     generator.to(device)
     discriminator.to(device)
-    print(f"generator {_millions(generator)}M parameters ({settings.latent_mode} latent, ngf {settings.ngf}), "
-          f"discriminator {_millions(discriminator)}M (ndf {settings.ndf}), {settings.norm} norm, on {device}")
+    print(f"generator {_millions(generator)}M parameters ({settings.latent_mode} latent, ngf {settings.ngf}, "
+          f"{settings.upsample} upsampling{', mask norm' if settings.mask_norm else ''}), "
+          f"discriminator {_millions(discriminator)}M (ndf {settings.ndf}"
+          f"{', spectral norm' if settings.spectral_norm else ''}), {settings.norm} norm, on {device}")
     betas = (settings.beta1, 0.999)
     opt_g = torch.optim.Adam(generator.parameters(), lr=settings.lr, betas=betas)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=settings.lr, betas=betas)
@@ -232,6 +239,13 @@ def _millions(module):
     return round(sum(p.numel() for p in module.parameters()) / 1e6, 2)
 
 
+def feature_matching(fake_features, real_features):
+    """pix2pixHD's feature-matching loss: mean L1 between the discriminator's activations on the
+    fake and on the real pair, averaged over its layers."""
+    return sum(F.l1_loss(fake.float(), real.float()) for fake, real in zip(fake_features, real_features)) \
+        / len(fake_features)
+
+
 def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scaler, pool, criterion,
                settings, use_amp):
     """One discriminator and one generator update; returns the losses as floats."""
@@ -252,10 +266,20 @@ def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scale
 
     discriminator.requires_grad_(False)  # the generator step needs no discriminator gradients
     with torch.autocast(device_type, enabled=use_amp):
-        loss_gan = criterion(discriminator(mask, fake, labels), True)
+        if settings.feature_matching_weight > 0:
+            logits, fake_features = discriminator(mask, fake, labels, features=True)
+            with torch.no_grad():
+                _, real_features = discriminator(mask, real, labels, features=True)
+            loss_fm = feature_matching(fake_features, real_features)
+        else:
+            logits = discriminator(mask, fake, labels)
+        loss_gan = criterion(logits, True)
         loss_l1 = F.l1_loss(fake.float(), real)
         loss_g = loss_gan + settings.l1_weight * loss_l1
         losses = {"loss_d": loss_d, "loss_g_gan": loss_gan, "loss_g_l1": loss_l1}
+        if settings.feature_matching_weight > 0:
+            loss_g = loss_g + settings.feature_matching_weight * loss_fm
+            losses["loss_feature_matching"] = loss_fm
         if settings.diversity_weight > 0:
             half = mask.shape[0] // 2
             ratio = ((fake[:half] - fake[half:]).float().abs().mean() /

@@ -76,3 +76,37 @@ def test_learning_rate_is_constant_then_decays_linearly():
     settings = GanSettings(epochs=6, decay_start=0.5, lr=2e-4)
     rates = [learning_rate(epoch, settings) / 2e-4 for epoch in range(6)]
     assert rates == pytest.approx([1, 1, 1, 0.75, 0.5, 0.25])
+
+
+@pytest.mark.parametrize("upsample,mask_norm", [("resize", False), ("transpose", True), ("resize", True)])
+def test_artefact_options_keep_shapes_and_rebuild_from_config(upsample, mask_norm):
+    generator = UNetGenerator(64, 4, num_classes=3, upsample=upsample, mask_norm=mask_norm).eval()
+    mask, z, labels = torch.rand(2, 1, 64, 64) * 2 - 1, torch.randn(2, 100), torch.tensor([0, 2])
+    out = generator(mask, z, labels)
+    assert out.shape == (2, 1, 64, 64) and out.abs().max() <= 1
+    rebuilt = UNetGenerator(**generator.config).eval()
+    rebuilt.load_state_dict(generator.state_dict())
+    torch.testing.assert_close(rebuilt(mask, z, labels), out)
+    has = {type(m).__name__ for m in generator.modules()}
+    assert ("ConvTranspose2d" in has) == (upsample == "transpose") and ("MaskNorm" in has) == mask_norm
+
+
+def test_mask_norm_lets_the_mask_reach_every_decoder_level():
+    from generative_model.networks import MaskNorm
+    norm = MaskNorm("instance", 8, 1)
+    x = torch.randn(2, 8, 16, 16)
+    blank, drawn = torch.zeros(2, 1, 64, 64), torch.zeros(2, 1, 64, 64)
+    drawn[:, :, 20:40, 20:40] = 1
+    assert not torch.allclose(norm(x, blank), norm(x, drawn))
+
+
+def test_spectral_norm_and_discriminator_features():
+    discriminator = PatchDiscriminator(ndf=4, spectral_norm=True)
+    mask, image = torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64)
+    logits, activations = discriminator(mask, image, features=True)
+    torch.testing.assert_close(logits, discriminator(mask, image))
+    assert len(activations) == 4 and receptive_field(discriminator) == 70
+    convs = [m for m in discriminator.model if isinstance(m, torch.nn.Conv2d)]
+    assert all(hasattr(c, "parametrizations") for c in convs)
+    rebuilt = PatchDiscriminator(**discriminator.config)
+    rebuilt.load_state_dict(discriminator.state_dict())

@@ -162,3 +162,18 @@ def test_generate_splits_a_total_evenly(trained_run, masks_file, tmp_path):
                          device="cpu", progress=False)
     assert summary["per_class"] == [4, 3, 3]
     assert np.bincount(read_column(tmp_path / "t.h5", "labels")).tolist() == [4, 3, 3]
+
+
+def test_artefact_options_train_resume_and_generate(blob_dataset, masks_file, tmp_path):
+    options = dict(TINY, upsample="resize", mask_norm=True, spectral_norm=True, feature_matching_weight=10.0,
+                   conditional=True)
+    train_models(blob_dataset, tmp_path, "new", GanSettings(**options))
+    folder = tmp_path / "new" / "all"
+    rows = list(csv.DictReader(open(folder / "losses.csv")))
+    assert float(rows[0]["loss_feature_matching"]) > 0
+    train_models(blob_dataset, tmp_path, "new", GanSettings(**{**options, "epochs": 2}), resume=True)
+    assert len(list(csv.DictReader(open(folder / "losses.csv")))) == 2
+    summary = synthesize(tmp_path / "new", masks_file, tmp_path / "s.h5", per_class=2, batch_size=4,
+                         device="cpu", progress=False)
+    assert summary["per_class"] == [2, 2, 2]
+    assert load_checkpoint(folder / "checkpoint.pt")["generator_config"]["upsample"] == "resize"
