@@ -154,7 +154,7 @@ def make_untrained_run(run_dir, size, width, mode):
     """A run folder with three untrained per-class generators (same cost as trained ones)."""
     import torch
 
-    from generative_model.checkpoints import save_checkpoint
+    from preprocess.checkpoint_io import save_checkpoint
     from generative_model.networks import UNetGenerator
     from generative_model.trainer import CHECKPOINT, write_run_index
     from preprocess.dataset import CLASS_NAMES

@@ -1,25 +1,16 @@
-"""Checkpoint files: atomic writes, safe loading, and rebuilding a model from its checkpoint.
+"""Classifier checkpoints: what they hold, and rebuilding a model from one.
 
 A checkpoint holds only tensors, numbers, strings, lists and dicts, so it loads with
-``torch.load(weights_only=True)``. Every checkpoint carries what is needed to use it:
-model name and constructor arguments, image size, class names and the normalisation applied.
+``torch.load(weights_only=True)`` (``preprocess/checkpoint_io.py`` writes and reads it). Every
+checkpoint carries what is needed to use it: model name and constructor arguments, image size,
+class names and the normalisation applied.
 """
-import os
-
-import torch
-
 from capsule_classifier.network import model_from_config
-from preprocess.atomic import atomic_path
+from preprocess.checkpoint_io import CheckpointError, load_checkpoint_file
 from preprocess.dataset import CLASS_NAMES
 
 NORMALISATION = ("per-slice: clip to the 0.5-99.5 percentiles, scale to [0, 1], "
                  "bilinear resize to image_size (preprocess.intensity)")
-
-
-def save_atomic(obj, path):
-    """torch.save to a temporary file in the same folder, then rename it into place."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def model_record(model_name, model, image_size):
@@ -32,12 +23,10 @@ def model_record(model_name, model, image_size):
 
 def load_checkpoint(path):
     """The checkpoint dict at ``path`` (tensors on the CPU)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint_file(path)
     for key in ("model_name", "model_config", "image_size", "state_dict"):
-        if key not in checkpoint:
-            raise ValueError(f"{path}: not a classifier checkpoint (no {key!r})")
+        if not isinstance(checkpoint, dict) or key not in checkpoint:
+            raise CheckpointError(f"{path}: not a classifier checkpoint (no {key!r})")
     return checkpoint
 
 

@@ -17,7 +17,8 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from capsule_classifier.augment import augment_batch
-from capsule_classifier.checkpoint import model_record, save_atomic
+from capsule_classifier.checkpoint import model_record
+from preprocess.checkpoint_io import load_checkpoint_file, save_checkpoint
 from capsule_classifier.report import classification_metrics
 
 RECIPES = ("onecycle", "study_sgd")
@@ -243,7 +244,7 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
     evaluated = average.module if average is not None else model
     history, best, start = [], {"epoch": None, "macro_f1": -1.0, "accuracy": None}, 0
     if resume and os.path.isfile(last_path):
-        state = torch.load(last_path, map_location=device, weights_only=True)
+        state = load_checkpoint_file(last_path, map_location=device)
         model.load_state_dict(state.get("train_state_dict", state["state_dict"]))
         if average is not None:
             average.module.load_state_dict(state["state_dict"])
@@ -276,8 +277,8 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
             best = {"epoch": epoch + 1, "macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"]}
             record = model_record(model_name, evaluated, image_size)
             record.update(epoch=epoch + 1, val_metrics=metrics, train_config=asdict(config))
-            save_atomic(record, best_path)
-        save_atomic(_state(model, average, model_name, image_size, optimiser, scheduler, scaler, history,
+            save_checkpoint(record, best_path)
+        save_checkpoint(_state(model, average, model_name, image_size, optimiser, scheduler, scaler, history,
                            best, config, epoch + 1), last_path)
         log(f"epoch {epoch + 1}/{config.epochs}  loss {loss:.3f}  train acc {accuracy:.3f}  "
             f"val loss {val_loss:.3f}  val acc {metrics['accuracy']:.3f}  "

@@ -26,9 +26,10 @@ def run(flags):
     import numpy as np
 
     from capsule_classifier.embedding import file_features, model_and_files
-    from preprocess.atomic import atomic_path
+    from preprocess.atomic import atomic_path, check_outputs
 
     model, record, device, paths = model_and_files(flags, "features.py")
+    check_outputs({"out": flags["out"]}, {"data_path": paths})
     parts = [file_features(model, path, record["image_size"], device, flags["max_slices"], flags["seed"])
              for path in paths]
     with atomic_path(flags["out"]) as partial:
@@ -44,6 +45,7 @@ def run(flags):
 
 
 if __name__ == "__main__":
-    from preprocess.flags import apply_cli_flags
+    from preprocess.checkpoint_io import CheckpointError
+    from preprocess.flags import run_script
 
-    run(apply_cli_flags(globals()))
+    run_script(run, globals(), expected=(CheckpointError, ValueError))

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from capsule_classifier.engine import predict
+from preprocess.atomic import atomic_path, check_outputs
 from preprocess.dataset import CLASS_NAMES, read_column, read_images
 from preprocess.intensity import normalise_slice, resize_slice
 from preprocess.mat_reader import iter_sources, read_mat_slice
@@ -61,6 +62,7 @@ def classify(model, source, size, device, out_csv, flips=True, vertical_flips=Tr
     """Write ``out_csv`` (file, predicted_class, p_<class>...) for every slice; returns the rows.
     ``flips``: average the probabilities over the slice and its flips (up-down ones only with
     ``vertical_flips``), as training scored them."""
+    check_outputs({"out": out_csv}, {"input": source})
     rows, names, batch = [], [], []
 
     def flush():
@@ -77,12 +79,8 @@ def classify(model, source, size, device, out_csv, flips=True, vertical_flips=Tr
             flush()
     if batch:
         flush()
-    folder = os.path.dirname(os.path.abspath(out_csv))
-    os.makedirs(folder, exist_ok=True)
-    tmp = out_csv + ".partial"
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "predicted_class"] + [f"p_{name}" for name in CLASS_NAMES])
         writer.writerows(rows)
-    os.replace(tmp, out_csv)
     return rows

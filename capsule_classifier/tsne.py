@@ -38,6 +38,7 @@ def run(flags):
 
 
 if __name__ == "__main__":
-    from preprocess.flags import apply_cli_flags
+    from preprocess.checkpoint_io import CheckpointError
+    from preprocess.flags import run_script
 
-    run(apply_cli_flags(globals()))
+    run_script(run, globals(), expected=(CheckpointError,))

@@ -32,7 +32,7 @@ if __name__ == "__main__":
 
     import torch
 
-    from generative_model.checkpoints import CheckpointError
+    from preprocess.checkpoint_io import CheckpointError
     from generative_model.synthesis import synthesize
     from preprocess.flags import apply_cli_flags
 

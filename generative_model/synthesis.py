@@ -12,7 +12,6 @@ close to the speed of the bare forward pass. The same seed gives the same file.
 """
 import os
 import pickle
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from generative_model.trainer import CONDITIONAL_FOLDER, load_generators, pick_device
+from preprocess.atomic import atomic_path, check_outputs
 from preprocess.dataset import CLASS_NAMES, DatasetWriter, read_attrs, read_column
 
 COMPRESSIONS = ("gzip", "lzf", "none")
@@ -56,6 +56,7 @@ def synthesize(run_dir, masks_path, out_path, per_class=None, total=7000, batch_
     ``compression``: "gzip" (level 1, as the real dataset files; readable everywhere), "lzf"
     (several times faster to write, h5py only) or "none".
     """
+    check_outputs({"out": out_path, "pickle_out": pickle_out}, {"masks": masks_path})
     device = pick_device(device) if isinstance(device, str) else device
     generators, index = load_generators(run_dir, device)
     attrs = read_attrs(masks_path)
@@ -145,14 +146,6 @@ def write_study_pickle(dataset_path, pickle_path, batch=256):
         for start in range(0, len(labels), batch):
             for image, label in zip(images[start:start + batch], labels[start:start + batch]):
                 items.append([image.astype(np.float32), int(label)])
-    folder = os.path.dirname(os.path.abspath(pickle_path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(prefix=".pickle.", suffix=".partial", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            pickle.dump(items, out, protocol=4)
-        os.replace(tmp_path, pickle_path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+    with atomic_path(pickle_path) as tmp_path, open(tmp_path, "wb") as out:
+        pickle.dump(items, out, protocol=4)
     return os.fspath(pickle_path)

@@ -51,7 +51,7 @@ if __name__ == "__main__":
 
     import torch
 
-    from generative_model.checkpoints import CheckpointError
+    from preprocess.checkpoint_io import CheckpointError
     from generative_model.trainer import GanSettings, train_models
     from preprocess.flags import apply_cli_flags
 

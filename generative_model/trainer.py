@@ -21,7 +21,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from generative_model.checkpoints import load_checkpoint, save_checkpoint
+from preprocess.atomic import atomic_path
+from preprocess.checkpoint_io import load_checkpoint_file, save_checkpoint
 from generative_model.figures import save_image_grid, write_loss_table
 from generative_model.image_pool import ImagePool
 from generative_model.networks import build_networks
@@ -144,11 +145,8 @@ def _models_already_in(run_dir, conditional):
 def write_run_index(run_dir, models, conditional, image_size, **details):
     """run.json: which checkpoint holds which model (read by load_generators), plus details."""
     index = {"conditional": conditional, "image_size": image_size, "models": models, **details}
-    os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, "run.json")
-    with open(path + ".partial", "w") as handle:
+    with atomic_path(os.path.join(run_dir, "run.json")) as tmp, open(tmp, "w") as handle:
         json.dump(index, handle, indent=2)
-    os.replace(path + ".partial", path)
 
 
 def train_one_model(dataset, indices, out_dir, settings, resume=False):
@@ -176,7 +174,7 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
     checkpoint_path = os.path.join(out_dir, CHECKPOINT)
     history, start_epoch = [], 0
     if resume and os.path.exists(checkpoint_path):
-        state = load_checkpoint(checkpoint_path)
+        state = load_checkpoint_file(checkpoint_path)
         generator.load_state_dict(state["generator"])
         discriminator.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
@@ -326,7 +324,7 @@ def load_generators(run_dir, device="cpu"):
         index = json.load(handle)
     generators = {}
     for name, relative in index["models"].items():
-        state = load_checkpoint(os.path.join(run_dir, relative), map_location=device)
+        state = load_checkpoint_file(os.path.join(run_dir, relative), map_location=device)
         generator = UNetGenerator(**state["generator_config"])
         generator.load_state_dict(state["generator"])
         generators[name] = generator.to(device).eval()

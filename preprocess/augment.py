@@ -4,6 +4,7 @@ import time
 
 import numpy as np
 
+from preprocess.atomic import check_outputs
 from preprocess.dataset import CLASS_NAMES, DatasetWriter, read_attrs, read_column
 from preprocess.mask_augmentation import augment_one
 from preprocess.parallel import parallel_map
@@ -26,6 +27,7 @@ def choose_sources(labels, per_class, seed):
 
 def augment_masks(dataset, out, per_class, seed=0, workers=0, created_with=None):
     """Write ``per_class`` augmented masks of every class from ``dataset`` into ``out``."""
+    check_outputs({"out": out}, {"dataset": dataset})
     started = time.time()
     labels = read_column(dataset, "labels")
     source_ids = read_column(dataset, "source_ids")

@@ -19,12 +19,14 @@ only when everything was written, so a crash never leaves a half-written file be
 it is safe to use from DataLoader workers. ``read_column`` reads one small column (labels,
 patient ids) without touching the images.
 """
+import contextlib
 import json
 import os
-import tempfile
 
 import h5py
 import numpy as np
+
+from preprocess.atomic import atomic_path
 
 CLASS_NAMES = ("meningioma", "glioma", "pituitary")
 IMAGE_FIELDS = ("images", "tumor_masks", "conditions")
@@ -60,11 +62,8 @@ class DatasetWriter:
         self._tmp_path = None
 
     def __enter__(self):
-        folder = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(folder, exist_ok=True)
-        handle, self._tmp_path = tempfile.mkstemp(
-            prefix="." + os.path.basename(self.path) + ".", suffix=".partial", dir=folder)
-        os.close(handle)
+        self._atomic = contextlib.ExitStack()
+        self._tmp_path = self._atomic.enter_context(atomic_path(self.path))
         self._file = h5py.File(self._tmp_path, "w")
         size = self.image_size
         for name in self.fields:
@@ -107,16 +106,13 @@ class DatasetWriter:
         self.count += n
 
     def __exit__(self, exc_type, exc, tb):
-        try:
+        with self._atomic:              # renames the file into place only when nothing failed
             if exc_type is None:
                 for key, value in self.attrs.items():
                     self._file.attrs[key] = _attribute(value)
             self._file.close()
-            if exc_type is None:
-                os.replace(self._tmp_path, self.path)
-        finally:
-            if os.path.exists(self._tmp_path):
-                os.remove(self._tmp_path)
+            if exc_type is not None:    # let atomic_path see the failure and remove the file
+                raise exc.with_traceback(tb)
         return False
 
 

@@ -10,7 +10,9 @@ a bool, int, float, str, None, list or tuple.
 """
 import ast
 import difflib
+import signal
 import sys
+import threading
 
 _FLAG_TYPES = (bool, int, float, str, list, tuple, type(None))
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
@@ -101,11 +103,19 @@ def apply_cli_flags(namespace, argv=None):
     ``--help`` prints the module docstring and the flags, then exits.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
+    _exit_cleanly_on_sigterm()
     try:
         return _apply(namespace, argv)
     except FlagError as error:
         print(f"error: {error}", file=sys.stderr)
         raise
+
+
+def _exit_cleanly_on_sigterm():
+    """Turn SIGTERM (a scheduler's kill, ``kill PID``) into SystemExit, so that ``finally`` blocks
+    run and half-written ``.partial`` files are removed, as they are on Ctrl-C."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
 
 
 def _apply(namespace, argv):
@@ -131,3 +141,14 @@ def _apply(namespace, argv):
             text = "true"
         namespace[name] = convert(text, default, name)
     return {name: namespace[name] for name in names}
+
+
+def run_script(run, namespace, expected=()):
+    """Apply the command-line flags to ``namespace`` and call ``run(flags)``; the errors listed in
+    ``expected`` (their messages name the file and field) end the script with ``error: ...``
+    and exit status 1 instead of a traceback."""
+    flags = apply_cli_flags(namespace)
+    try:
+        return run(flags)
+    except expected as error:
+        sys.exit(f"error: {error}")

@@ -5,6 +5,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from preprocess.atomic import check_outputs
 from preprocess.dataset import DatasetWriter
 from preprocess.intensity import normalise_slice, resize_mask, resize_slice
 from preprocess.masks import condition_mask, skull_region
@@ -56,6 +57,7 @@ def prepare_dataset(source, out, image_size=256, skip_bad=False, workers=0, crea
     A bad file raises MatFileError unless ``skip_bad``; then it is left out, listed at the end and
     in the file's ``skipped`` attribute. Returns a summary dict.
     """
+    check_outputs({"out": out}, {"source": source})
     started = time.time()
     refs = iter_sources(source)
     skipped, resized, counts = [], 0, np.zeros(3, int)

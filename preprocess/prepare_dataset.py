@@ -27,7 +27,7 @@ if __name__ == "__main__":
     flags = apply_cli_flags(globals())
     try:
         summary = prepare_dataset(source, out, image_size, skip_bad, workers, created_with=flags)
-    except (MatFileError, FileNotFoundError) as error:
+    except (MatFileError, FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")
     print(f"wrote {summary['out']}: {summary['slices']} slices (per class {summary['per_class']}), "
           f"{summary['not_512']} resized from a size other than 512, in {summary['seconds']} s")

@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
+from preprocess.atomic import check_outputs
 from preprocess.dataset import DatasetWriter, read_attrs, read_column, read_images
 
 STRETCH_SLICES = 200      # target size of a stretch (whole patients, consecutive figshare indices)
@@ -89,9 +90,7 @@ def write_split(dataset, train_out, heldout_out, fraction=0.2, seed=0, group_by=
     """Copy a dataset file into two: ``train_out`` and ``heldout_out`` (about ``fraction`` of the
     slices, whole patients or stretches). Every column and attribute of the source is kept; each
     part records the split (``split`` attribute: part, fraction, seed, group_by, its patients)."""
-    paths = {os.path.realpath(p) for p in (train_out, heldout_out)}
-    if os.path.realpath(dataset) in paths or len(paths) < 2:
-        raise ValueError(f"{dataset}: the two outputs must differ from each other and from the input")
+    check_outputs({"train_out": train_out, "heldout_out": heldout_out}, {"dataset": dataset})
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must lie between 0 and 1, got {fraction}")
     attrs = read_attrs(dataset)

@@ -1,5 +1,6 @@
 """End to end on tiny data: train.py outputs, cross-validation with pre-training, resume, test-only,
 predict.py and tsne.py on a tiny checkpoint."""
+import argparse
 import csv
 import json
 import shutil
@@ -221,3 +222,15 @@ def test_stretch_folds_need_enough_stretches(blob_dataset, tmp_path):
     with pytest.raises(ValueError, match="at least 3 stretches"):
         run_experiment(exp, log=lambda *a: None)
 
+
+
+def test_an_unsafe_checkpoint_is_refused_by_name_without_a_traceback(blob_dataset, tmp_path):
+    from preprocess.checkpoint_io import save_checkpoint
+    evil = tmp_path / "evil.pt"
+    save_checkpoint({"model_name": "capsule", "payload": argparse.Namespace(code="arbitrary")}, evil)
+    for script, extra in (("predict.py", [f"--input={blob_dataset}"]), ("tsne.py", [f"--data_path={blob_dataset}"])):
+        done = subprocess.run([sys.executable, f"capsule_classifier/{script}", f"--checkpoint={evil}", *extra],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1, done.stderr
+        assert "evil.pt" in done.stderr and "refused as unsafe" in done.stderr
+        assert "Traceback" not in done.stderr and "weights_only=False" not in done.stderr

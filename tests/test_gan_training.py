@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from generative_model.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from preprocess.checkpoint_io import CheckpointError, load_checkpoint_file as load_checkpoint, save_checkpoint
 from generative_model.synthesis import synthesize
 from generative_model.trainer import GanSettings, train_models
 from preprocess.dataset import CLASS_NAMES, DatasetWriter, read_attrs, read_column, read_images

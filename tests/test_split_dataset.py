@@ -32,9 +32,9 @@ def test_split_keeps_every_slice_once_and_no_patient_on_both_sides(blob_dataset,
 
 
 def test_split_refuses_to_overwrite_its_input(blob_dataset, tmp_path):
-    with pytest.raises(ValueError, match="must differ"):
+    with pytest.raises(ValueError, match="also the input --dataset"):
         write_split(blob_dataset, blob_dataset, tmp_path / "heldout.h5")
     done = subprocess.run([sys.executable, "preprocess/split_dataset.py", f"--dataset={blob_dataset}",
                            f"--train_out={tmp_path / 'a.h5'}", f"--heldout_out={tmp_path / 'a.h5'}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "must differ" in done.stderr and not (tmp_path / "a.h5").exists()
+    assert done.returncode != 0 and "name the same file" in done.stderr and not (tmp_path / "a.h5").exists()

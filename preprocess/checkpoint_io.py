@@ -1,4 +1,4 @@
-"""Checkpoint files of the GAN stage: atomic writes, restricted loading.
+"""Checkpoint files of every stage: atomic writes, restricted loading, errors that name the file.
 
 A checkpoint holds only tensors, numbers, strings, lists and dicts, so it loads with
 ``torch.load(..., weights_only=True)``, which refuses anything that would run code on unpickling.
@@ -21,7 +21,7 @@ def save_checkpoint(state, path):
         torch.save(state, tmp)
 
 
-def load_checkpoint(path, map_location="cpu"):
+def load_checkpoint_file(path, map_location="cpu"):
     """Read a checkpoint with the restricted unpickler; a clear error if it is missing or unsafe."""
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -29,7 +29,9 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        raise CheckpointError(f"{path}: refused by the restricted loader (weights_only=True); "
-                              f"it holds something other than tensors and plain values: {error}") from None
+        reason = str(error).split("\n")[0].strip()
+        raise CheckpointError(f"{path}: refused as unsafe: it holds objects other than tensors and plain "
+                              f"values, and unpickling them could run code ({reason}). Load only "
+                              f"checkpoints from sources you trust.") from None
     except (RuntimeError, EOFError) as error:
         raise CheckpointError(f"{path}: not a readable checkpoint: {error}") from None
