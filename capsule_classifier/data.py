@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from capsule_classifier.study_pickle import load_study_pickle
-from preprocess.dataset import read_attrs, read_column, read_images
+from preprocess.dataset import check_dataset_file, read_attrs, read_column, read_images
 
 RESIZE_BATCH = 256
 
@@ -85,6 +85,7 @@ def load_file(path, image_size=None):
         patient_ids = np.array([f"{name}:{k}" for k in range(len(labels))], dtype=object)
         source_ids, synthetic, masks = patient_ids.copy(), False, None
     else:
+        check_dataset_file(path)
         images = read_images(path)
         labels = read_column(path, "labels").astype(np.int64)
         patient_ids = read_column(path, "patient_ids")

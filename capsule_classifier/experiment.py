@@ -129,8 +129,23 @@ def _fresh_model(exp, image_size, start_state):
     return model
 
 
+def check_settings(exp):
+    """Refuse settings that would train nothing or fail late, naming the flag."""
+    config = exp.config
+    for flag, value, least in (("epochs", config.epochs, 1), ("batch_size", config.batch_size, 2),
+                               ("k_folds", exp.k_folds, 2),
+                               ("image_size", 32 if exp.image_size is None else exp.image_size, 32)):
+        if value < least:
+            raise ValueError(f"--{flag}={value}: must be at least {least}")
+    if config.lr <= 0:
+        raise ValueError(f"--lr={config.lr}: must be positive")
+    if not 0 < exp.val_fraction < 1:
+        raise ValueError(f"--val_fraction={exp.val_fraction}: must lie between 0 and 1")
+
+
 def run_experiment(exp, log=print):
     """Run everything ``exp`` asks for; returns the metrics dict (also written to metrics.json)."""
+    check_settings(exp)
     started = time.time()
     device = resolve_device(exp.device)
     run_dir = os.path.join(exp.model_dir, exp.run_name)

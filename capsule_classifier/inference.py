@@ -10,13 +10,14 @@ from PIL import Image
 
 from capsule_classifier.engine import predict
 from preprocess.atomic import atomic_path, check_outputs
-from preprocess.dataset import CLASS_NAMES, read_column, read_images
+from preprocess.dataset import CLASS_NAMES, check_dataset_file, read_column, read_images
 from preprocess.intensity import normalise_slice, resize_slice
-from preprocess.mat_reader import iter_sources, read_mat_slice
+from preprocess.mat_reader import MatFileError, check_pixels, iter_sources, read_mat_slice
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAT_SUFFIXES = (".mat", ".zip")
 BATCH = 64
+CSV_COLUMNS = ["file", "predicted_class"] + [f"p_{name}" for name in CLASS_NAMES] + ["error"]
 
 
 def prepare_raw(image, size):
@@ -25,12 +26,38 @@ def prepare_raw(image, size):
 
 
 def _read_picture(path):
+    """A png/jpg as float32 at its full depth: 16-bit and float images are not cut to 8 bits
+    (the per-slice normalisation then scales whatever range they have)."""
     with Image.open(path) as picture:
+        if picture.mode.startswith("I") or picture.mode == "F":
+            return np.asarray(picture, dtype=np.float32)
         return np.asarray(picture.convert("L"), dtype=np.float32)
 
 
+def _unreadable(error):
+    return f"{type(error).__name__}: {error}"
+
+
+def _file_slices(source, size):
+    """(name, prepared image) of every slice in one file; raises on an unreadable file."""
+    lower = source.lower()
+    if lower.endswith(IMAGE_SUFFIXES):
+        image = _read_picture(source)
+        check_pixels(image, source)
+        yield source, prepare_raw(image, size)
+    elif lower.endswith(".h5"):
+        # dataset files already hold prepared slices; only the size may need to change
+        check_dataset_file(source, ("images", "source_ids"))
+        source_ids = read_column(source, "source_ids")
+        for source_id, image in zip(source_ids, read_images(source)):
+            yield f"{source}#{source_id}", resize_slice(image, size)
+    else:
+        raise ValueError(f"{source}: cannot classify this file type (use .mat, .zip, .png, .jpg or .h5)")
+
+
 def iter_slices(source, size):
-    """Yield (name, prepared image) for every slice under ``source`` (file or folder)."""
+    """Yield (name, prepared image, None) for every readable slice under ``source`` (file or folder)
+    and (name, None, reason) for every file or zip member that cannot be read."""
     source = os.fspath(source)
     if os.path.isdir(source):
         names = sorted(os.listdir(source))
@@ -42,24 +69,33 @@ def iter_slices(source, size):
         return
     if not os.path.isfile(source):
         raise FileNotFoundError(f"{source}: no such file or folder")
-    lower = source.lower()
-    if lower.endswith(MAT_SUFFIXES):
-        for ref in iter_sources(source):
-            fields = read_mat_slice(ref.read_bytes(), ref.name)
-            yield os.path.join(os.path.dirname(source), ref.name), prepare_raw(fields["image"], size)
-    elif lower.endswith(IMAGE_SUFFIXES):
-        yield source, prepare_raw(_read_picture(source), size)
-    elif lower.endswith(".h5"):
-        # dataset files already hold prepared slices; only the size may need to change
-        source_ids = read_column(source, "source_ids")
-        for source_id, image in zip(source_ids, read_images(source)):
-            yield f"{source}#{source_id}", resize_slice(image, size)
-    else:
-        raise ValueError(f"{source}: cannot classify this file type (use .mat, .zip, .png, .jpg or .h5)")
+    if source.lower().endswith(MAT_SUFFIXES):
+        try:
+            refs = iter_sources(source)
+        except (MatFileError, OSError) as error:
+            yield source, None, _unreadable(error)
+            return
+        for ref in refs:
+            name = os.path.join(os.path.dirname(source), ref.name)
+            try:
+                image = prepare_raw(read_mat_slice(ref.read_bytes(), ref.name)["image"], size)
+            except (MatFileError, OSError) as error:
+                yield name, None, _unreadable(error)
+                continue
+            yield name, image, None
+        return
+    try:
+        slices = list(_file_slices(source, size))
+    except (OSError, ValueError, KeyError, SyntaxError) as error:   # PIL raises SyntaxError for some damage
+        yield source, None, _unreadable(error)
+        return
+    for name, image in slices:
+        yield name, image, None
 
 
 def classify(model, source, size, device, out_csv, flips=True, vertical_flips=True):
-    """Write ``out_csv`` (file, predicted_class, p_<class>...) for every slice; returns the rows.
+    """Write ``out_csv`` (file, predicted_class, p_<class>..., error) for every slice; returns the
+    rows. A file that cannot be read gets a row with its reason in ``error`` and no prediction.
     ``flips``: average the probabilities over the slice and its flips (up-down ones only with
     ``vertical_flips``), as training scored them."""
     check_outputs({"out": out_csv}, {"input": source})
@@ -68,11 +104,14 @@ def classify(model, source, size, device, out_csv, flips=True, vertical_flips=Tr
     def flush():
         probabilities = predict(model, np.stack(batch), device, flips=flips, vertical_flips=vertical_flips)
         for name, p in zip(names, probabilities):
-            rows.append([name, CLASS_NAMES[int(p.argmax())]] + [f"{v:.6f}" for v in p])
+            rows.append([name, CLASS_NAMES[int(p.argmax())]] + [f"{v:.6f}" for v in p] + [""])
         names.clear()
         batch.clear()
 
-    for name, image in iter_slices(source, size):
+    for name, image, error in iter_slices(source, size):
+        if error is not None:
+            rows.append([name, ""] + [""] * len(CLASS_NAMES) + [error])
+            continue
         names.append(name)
         batch.append(image)
         if len(batch) == BATCH:
@@ -81,6 +120,6 @@ def classify(model, source, size, device, out_csv, flips=True, vertical_flips=Tr
         flush()
     with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", "predicted_class"] + [f"p_{name}" for name in CLASS_NAMES])
+        writer.writerow(CSV_COLUMNS)
         writer.writerows(rows)
     return rows

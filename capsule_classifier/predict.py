@@ -4,7 +4,10 @@
 
 PATH is a figshare .mat file, a brainTumorDataPublic_*.zip, a png/jpg image, a dataset file (.h5)
 or a folder of those. Raw slices are prepared exactly like the training data. One row per slice:
-file,predicted_class,p_meningioma,p_glioma,p_pituitary. Runs on the CPU by default.
+file,predicted_class,p_meningioma,p_glioma,p_pituitary,error. A file that cannot be read (damaged,
+truncated, not an image) gets a row with the reason in ``error``; the run fails (exit 1) only when
+nothing could be read, or with --strict=True when anything could not. 16-bit PNG images are read at
+full depth. Runs on the CPU by default.
 """
 import sys
 from pathlib import Path
@@ -17,6 +20,7 @@ out = "predictions.csv"
 device = "cpu"
 threads = 2
 flips = True                  # average the probabilities over the slice and the flips it was trained with
+strict = False                # exit with status 1 when any file could not be read (else only when none could)
 
 
 def run(flags):
@@ -33,7 +37,12 @@ def run(flags):
     model, record = load_model(flags["checkpoint"], chosen)
     rows = classify(model, flags["input"], record["image_size"], chosen, flags["out"], flags["flips"],
                     trained_vertical_flips(record))
-    print(f"classified {len(rows)} slices with {flags['checkpoint']} -> {flags['out']}")
+    failed = [row for row in rows if row[-1]]
+    print(f"classified {len(rows) - len(failed)} slices with {flags['checkpoint']} -> {flags['out']}")
+    for row in failed:
+        print(f"could not read {row[0]}: {row[-1]}", file=sys.stderr)
+    if failed and (flags["strict"] or len(failed) == len(rows)):
+        sys.exit(f"error: {len(failed)} of {len(rows)} files could not be read (the 'error' column of {flags['out']})")
     return rows
 
 

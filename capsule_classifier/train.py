@@ -116,4 +116,4 @@ if __name__ == "__main__":
     from preprocess.checkpoint_io import CheckpointError
     from preprocess.flags import run_script
 
-    run_script(run, globals(), expected=(CheckpointError,))
+    run_script(run, globals(), expected=(CheckpointError, ValueError, FileNotFoundError))

@@ -57,6 +57,8 @@ def synthesize(run_dir, masks_path, out_path, per_class=None, total=7000, batch_
     (several times faster to write, h5py only) or "none".
     """
     check_outputs({"out": out_path, "pickle_out": pickle_out}, {"masks": masks_path})
+    if (per_class or total) < 1 or (per_class or 0) < 0:
+        raise ValueError(f"--per_class={per_class} --total={total}: nothing to synthesise; ask for at least one slice")
     device = pick_device(device) if isinstance(device, str) else device
     generators, index = load_generators(run_dir, device)
     attrs = read_attrs(masks_path)

@@ -103,6 +103,9 @@ def to_model_range(batch, device):
 def train_models(dataset, model_dir, run_name, settings, classes=CLASS_NAMES, resume=False,
                  created_with=None):
     """Train the per-class models (or the one class-conditional model); returns their summaries."""
+    for flag in ("epochs", "batch_size", "ngf", "ndf", "latent_dim"):
+        if getattr(settings, flag) < 1:
+            raise ValueError(f"--{flag}={getattr(settings, flag)}: must be at least 1")
     attrs = read_attrs(dataset)
     if int(attrs.get("image_size", -1)) != settings.image_size:
         raise ValueError(f"{dataset}: holds {attrs.get('image_size')} px slices, "

@@ -145,6 +145,29 @@ def read_attrs(path):
         return out
 
 
+DATASET_FIELDS = ("images", "labels", "patient_ids", "source_ids")
+
+
+def check_dataset_file(path, required=DATASET_FIELDS):
+    """Raise ValueError naming ``path`` unless it is an HDF5 dataset file with the ``required``
+    fields (a figshare .mat file, a mask file of augment_masks.py or any other file is not)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such dataset file")
+    hint = ("; make a dataset file with preprocess/prepare_dataset.py (real .mat slices) or "
+            "generative_model/generate.py (synthetic slices)")
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [name for name in required if name not in f]
+            is_mat = "cjdata" in f
+    except OSError as error:
+        raise ValueError(f"{path}: not an HDF5 dataset file ({error}){hint}") from None
+    if is_mat:
+        raise ValueError(f"{path}: a figshare .mat slice, not a dataset file{hint}")
+    if missing:
+        raise ValueError(f"{path}: not a dataset file of this project: no field(s) {missing}{hint}")
+
+
 def read_column(path, name):
     """One whole column of a dataset file as a numpy array (strings decoded to str)."""
     with h5py.File(path, "r") as f:

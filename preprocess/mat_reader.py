@@ -13,6 +13,7 @@ import io
 import os
 import re
 import zipfile
+import zlib
 from typing import NamedTuple, Optional
 
 import h5py
@@ -51,8 +52,11 @@ class SliceFile(NamedTuple):
         if self.member is None:
             with open(self.path, "rb") as handle:
                 return handle.read()
-        with zipfile.ZipFile(self.path) as archive:
-            return archive.read(self.member)
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                return archive.read(self.member)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+            raise MatFileError(self.name, f"damaged member of the zip archive {self.path} ({error})") from None
 
 
 def iter_sources(source):
@@ -151,10 +155,21 @@ def _read_v5(raw, name):
     return out
 
 
+def check_pixels(image, name, field="image"):
+    """Raise MatFileError for a slice with non-finite pixels (NaN, inf) or no contrast at all."""
+    image = np.asarray(image, dtype=np.float64)
+    bad = int(image.size - np.isfinite(image).sum())
+    if bad:
+        raise MatFileError(name, f"{field} holds {bad} non-finite pixels (NaN or inf) of {image.size}")
+    if image.max() == image.min():
+        raise MatFileError(name, f"{field} is constant (every pixel {image.flat[0]:g}): no anatomy to use")
+
+
 def _validate(fields, name):
     image = np.asarray(fields["image"])
     if image.ndim != 2 or min(image.shape) < 8:
         raise MatFileError(name, f"cjdata.image must be a 2-D slice, got shape {image.shape}")
+    check_pixels(image, name, "cjdata.image")
     label_values = np.asarray(fields["label"], dtype=np.float64).ravel()
     if label_values.size != 1 or label_values[0] not in LABEL_TO_CLASS:
         raise MatFileError(name, f"cjdata.label must be 1, 2 or 3, got {label_values.tolist()}")

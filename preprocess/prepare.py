@@ -51,6 +51,9 @@ def prepare_slice(job):
                          fields["image"].shape)
 
 
+MIN_IMAGE_SIZE = 32      # smaller slices hold no usable anatomy (and break the condition masks)
+
+
 def prepare_dataset(source, out, image_size=256, skip_bad=False, workers=0, created_with=None):
     """Read every slice under ``source`` and write the dataset file ``out``.
 
@@ -58,6 +61,8 @@ def prepare_dataset(source, out, image_size=256, skip_bad=False, workers=0, crea
     in the file's ``skipped`` attribute. Returns a summary dict.
     """
     check_outputs({"out": out}, {"source": source})
+    if int(image_size) < MIN_IMAGE_SIZE:
+        raise ValueError(f"--image_size={image_size}: slices need at least {MIN_IMAGE_SIZE} px")
     started = time.time()
     refs = iter_sources(source)
     skipped, resized, counts = [], 0, np.zeros(3, int)

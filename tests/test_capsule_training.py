@@ -154,11 +154,62 @@ def test_predict_on_mat_png_and_dataset(holdout_run, blob_dataset, demo_mat_dir,
             predict.run(apply_cli_flags(vars(predict).copy(), flags))
         rows = list(csv.DictReader(out.open()))
         assert len(rows) == count
-        assert list(rows[0]) == ["file", "predicted_class", "p_meningioma", "p_glioma", "p_pituitary"]
+        assert list(rows[0]) == ["file", "predicted_class", "p_meningioma", "p_glioma", "p_pituitary", "error"]
         probabilities = np.array([[float(r[f"p_{c}"]) for c in ("meningioma", "glioma", "pituitary")]
                                   for r in rows])
         np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-4)
     assert rows[0]["file"].endswith("#1")
+
+
+def test_predict_names_unreadable_files_and_classifies_the_rest(holdout_run, demo_mat_dir, tmp_path):
+    run_dir, _ = holdout_run
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    good = sorted(Path(demo_mat_dir).glob("*.mat"))[:2]
+    for path in good:
+        shutil.copy(path, folder / path.name)
+    (folder / "truncated.mat").write_bytes(good[0].read_bytes()[:3000])
+    slice_ = (np.random.default_rng(1).random((80, 80)) * 255).astype(np.uint8)
+    Image.fromarray(slice_).save(folder / "good.png")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "cut.png").write_bytes((folder / "good.png").read_bytes()[:200])
+    out = tmp_path / "preds.csv"
+    command = [sys.executable, "capsule_classifier/predict.py", f"--checkpoint={run_dir / 'best.pt'}",
+               f"--input={folder}", f"--out={out}"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {Path(r["file"]).name: r for r in csv.DictReader(out.open())}
+    assert len(rows) == 6
+    for name in ("truncated.mat", "empty.png", "cut.png"):
+        assert rows[name]["error"] and not rows[name]["predicted_class"], rows[name]
+        assert name in done.stderr
+    for name in [p.name for p in good] + ["good.png"]:
+        assert rows[name]["predicted_class"] and not rows[name]["error"]
+    strict = subprocess.run(command + ["--strict=True"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert strict.returncode == 1 and "3 of 6 files could not be read" in strict.stderr
+    only_bad = subprocess.run(command[:-2] + [f"--input={folder / 'empty.png'}", f"--out={tmp_path / 'b.csv'}"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert only_bad.returncode == 1 and "Traceback" not in only_bad.stderr
+
+
+def test_predict_reads_16_bit_png_at_full_depth(holdout_run, tmp_path):
+    run_dir, _ = holdout_run
+    smooth = np.add.outer(np.linspace(0, 1, 96), np.linspace(0, 1, 96)) / 2
+    eight, sixteen = tmp_path / "eight.png", tmp_path / "sixteen.png"
+    Image.fromarray((smooth * 255).round().astype(np.uint8)).save(eight)
+    Image.fromarray((smooth * 65535).round().astype(np.uint16)).save(sixteen)
+    assert Image.open(sixteen).mode.startswith("I")
+    from capsule_classifier.inference import iter_slices
+    (_, prepared_8, _), (_, prepared_16, _) = (next(iter_slices(p, 64)) for p in (eight, sixteen))
+    assert np.abs(prepared_8 - prepared_16).max() < 0.02       # the same slice, not one cut to 8 bits
+    rows = []
+    for path in (eight, sixteen):
+        predict.run(apply_cli_flags(vars(predict).copy(), [f"--checkpoint={run_dir / 'best.pt'}",
+                                                           f"--input={path}", f"--out={tmp_path / 'p.csv'}"]))
+        rows.append(next(csv.DictReader((tmp_path / "p.csv").open())))
+    assert rows[0]["predicted_class"] == rows[1]["predicted_class"]
+    for name in ("p_meningioma", "p_glioma", "p_pituitary"):
+        assert abs(float(rows[0][name]) - float(rows[1][name])) < 0.05
 
 
 def test_tsne_on_real_and_synthetic(holdout_run, blob_dataset, tmp_path):

@@ -90,11 +90,24 @@ def write_bad(path, problem):
         write_mat_slice(path, image, 4, "1", mask, tumour_border(mask))
     elif problem == "mask shape":
         write_mat_slice(path, image, 1, "1", mask[:20], tumour_border(mask))
+    elif problem in ("all NaN", "some NaN", "constant"):
+        write_mat_slice(path, image, 1, "1", mask, tumour_border(mask))
+        with h5py.File(path, "r+") as f:          # a float image, as a scanner export might hold
+            pixels = f["cjdata/image"][()].astype(np.float64)
+            if problem == "all NaN":
+                pixels[:] = np.nan
+            elif problem == "some NaN":
+                pixels[3:5, 7] = np.nan
+            else:
+                pixels[:] = 7
+            del f["cjdata/image"]
+            f["cjdata"].create_dataset("image", data=pixels)
 
 
 BAD_CASES = {"truncated": "truncated or damaged", "not a mat file": "not a MATLAB .mat file",
              "missing field": "cjdata.tumorMask is missing", "unknown label": "must be 1, 2 or 3",
-             "mask shape": "tumorMask has shape"}
+             "mask shape": "tumorMask has shape", "all NaN": "1024 non-finite pixels",
+             "some NaN": "2 non-finite pixels", "constant": "is constant (every pixel 7)"}
 
 
 @pytest.mark.parametrize("problem", sorted(BAD_CASES))

@@ -80,3 +80,32 @@ def test_sigterm_leaves_no_partial_file(demo_mat_dir, tmp_path):
     process.wait(timeout=60)
     assert process.returncode != 0 and not out.exists()
     assert not list(out.parent.glob(".*partial")), list(out.parent.iterdir())
+
+
+@pytest.mark.parametrize("script,args,message", [
+    ("preprocess/prepare_dataset.py", ["--image_size=0"], "--image_size=0"),
+    ("preprocess/prepare_dataset.py", ["--image_size=-8"], "--image_size=-8"),
+    ("capsule_classifier/train.py", ["--image_size=0"], "--image_size=0"),
+    ("capsule_classifier/train.py", ["--epochs=0"], "--epochs=0"),
+    ("generative_model/train.py", ["--epochs=-1", "--image_size=64"], "--epochs=-1"),
+    ("generative_model/generate.py", ["--total=0"], "nothing to synthesise"),
+])
+def test_flags_that_would_do_nothing_are_refused(script, args, message, blob_dataset, demo_mat_dir, tmp_path):
+    data = {"preprocess/prepare_dataset.py": [f"--source={demo_mat_dir}", f"--out={tmp_path / 'o.h5'}"],
+            "capsule_classifier/train.py": [f"--data_path={blob_dataset}", f"--model_dir={tmp_path}"],
+            "generative_model/train.py": [f"--dataset={blob_dataset}", f"--model_dir={tmp_path}"],
+            "generative_model/generate.py": [f"--model_dir={tmp_path}", f"--masks={blob_dataset}",
+                                             f"--out={tmp_path / 's.h5'}"]}[script]
+    _refused([script, *data, *args], message)
+    assert not (tmp_path / "o.h5").exists() and not (tmp_path / "s.h5").exists()
+
+
+def test_train_names_a_file_that_is_not_a_dataset(blob_dataset, demo_mat_dir, tmp_path):
+    mat = sorted(Path(demo_mat_dir).glob("*.mat"))[0]
+    _refused(["capsule_classifier/train.py", f"--data_path={mat}", f"--model_dir={tmp_path}"],
+             f"{mat}: a figshare .mat slice, not a dataset file")
+    masks = tmp_path / "masks.h5"
+    subprocess.run([sys.executable, "preprocess/augment_masks.py", f"--dataset={blob_dataset}", f"--out={masks}",
+                    "--per_class=2", "--workers=1"], cwd=ROOT, check=True, capture_output=True, timeout=120)
+    _refused(["capsule_classifier/train.py", f"--data_path={masks}", f"--model_dir={tmp_path}"],
+             f"{masks}: not a dataset file of this project: no field(s) ['images', 'patient_ids']")

@@ -2,6 +2,8 @@
 import shutil
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -81,6 +83,22 @@ def test_skip_bad_lists_skipped_files(demo_mat_dir, tmp_path):
     skipped = read_attrs(tmp_path / "out.h5")["skipped"]
     assert len(skipped) == 2 and skipped[0].startswith("5.mat") and skipped[1].startswith("7.mat")
     assert "5" not in read_column(tmp_path / "out.h5", "source_ids")
+
+
+def test_damaged_zip_member_is_named_and_skippable(demo_mat_dir, tmp_path):
+    archive = tmp_path / "brainTumorDataPublic_1-12.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as out:
+        for path in sorted(Path(demo_mat_dir).glob("*.mat")):
+            out.write(path, path.name)
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as check:
+        member = check.getinfo("3.mat")
+    data[member.header_offset + 30 + len("3.mat") + 100] ^= 0xFF     # flip a byte inside 3.mat: bad CRC
+    archive.write_bytes(bytes(data))
+    with pytest.raises(MatFileError, match=r"brainTumorDataPublic_1-12.zip/3.mat: damaged member"):
+        prepare_dataset(archive, tmp_path / "out.h5", image_size=32, workers=1)
+    summary = prepare_dataset(archive, tmp_path / "out.h5", image_size=32, skip_bad=True, workers=2)
+    assert summary["slices"] == 11 and summary["skipped"][0].startswith("brainTumorDataPublic_1-12.zip/3.mat")
 
 
 def test_augmented_mask_file(demo_dataset, tmp_path):
