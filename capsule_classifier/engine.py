@@ -5,6 +5,7 @@ generators seeded by (seed, e), and ``last.pt`` after every epoch holds the mode
 scheduler, scaler and history. So a run resumed from ``last.pt`` continues exactly where it stopped
 and ends with the same weights as an uninterrupted one (bit for bit on the CPU).
 """
+import hashlib
 import math
 import os
 import time
@@ -208,18 +209,41 @@ def predict(model, images, device, batch_size=EVAL_BATCH, channels_last=False, a
     return torch.cat(out).numpy()
 
 
-def _state(model, average, model_name, image_size, optimiser, scheduler, scaler, history, best, config,
+def _state(model, average, model_name, train_data, optimiser, scheduler, scaler, history, best, config,
            epoch):
     """last.pt: ``state_dict`` holds the weights to use (the average when there is one);
     the raw training weights and the average's count are kept to resume exactly."""
-    record = model_record(model_name, average.module if average is not None else model, image_size)
+    record = model_record(model_name, average.module if average is not None else model, train_data.image_size)
     if average is not None:
         record.update(train_state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
                       ema_count=int(average.n_averaged))
     record.update(optimiser=optimiser.state_dict(), scheduler=scheduler.state_dict() if scheduler else None,
                   scaler=scaler.state_dict(), history=history, best=best, epoch=epoch,
-                  train_config=asdict(config))
+                  train_config=asdict(config), train_data=data_fingerprint(train_data))
     return record
+
+
+def data_fingerprint(data):
+    """What identifies the training data of a run: slice count, image size and a hash of the
+    slices' source ids in order (so another file, fold or size is recognised on resume)."""
+    digest = hashlib.sha256("\n".join(map(str, data.source_ids)).encode()).hexdigest()[:16]
+    return {"slices": int(len(data)), "image_size": int(data.image_size), "source_ids_sha256": digest}
+
+
+def check_resumable(state, config, train_data, path):
+    """Refuse to resume ``path`` with settings or data other than the run's own, naming them."""
+    saved = state.get("train_config", {})
+    differ = [f"--{name}={value!r} (the run used {saved[name]!r})" for name, value in asdict(config).items()
+              if name in saved and saved[name] != value]
+    data, saved_data = data_fingerprint(train_data), state.get("train_data")
+    if saved_data and saved_data != data:
+        what = ("image_size" if saved_data["image_size"] != data["image_size"] else "data_path / fold")
+        differ.append(f"the training data ({what}: {data['slices']} slices at {data['image_size']} px, "
+                      f"the run had {saved_data['slices']} at {saved_data['image_size']} px"
+                      f"{', other slices' if saved_data['slices'] == data['slices'] else ''})")
+    if differ:
+        raise ValueError(f"cannot resume {path}: " + "; ".join(differ) + ". Resume with the run's own "
+                         f"flags, or start a new run (another --run_name)")
 
 
 def fit(model, model_name, train_data, val_data, config, run_dir, device, resume=False,
@@ -245,6 +269,7 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
     history, best, start = [], {"epoch": None, "macro_f1": -1.0, "accuracy": None}, 0
     if resume and os.path.isfile(last_path):
         state = load_checkpoint_file(last_path, map_location=device)
+        check_resumable(state, config, train_data, last_path)
         model.load_state_dict(state.get("train_state_dict", state["state_dict"]))
         if average is not None:
             average.module.load_state_dict(state["state_dict"])
@@ -278,8 +303,8 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
             record = model_record(model_name, evaluated, image_size)
             record.update(epoch=epoch + 1, val_metrics=metrics, train_config=asdict(config))
             save_checkpoint(record, best_path)
-        save_checkpoint(_state(model, average, model_name, image_size, optimiser, scheduler, scaler, history,
-                           best, config, epoch + 1), last_path)
+        save_checkpoint(_state(model, average, model_name, train_data, optimiser, scheduler, scaler, history,
+                               best, config, epoch + 1), last_path)
         log(f"epoch {epoch + 1}/{config.epochs}  loss {loss:.3f}  train acc {accuracy:.3f}  "
             f"val loss {val_loss:.3f}  val acc {metrics['accuracy']:.3f}  "
             f"val F1 {metrics['macro_f1']:.3f}  {speed:.0f} img/s  {time.time() - started:.0f}s")

@@ -107,6 +107,12 @@ def test_resume_after_interruption_gives_the_same_result(blob_dataset, tmp_path,
     with pytest.raises(FileExistsError, match="--resume=True"):
         fit(fresh(), "capsule", train, val, config, str(tmp_path / "cut"), torch.device("cpu"),
             log=lambda *a: None)
+    longer = TrainConfig(epochs=5, batch_size=8, seed=5, ema_decay=ema_decay)
+    with pytest.raises(ValueError, match=r"--epochs=5 \(the run used 3\)"):
+        fit(fresh(), "capsule", train, val, longer, str(tmp_path / "cut"), torch.device("cpu"), resume=True)
+    with pytest.raises(ValueError, match="the training data"):
+        fit(fresh(), "capsule", data.subset(np.arange(1, 28)), val, config, str(tmp_path / "cut"),
+            torch.device("cpu"), resume=True)
     resumed, resumed_best = fit(fresh(), "capsule", train, val, config, str(tmp_path / "cut"),
                                 torch.device("cpu"), resume=True, log=lambda *a: None)
     assert _history_without_timing(resumed) == _history_without_timing(whole)
