@@ -86,33 +86,37 @@ def holdout_split(labels, patient_ids, fraction, seed, source_ids=None, group_by
     return patient_folds(labels, patient_ids, k, seed, source_ids, group_by)[0]
 
 
-def write_split(dataset, train_out, heldout_out, fraction=0.2, seed=0, group_by="patient", batch=256):
+def write_split(dataset, train_out, heldout_out, fraction=0.2, seed=0, group_by="patient"):
     """Copy a dataset file into two: ``train_out`` and ``heldout_out`` (about ``fraction`` of the
     slices, whole patients or stretches). Every column and attribute of the source is kept; each
     part records the split (``split`` attribute: part, fraction, seed, group_by, its patients)."""
     check_outputs({"train_out": train_out, "heldout_out": heldout_out}, {"dataset": dataset})
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must lie between 0 and 1, got {fraction}")
+    labels, patients, sources = (read_column(dataset, name) for name in ("labels", "patient_ids", "source_ids"))
+    train_rows, heldout_rows = holdout_split(labels, patients, fraction, seed, sources, group_by)
+    about = {"fraction": fraction, "seed": seed, "group_by": group_by}
+    return {"train": write_rows(dataset, train_out, train_rows, dict(about, part="train")),
+            "heldout": write_rows(dataset, heldout_out, heldout_rows, dict(about, part="heldout"))}
+
+
+def write_rows(dataset, out, rows, split=None, batch=256):
+    """Copy the given rows of a dataset file (every column and attribute) into ``out``; ``split``
+    (a dict) is recorded in the ``split`` attribute with the part's patients. Returns a summary."""
+    check_outputs({"out": out}, {"dataset": dataset})
     attrs = read_attrs(dataset)
     columns = {name: read_column(dataset, name) for name in ("labels", "patient_ids", "source_ids")}
-    labels, patients, sources = columns["labels"], columns["patient_ids"], columns["source_ids"]
-    train_rows, heldout_rows = holdout_split(labels, patients, fraction, seed, sources, group_by)
     with h5py.File(dataset, "r") as handle:
         fields = [name for name in ("images", "labels", "patient_ids", "source_ids", "tumor_masks",
                                     "conditions") if name in handle]
-    summary = {}
-    for part, rows, out in (("train", train_rows, train_out), ("heldout", heldout_rows, heldout_out)):
-        rows = np.sort(rows)
-        with DatasetWriter(out, int(attrs["image_size"]), fields) as writer:
-            for start in range(0, len(rows), batch):
-                chunk = rows[start:start + batch]
-                writer.append(**{name: columns[name][chunk] if name in columns
-                                 else read_images(dataset, name, chunk) for name in fields})
-            writer.attrs.update({key: value for key, value in attrs.items() if key != "image_size"})
-            part_patients = sorted({str(p) for p in patients[rows]})
-            writer.attrs["split"] = json.dumps({"part": part, "of": os.fspath(dataset), "fraction": fraction,
-                                                "seed": seed, "group_by": group_by,
-                                                "patients": part_patients})
-        summary[part] = {"out": os.fspath(out), "slices": int(len(rows)), "patients": len(part_patients),
-                         "per_class": np.bincount(labels[rows], minlength=3).tolist()}
-    return summary
+    rows = np.sort(np.asarray(rows))
+    patients = sorted({str(p) for p in columns["patient_ids"][rows]})
+    with DatasetWriter(out, int(attrs["image_size"]), fields) as writer:
+        for start in range(0, len(rows), batch):
+            chunk = rows[start:start + batch]
+            writer.append(**{name: columns[name][chunk] if name in columns
+                             else read_images(dataset, name, chunk) for name in fields})
+        writer.attrs.update({key: value for key, value in attrs.items() if key != "image_size"})
+        writer.attrs["split"] = json.dumps({**(split or {}), "of": os.fspath(dataset), "patients": patients})
+    return {"out": os.fspath(out), "slices": int(len(rows)), "patients": len(patients),
+            "per_class": np.bincount(columns["labels"][rows], minlength=3).tolist()}

@@ -1,0 +1,149 @@
+"""One fold of the study: its split, the GAN and synthetic slices from its training patients only,
+and every classifier arm for every seed. Every step is skipped when its output is complete, so a
+killed study continues where it stopped.
+
+    <out>/fold_<k>/train.h5, val.h5        the fold's real slices (classifier size)
+    <out>/fold_<k>/gan_train.h5            the training slices at the GAN's size (when it differs)
+    <out>/fold_<k>/masks.h5, gan/, synthetic.h5
+    <out>/fold_<k>/arms/<arm>_s<seed>/     classifier runs (train.py's layout)
+    <out>/fold_<k>/fold.json               patients of each part and every arm's test metrics
+"""
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from capsule_classifier.engine import TrainConfig
+from capsule_classifier.experiment import Experiment, run_experiment
+from capsule_classifier.report import write_json_atomic
+from generative_model.evaluation import heldout_leakage
+from generative_model.synthesis import synthesize
+from generative_model.trainer import GanSettings, train_models
+from preprocess.augment import augment_masks
+from preprocess.dataset import read_attrs, read_column
+from preprocess.splits import patient_folds, write_rows
+
+FOLD_FILE = "fold.json"
+
+
+def fold_rows(settings):
+    """The (train_rows, val_rows) of every fold of ``settings.data_path``."""
+    labels, patients, sources = (read_column(settings.data_path, name)
+                                 for name in ("labels", "patient_ids", "source_ids"))
+    return patient_folds(labels, patients, settings.k_folds, settings.split_seed, sources, settings.group_by)
+
+
+def _rows_of_sources(path, source_ids):
+    """Rows of ``path`` whose source id is in ``source_ids`` (the GAN file may be another size)."""
+    return np.flatnonzero(np.isin(read_column(path, "source_ids"), list(source_ids)))
+
+
+def prepare_split(settings, fold, train_rows, val_rows, log=print):
+    """The fold's dataset files; returns their paths."""
+    fold_dir = os.path.join(settings.out, f"fold_{fold}")
+    paths = {"train": os.path.join(fold_dir, "train.h5"), "val": os.path.join(fold_dir, "val.h5")}
+    about = {"fold": fold, "k_folds": settings.k_folds, "group_by": settings.group_by, "seed": settings.split_seed}
+    for part, rows in (("train", train_rows), ("val", val_rows)):
+        if not os.path.exists(paths[part]):
+            write_rows(settings.data_path, paths[part], rows, dict(about, part=part))
+    paths["gan_train"] = paths["train"]
+    if settings.gan_data_path and os.path.realpath(settings.gan_data_path) != os.path.realpath(settings.data_path):
+        paths["gan_train"] = os.path.join(fold_dir, "gan_train.h5")
+        if not os.path.exists(paths["gan_train"]):
+            train_sources = read_column(paths["train"], "source_ids")
+            write_rows(settings.gan_data_path, paths["gan_train"],
+                       _rows_of_sources(settings.gan_data_path, train_sources), dict(about, part="train"))
+    log(f"fold {fold}: {len(train_rows)} training, {len(val_rows)} validation slices")
+    return paths
+
+
+def gan_settings(settings, image_size):
+    return GanSettings(image_size=image_size, epochs=settings.gan_epochs, batch_size=settings.gan_batch_size,
+                       ngf=settings.gan_ngf, ndf=settings.gan_ndf, conditional=settings.gan_conditional,
+                       upsample=settings.gan_upsample, mask_norm=settings.gan_mask_norm,
+                       spectral_norm=settings.gan_spectral_norm,
+                       feature_matching_weight=settings.gan_feature_matching_weight,
+                       seed=settings.split_seed, device=settings.device)
+
+
+def synthetic_slices(settings, fold, paths, log=print):
+    """Masks, GAN and synthetic slices from the fold's training patients only; returns the
+    synthetic file and the leakage check against the validation part."""
+    fold_dir = os.path.join(settings.out, f"fold_{fold}")
+    masks, synthetic = os.path.join(fold_dir, "masks.h5"), os.path.join(fold_dir, "synthetic.h5")
+    if not os.path.exists(masks):
+        augment_masks(paths["gan_train"], masks, settings.synthetic_per_class, seed=settings.split_seed, workers=0)
+    gan_size = int(read_attrs(paths["gan_train"])["image_size"])
+    log(f"fold {fold}: GAN at {gan_size} px, {settings.gan_epochs} epochs")
+    train_models(paths["gan_train"], fold_dir, "gan", gan_settings(settings, gan_size), resume=True,
+                 created_with=dataclasses.asdict(settings))
+    if not os.path.exists(synthetic):
+        synthesize(os.path.join(fold_dir, "gan"), masks, synthetic, per_class=settings.synthetic_per_class,
+                   seed=settings.split_seed, device=settings.device, progress=False)
+    leakage = heldout_leakage(os.path.join(fold_dir, "gan"), synthetic, paths["val"])
+    if leakage["heldout_patients_the_gan_saw"] or leakage["synthetic_slices_from_heldout_masks"]:
+        raise RuntimeError(f"fold {fold}: the GAN saw validation patients ({leakage}); this must not happen")
+    return synthetic, leakage
+
+
+def arm_experiment(settings, arm, seed, paths, synthetic, run_dir):
+    """The Experiment of one arm: trained on the fold's training part (and/or the synthetic
+    slices), tested on its validation part."""
+    data = {"real_only": [paths["train"]], "baseline": [paths["train"]],
+            "pretrained": [synthetic, paths["train"]], "synthetic_only": [synthetic]}[arm]
+    config = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
+                         augmentation=settings.augmentation, seed=seed)
+    return Experiment(model=settings.baseline if arm == "baseline" else "capsule", data_path=data,
+                      data_test_path=[paths["val"]], model_dir=os.path.dirname(run_dir),
+                      run_name=os.path.basename(run_dir), test=True, cross_validation=False,
+                      image_size=settings.image_size or None, pretrain_epochs=settings.pretrain_epochs,
+                      capsule_preset=settings.capsule_preset, resume=os.path.exists(run_dir),
+                      device=settings.device, config=config, flags={"study_arm": arm, "seed": seed})
+
+
+def run_arm(settings, arm, seed, paths, synthetic, fold_dir, log=print):
+    """One classifier arm on one seed; reuses a finished run. Returns its test metrics."""
+    run_dir = os.path.join(fold_dir, "arms", f"{arm}_s{seed}")
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as handle:
+            metrics = json.load(handle)
+    else:
+        log(f"{os.path.basename(fold_dir)}: {arm}, seed {seed}")
+        metrics = run_experiment(arm_experiment(settings, arm, seed, paths, synthetic, run_dir), log=lambda *a: None)
+    test = metrics["test"]
+    return {key: test[key] for key in ("accuracy", "macro_f1", "confusion_matrix")} | {
+        "seconds": metrics.get("seconds")}
+
+
+def run_fold(settings, fold, train_rows, val_rows, log=print):
+    """Everything of one fold; writes and returns its fold.json record."""
+    fold_dir = os.path.join(settings.out, f"fold_{fold}")
+    paths = prepare_split(settings, fold, train_rows, val_rows, log)
+    needs_synthetic = {"pretrained", "synthetic_only"} & set(settings.arms)
+    synthetic, leakage = synthetic_slices(settings, fold, paths, log) if needs_synthetic else (None, None)
+    record = {"fold": fold, "val_patients": sorted(set(read_column(paths["val"], "patient_ids"))),
+              "gan_train_patients": sorted(set(read_column(paths["gan_train"], "patient_ids")))
+              if needs_synthetic else [], "leakage": leakage, "arms": {}}
+    for seed in range(settings.seeds):
+        for arm in settings.arms:
+            record["arms"].setdefault(arm, {})[str(seed)] = run_arm(settings, arm, seed, paths, synthetic,
+                                                                    fold_dir, log)
+            write_json_atomic(record, os.path.join(fold_dir, FOLD_FILE))     # partial results survive
+    if needs_synthetic:
+        record["gan_samples"] = os.path.relpath(_last_sample_grid(os.path.join(fold_dir, "gan")), settings.out)
+        write_json_atomic(record, os.path.join(fold_dir, FOLD_FILE))
+    return record
+
+
+def _last_sample_grid(gan_dir):
+    grids = sorted(p for p in _walk_pngs(gan_dir) if os.sep + "samples" + os.sep in p)
+    return grids[-1] if grids else gan_dir
+
+
+def _walk_pngs(folder):
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if name.endswith(".png"):
+                yield os.path.join(root, name)

@@ -1,0 +1,65 @@
+"""The settings of a study run (the flags of ``study.py``) and the preset files that fill them."""
+import dataclasses
+import json
+from pathlib import Path
+
+PRESET_DIR = Path(__file__).resolve().parents[1] / "presets" / "study"
+ARMS = ("real_only", "pretrained", "baseline", "synthetic_only")
+
+
+@dataclasses.dataclass
+class StudySettings:
+    """Everything that defines a study run."""
+    data_path: str = "data/figshare_256.h5"   # real slices at the classifier's size (prepare_dataset.py)
+    gan_data_path: str = ""        # the same slices at the GAN's size ("" = data_path)
+    out: str = "checkpoints/study"
+    k_folds: int = 5
+    group_by: str = "patient"      # "patient" or "stretch"
+    split_seed: int = 0            # the folds (the same for every seed)
+    seeds: int = 3                 # classifier seeds 0..seeds-1 on every fold
+    arms: tuple = ARMS
+    # the GAN (one per fold, trained on the fold's training patients only)
+    gan_epochs: int = 10
+    gan_conditional: bool = False  # False: one model per class, as the study
+    gan_ngf: int = 16
+    gan_ndf: int = 32
+    gan_batch_size: int = 4
+    gan_upsample: str = "transpose"
+    gan_mask_norm: bool = False
+    gan_spectral_norm: bool = False
+    gan_feature_matching_weight: float = 0.0
+    synthetic_per_class: int = 1000
+    # the classifiers
+    image_size: int = 0            # 0: the size of data_path
+    epochs: int = 30
+    pretrain_epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+    capsule_preset: str = "residual"
+    baseline: str = "resnet18"     # "resnet18" or "resnet50"
+    augmentation: str = "mri"
+    device: str = "auto"
+
+
+def load_preset(name):
+    """The flag values of ``presets/study/<name>.json`` (or of a path to such a file)."""
+    path = Path(name) if str(name).endswith(".json") else PRESET_DIR / f"{name}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+        raise ValueError(f"--preset={name}: no preset file {path} (presets: {known})")
+    with open(path) as handle:
+        values = json.load(handle)
+    unknown = set(values) - {f.name for f in dataclasses.fields(StudySettings)}
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+    return values
+
+
+def settings_from_flags(flags):
+    """StudySettings from the flags of study.py, by field name."""
+    values = {f.name: flags[f.name] for f in dataclasses.fields(StudySettings)}
+    values["arms"] = tuple(values["arms"])
+    unknown = set(values["arms"]) - set(ARMS)
+    if unknown:
+        raise ValueError(f"--arms: unknown arms {sorted(unknown)}; known: {list(ARMS)}")
+    return StudySettings(**values)

@@ -1,0 +1,116 @@
+"""Merge the finished folds of a study into ``results.json`` and ``RESULTS.md``: per arm the mean
+and std over folds x seeds, the pooled confusion matrix and per-class recall, and the paired
+differences between arms on the same fold and seed (95 % confidence interval and p-value of a
+paired t-test over the fold x seed pairs)."""
+import glob
+import json
+import os
+
+import numpy as np
+from scipy import stats
+
+from capsule_classifier.report import macro_f1_of_confusion, plot_confusion, write_json_atomic
+from preprocess.dataset import CLASS_NAMES
+from study_pipeline.folds import FOLD_FILE
+
+# the study's own table (2020; 7-fold CV, slices of one patient on both sides of each split)
+STUDY_REPORTED = {"pretrained": {"accuracy": 0.93, "macro_f1": 0.92}}
+COMPARISONS = (("pretrained", "real_only"), ("baseline", "real_only"), ("pretrained", "baseline"),
+               ("synthetic_only", "real_only"))
+ARM_TITLES = {"real_only": "capsule, real slices only", "pretrained": "capsule, GAN pre-training + real",
+              "baseline": "baseline CNN, real slices only", "synthetic_only": "capsule, synthetic slices only"}
+
+
+def load_folds(out):
+    folds = []
+    for path in sorted(glob.glob(os.path.join(out, "fold_*", FOLD_FILE))):
+        with open(path) as handle:
+            folds.append(json.load(handle))
+    return sorted(folds, key=lambda record: record["fold"])
+
+
+def arm_summary(folds, arm):
+    """Mean/std of accuracy and macro-F1 over every (fold, seed), pooled confusion and recall."""
+    runs = [(f["fold"], int(seed), r) for f in folds for seed, r in f["arms"].get(arm, {}).items()]
+    if not runs:
+        return None
+    accuracy = np.array([r["accuracy"] for *_, r in runs])
+    macro_f1 = np.array([r["macro_f1"] for *_, r in runs])
+    pooled = np.sum([np.array(r["confusion_matrix"]) for *_, r in runs], axis=0)
+    recall = np.divide(np.diag(pooled), pooled.sum(1), out=np.zeros(len(pooled)), where=pooled.sum(1) > 0)
+    return {"runs": len(runs), "accuracy_mean": float(accuracy.mean()), "accuracy_std": float(accuracy.std()),
+            "macro_f1_mean": float(macro_f1.mean()), "macro_f1_std": float(macro_f1.std()),
+            "pooled_confusion_matrix": pooled.tolist(),
+            "pooled_macro_f1": macro_f1_of_confusion(pooled),
+            "recall": dict(zip(CLASS_NAMES, recall.round(4).tolist()))}
+
+
+def paired_difference(folds, arm, reference, metric="accuracy"):
+    """``arm`` minus ``reference`` over the (fold, seed) pairs both have: mean, 95 % CI, p-value."""
+    pairs = [(f["arms"][arm][seed][metric], f["arms"][reference][seed][metric]) for f in folds
+             if arm in f["arms"] and reference in f["arms"]
+             for seed in f["arms"][arm] if seed in f["arms"][reference]]
+    if not pairs:
+        return None
+    diff = np.array([a - b for a, b in pairs])
+    result = {"pairs": len(diff), "mean": float(diff.mean())}
+    if len(diff) > 1 and diff.std(ddof=1) > 0:
+        half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
+        result.update(ci95=[float(diff.mean() - half), float(diff.mean() + half)],
+                      p_value=float(stats.ttest_rel([a for a, _ in pairs], [b for _, b in pairs]).pvalue))
+    return result
+
+
+def collect(out, settings=None):
+    """Write ``<out>/results.json`` and ``<out>/RESULTS.md`` from the finished folds."""
+    folds = load_folds(out)
+    if not folds:
+        raise ValueError(f"{out}: no finished fold (fold_*/{FOLD_FILE}) to collect")
+    arms = {arm: summary for arm in ARM_TITLES if (summary := arm_summary(folds, arm))}
+    differences = {f"{a} - {b}": {metric: paired_difference(folds, a, b, metric) for metric in ("accuracy", "macro_f1")}
+                   for a, b in COMPARISONS if a in arms and b in arms}
+    for arm, summary in arms.items():
+        path = os.path.join(out, f"confusion_{arm}.png")
+        plot_confusion(summary["pooled_confusion_matrix"], path,
+                       f"{ARM_TITLES[arm]}: pooled over {summary['runs']} runs")
+        summary["figure"] = os.path.basename(path)
+    results = {"settings": settings or {}, "folds": folds, "arms": arms, "paired_differences": differences,
+               "study_reported": STUDY_REPORTED}
+    write_json_atomic(results, os.path.join(out, "results.json"))
+    with open(os.path.join(out, "RESULTS.md"), "w") as handle:
+        handle.write(results_markdown(results))
+    return results
+
+
+def _pm(summary, metric):
+    return f"{summary[f'{metric}_mean']:.3f} +- {summary[f'{metric}_std']:.3f}"
+
+
+def results_markdown(results):
+    arms, folds = results["arms"], results["folds"]
+    settings = results["settings"]
+    lines = ["# Study results", "",
+             f"{len(folds)} fold(s) of {settings.get('k_folds', '?')} ({settings.get('group_by', 'patient')}-wise), "
+             f"seeds 0..{settings.get('seeds', '?') - 1 if isinstance(settings.get('seeds'), int) else '?'}; "
+             "every GAN was trained on its fold's training patients only (patients of each part in "
+             "`results.json`).", "",
+             "| arm | runs | accuracy | macro-F1 | pooled macro-F1 | recall meningioma / glioma / pituitary | the study reported |",
+             "|---|---|---|---|---|---|---|"]
+    for arm, summary in arms.items():
+        recall = " / ".join(f"{summary['recall'][c]:.2f}" for c in CLASS_NAMES)
+        reported = STUDY_REPORTED.get(arm)
+        reported = f"{reported['accuracy']:.2f} / {reported['macro_f1']:.2f} (record-wise)" if reported else ""
+        lines.append(f"| {ARM_TITLES[arm]} | {summary['runs']} | {_pm(summary, 'accuracy')} | "
+                     f"{_pm(summary, 'macro_f1')} | {summary['pooled_macro_f1']:.3f} | {recall} | {reported} |")
+    lines += ["", "Paired differences (same fold and seed; 95 % CI of the mean and paired t-test p-value):", "",
+              "| difference | pairs | accuracy | 95 % CI | p | macro-F1 | 95 % CI | p |", "|---|---|---|---|---|---|---|---|"]
+    for name, both in results["paired_differences"].items():
+        cells = []
+        for metric in ("accuracy", "macro_f1"):
+            d = both[metric]
+            ci = f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if "ci95" in d else "n/a"
+            cells += [f"{d['mean']:+.3f}", ci, f"{d['p_value']:.3f}" if "p_value" in d else "n/a"]
+        lines.append(f"| {name} | {both['accuracy']['pairs']} | " + " | ".join(cells) + " |")
+    lines += ["", "Figures: " + ", ".join(f"[{arm}]({s['figure']})" for arm, s in arms.items()) + "; GAN samples: "
+              + ", ".join(f"[fold {f['fold']}]({f['gan_samples']})" for f in folds if f.get("gan_samples")), ""]
+    return "\n".join(lines)
