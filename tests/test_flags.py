@@ -1,6 +1,7 @@
 """Command-line flag overrides shared by every stage script."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,19 @@ def test_script_rejects_unknown_flag_listing_valid_ones():
                          cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 2
     assert "did you mean --image_size" in run.stderr and "--skip_bad" in run.stderr
+
+
+@pytest.mark.parametrize("script,settings", [("generative_model/train.py", "generative_model.trainer.GanSettings"),
+                                             ("study.py", "study_pipeline.settings.StudySettings")])
+def test_script_defaults_agree_with_their_settings_class(script, settings):
+    import dataclasses
+    import importlib
+    import runpy
+    module, name = settings.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    flags = runpy.run_path(str(Path(__file__).resolve().parents[1] / script), run_name="defaults_only")
+    for field in dataclasses.fields(cls):
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        if field.name in flags:
+            value = flags[field.name]
+            assert (list(default) if isinstance(default, tuple) else default) == value, field.name
