@@ -14,7 +14,9 @@ import os
 
 import numpy as np
 
-from capsule_classifier.engine import TrainConfig
+from capsule_classifier.checkpoint import load_model
+from capsule_classifier.embedding import embed_files, tsne_coordinates, write_tsne
+from capsule_classifier.engine import TrainConfig, resolve_device
 from capsule_classifier.experiment import Experiment, run_experiment
 from capsule_classifier.report import write_json_atomic
 from generative_model.evaluation import heldout_leakage
@@ -133,8 +135,24 @@ def run_fold(settings, fold, train_rows, val_rows, log=print):
             write_json_atomic(record, os.path.join(fold_dir, FOLD_FILE))     # partial results survive
     if needs_synthetic:
         record["gan_samples"] = os.path.relpath(_last_sample_grid(os.path.join(fold_dir, "gan")), settings.out)
+        if "pretrained" in settings.arms:
+            record["tsne"] = os.path.relpath(real_and_synthetic_tsne(settings, fold_dir, paths, synthetic), settings.out)
         write_json_atomic(record, os.path.join(fold_dir, FOLD_FILE))
     return record
+
+
+def real_and_synthetic_tsne(settings, fold_dir, paths, synthetic, max_slices=1500):
+    """t-SNE of the pre-trained arm's features (seed 0) over the fold's real validation slices and
+    the synthetic slices: do the synthetic slices sit where the real ones of their class do?"""
+    png = os.path.join(fold_dir, "tsne.png")
+    if not os.path.exists(png):
+        device = resolve_device(settings.device)
+        model, record = load_model(os.path.join(fold_dir, "arms", "pretrained_s0", "best.pt"), device)
+        features, data = embed_files(model, [paths["val"], synthetic], record["image_size"], device, max_slices,
+                                     settings.split_seed)
+        write_tsne(tsne_coordinates(features, settings.split_seed), data, png, os.path.join(fold_dir, "tsne.csv"),
+                   f"{os.path.basename(fold_dir)}: validation (real) and synthetic slices, pre-trained capsule features")
+    return png
 
 
 def _last_sample_grid(gan_dir):

@@ -112,5 +112,7 @@ def results_markdown(results):
             cells += [f"{d['mean']:+.3f}", ci, f"{d['p_value']:.3f}" if "p_value" in d else "n/a"]
         lines.append(f"| {name} | {both['accuracy']['pairs']} | " + " | ".join(cells) + " |")
     lines += ["", "Figures: " + ", ".join(f"[{arm}]({s['figure']})" for arm, s in arms.items()) + "; GAN samples: "
-              + ", ".join(f"[fold {f['fold']}]({f['gan_samples']})" for f in folds if f.get("gan_samples")), ""]
+              + ", ".join(f"[fold {f['fold']}]({f['gan_samples']})" for f in folds if f.get("gan_samples"))
+              + "; t-SNE of real and synthetic slices: "
+              + ", ".join(f"[fold {f['fold']}]({f['tsne']})" for f in folds if f.get("tsne")), ""]
     return "\n".join(lines)

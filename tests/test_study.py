@@ -41,7 +41,7 @@ def test_every_arm_on_every_fold_and_no_validation_patient_reaches_the_gan(one_f
     assert {"pretrained - real_only", "baseline - real_only"} <= set(results["paired_differences"])
     text = (out / "RESULTS.md").read_text()
     assert "capsule, GAN pre-training + real" in text and "0.93 / 0.92" in text
-    assert (out / "confusion_pretrained.png").is_file()
+    assert (out / "confusion_pretrained.png").is_file() and (out / "fold_1" / "tsne.png").is_file()
 
 
 def test_a_finished_fold_is_reused_not_retrained(one_fold_then_the_rest):
