@@ -5,13 +5,14 @@ dataset files, or folders of those; each slice is prepared exactly like the trai
 import csv
 import os
 
+import h5py
 import numpy as np
 from PIL import Image
 
 from capsule_classifier.engine import predict
 from preprocess.atomic import atomic_path, check_outputs
 from preprocess.dataset import CLASS_NAMES, check_dataset_file, read_column, read_images
-from preprocess.intensity import normalise_slice, resize_slice
+from preprocess.intensity import normalise_slice, resize_mask, resize_slice
 from preprocess.mat_reader import MatFileError, check_pixels, iter_sources, read_mat_slice
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -38,26 +39,40 @@ def _unreadable(error):
     return f"{type(error).__name__}: {error}"
 
 
+NO_TRUTH = {"tumour_mask": None, "label": None}
+
+
 def _file_slices(source, size):
-    """(name, prepared image) of every slice in one file; raises on an unreadable file."""
+    """(name, prepared image, truth) of every slice in one file; raises on an unreadable file.
+    ``truth`` holds the tumour mask (at ``size``) and the class when the file has them."""
     lower = source.lower()
     if lower.endswith(IMAGE_SUFFIXES):
         image = _read_picture(source)
         check_pixels(image, source)
-        yield source, prepare_raw(image, size)
+        yield source, prepare_raw(image, size), NO_TRUTH
     elif lower.endswith(".h5"):
         # dataset files already hold prepared slices; only the size may need to change
         check_dataset_file(source, ("images", "source_ids"))
         source_ids = read_column(source, "source_ids")
-        for source_id, image in zip(source_ids, read_images(source)):
-            yield f"{source}#{source_id}", resize_slice(image, size)
+        labels = read_column(source, "labels")
+        masks = read_images(source, "tumor_masks") if _has_field(source, "tumor_masks") else None
+        for k, (source_id, image) in enumerate(zip(source_ids, read_images(source))):
+            truth = {"tumour_mask": None if masks is None else resize_mask(masks[k] > 0.5, size),
+                     "label": int(labels[k])}
+            yield f"{source}#{source_id}", resize_slice(image, size), truth
     else:
         raise ValueError(f"{source}: cannot classify this file type (use .mat, .zip, .png, .jpg or .h5)")
 
 
+def _has_field(path, name):
+    with h5py.File(path, "r") as handle:
+        return name in handle
+
+
 def iter_slices(source, size):
-    """Yield (name, prepared image, None) for every readable slice under ``source`` (file or folder)
-    and (name, None, reason) for every file or zip member that cannot be read."""
+    """Yield (name, prepared image, None, truth) for every readable slice under ``source`` (file or
+    folder) and (name, None, reason, NO_TRUTH) for every file or zip member that cannot be read.
+    ``truth``: the tumour mask and class from .mat and dataset files (None elsewhere)."""
     source = os.fspath(source)
     if os.path.isdir(source):
         names = sorted(os.listdir(source))
@@ -73,24 +88,25 @@ def iter_slices(source, size):
         try:
             refs = iter_sources(source)
         except (MatFileError, OSError) as error:
-            yield source, None, _unreadable(error)
+            yield source, None, _unreadable(error), NO_TRUTH
             return
         for ref in refs:
             name = os.path.join(os.path.dirname(source), ref.name)
             try:
-                image = prepare_raw(read_mat_slice(ref.read_bytes(), ref.name)["image"], size)
+                fields = read_mat_slice(ref.read_bytes(), ref.name)
             except (MatFileError, OSError) as error:
-                yield name, None, _unreadable(error)
+                yield name, None, _unreadable(error), NO_TRUTH
                 continue
-            yield name, image, None
+            truth = {"tumour_mask": resize_mask(fields["tumor_mask"], size), "label": fields["label"]}
+            yield name, prepare_raw(fields["image"], size), None, truth
         return
     try:
         slices = list(_file_slices(source, size))
     except (OSError, ValueError, KeyError, SyntaxError) as error:   # PIL raises SyntaxError for some damage
-        yield source, None, _unreadable(error)
+        yield source, None, _unreadable(error), NO_TRUTH
         return
-    for name, image in slices:
-        yield name, image, None
+    for name, image, truth in slices:
+        yield name, image, None, truth
 
 
 def classify(model, source, size, device, out_csv, flips=True, vertical_flips=True):
@@ -108,7 +124,7 @@ def classify(model, source, size, device, out_csv, flips=True, vertical_flips=Tr
         names.clear()
         batch.clear()
 
-    for name, image, error in iter_slices(source, size):
+    for name, image, error, _ in iter_slices(source, size):
         if error is not None:
             rows.append([name, ""] + [""] * len(CLASS_NAMES) + [error])
             continue

@@ -171,12 +171,14 @@ class ResidualCapsuleClassifier(nn.Module):
         primary = primary.reshape(batch, self.primary_types, self.primary_dim, h * w).permute(0, 3, 1, 2)
         return self.class_capsules(squash(primary, dim=-1))   # (B, classes, class_dim)
 
-    def _outputs(self, x):
+    def _outputs(self, x, with_mask=False):
         """(class capsules, mask logits or None); with the tumour crop the capsules of both views
-        are concatenated along the class-capsule dimension."""
+        are concatenated along the class-capsule dimension. The mask head runs only when its
+        output is needed (training, or to place the tumour window)."""
         features, taps = self._features(x)
         capsules = self._classify(features)
-        mask_logits = self.mask_head(taps[self.mask_stage]) if self.mask_head is not None else None
+        needs_mask = self.mask_head is not None and (with_mask or self.crop_branch is not None)
+        mask_logits = self.mask_head(taps[self.mask_stage]) if needs_mask else None
         if self.crop_branch is not None:
             theta = tumour_window(mask_logits)
             size = self.crop_branch.config["image_size"]
@@ -206,5 +208,5 @@ class ResidualCapsuleClassifier(nn.Module):
         """(class logits, tumour-mask logits on the third stage: 8 x 8 from a 32 px stem); training only."""
         if self.mask_head is None:
             raise RuntimeError("this model was built without a mask head (mask_head=False)")
-        capsules, mask_logits = self._outputs(x)
+        capsules, mask_logits = self._outputs(x, with_mask=True)
         return self._logits(capsules), mask_logits

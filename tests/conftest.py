@@ -60,3 +60,18 @@ def demo_dataset(demo_mat_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("demo_h5") / "demo_64.h5"
     prepare_dataset(demo_mat_dir, path, image_size=64, workers=1)
     return path
+
+
+@pytest.fixture(scope="session")
+def holdout_run(blob_dataset, tmp_path_factory):
+    """A tiny classifier trained by train.py as a script (2 epochs, 64 px): (run folder, stdout)."""
+    import subprocess
+    import sys
+    model_dir = tmp_path_factory.mktemp("models")
+    command = [sys.executable, "capsule_classifier/train.py", "--model=capsule",
+               f"--data_path={blob_dataset}", "--image_size=64", "--CrossValidation=False",
+               "--Train=True", "--Test=False", f"--model_dir={model_dir}", "--run_name=tiny",
+               "--epochs=2", "--batch_size=8"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return model_dir / "tiny", done.stdout

@@ -26,19 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {"width": 8}
 
 
-@pytest.fixture(scope="module")
-def holdout_run(blob_dataset, tmp_path_factory):
-    """The interface command of the issue, run as a script (2 epochs, 64 px)."""
-    model_dir = tmp_path_factory.mktemp("models")
-    command = [sys.executable, "capsule_classifier/train.py", "--model=capsule",
-               f"--data_path={blob_dataset}", "--image_size=64", "--CrossValidation=False",
-               "--Train=True", "--Test=False", f"--model_dir={model_dir}", "--run_name=tiny",
-               "--epochs=2", "--batch_size=8"]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return model_dir / "tiny", done.stdout
-
-
 def test_train_script_writes_checkpoints_and_metrics(holdout_run):
     run_dir, stdout = holdout_run
     for name in ("best.pt", "last.pt", "metrics.json", "curves.png", "confusion_validation.png"):
@@ -206,7 +193,7 @@ def test_predict_reads_16_bit_png_at_full_depth(holdout_run, tmp_path):
     Image.fromarray((smooth * 65535).round().astype(np.uint16)).save(sixteen)
     assert Image.open(sixteen).mode.startswith("I")
     from capsule_classifier.inference import iter_slices
-    (_, prepared_8, _), (_, prepared_16, _) = (next(iter_slices(p, 64)) for p in (eight, sixteen))
+    (_, prepared_8, _, _), (_, prepared_16, _, _) = (next(iter_slices(p, 64)) for p in (eight, sixteen))
     assert np.abs(prepared_8 - prepared_16).max() < 0.02       # the same slice, not one cut to 8 bits
     rows = []
     for path in (eight, sixteen):
