@@ -46,27 +46,45 @@ def file_features(model, path, image_size, device, max_slices, seed):
 
 
 def embed_files(model, paths, image_size, device, max_slices, seed):
-    """(features, LabelledImages) of up to ``max_slices`` random slices of the files."""
-    data = load_sources(paths, image_size)
+    """(features, LabelledImages, file index of each slice) of up to ``max_slices`` random slices."""
+    parts = [load_sources([path], image_size) for path in paths]
+    data = load_sources(paths, image_size) if len(paths) > 1 else parts[0]
+    file_index = np.concatenate([np.full(len(part), k) for k, part in enumerate(parts)])
     if max_slices and len(data) > max_slices:
-        data = data.subset(np.sort(np.random.default_rng(seed).choice(len(data), max_slices, replace=False)))
-    return predict(model, data.images, device, embed=True), data
+        rows = np.sort(np.random.default_rng(seed).choice(len(data), max_slices, replace=False))
+        data, file_index = data.subset(rows), file_index[rows]
+    return predict(model, data.images, device, embed=True), data, file_index
 
 
-def tsne_coordinates(features, seed):
+def map_coordinates(features, seed, method="tsne"):
+    """2-D coordinates of the features by t-SNE (scikit-learn) or UMAP (umap-learn, optional)."""
+    features = np.asarray(features, dtype=np.float32)
+    if method == "umap":
+        try:
+            import umap
+        except ImportError as error:
+            raise RuntimeError("--method=umap needs umap-learn (pip install umap-learn)") from error
+        neighbours = int(min(15, max(2, len(features) - 1)))
+        return umap.UMAP(n_neighbors=neighbours, random_state=seed).fit_transform(features)
+    if method != "tsne":
+        raise ValueError(f"method must be 'tsne' or 'umap', got {method!r}")
     perplexity = float(min(30.0, max(2.0, (len(features) - 1) / 3.0)))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
-        np.asarray(features, dtype=np.float32))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
 
 
-def write_tsne(coordinates, data, out_png, out_csv, title):
-    """Scatter coloured by class (real: circles, synthetic: triangles) and the CSV of points."""
+def write_tsne(coordinates, data, out_png, out_csv, title, groups=None, group_names=None):
+    """Scatter of the 2-D map (real: circles, synthetic: triangles) and the CSV of points. Colours
+    are the classes, or ``groups`` (e.g. the file, or fold, of each slice) named by ``group_names``."""
     fig, ax = plt.subplots(figsize=(6, 5))
+    if groups is None:
+        groups, group_names, colours = data.labels, list(CLASS_NAMES), COLOURS
+    else:
+        colours = [plt.get_cmap("tab10")(k % 10) for k in range(len(group_names))]
     for synthetic in (False, True):
-        for label, name in enumerate(CLASS_NAMES):
-            rows = (data.labels == label) & (data.synthetic == synthetic)
+        for group, name in enumerate(group_names):
+            rows = (groups == group) & (data.synthetic == synthetic)
             if rows.any():
-                ax.scatter(coordinates[rows, 0], coordinates[rows, 1], s=9, c=COLOURS[label],
+                ax.scatter(coordinates[rows, 0], coordinates[rows, 1], s=9, color=colours[group],
                            marker=MARKERS[synthetic], alpha=0.7,
                            label=f"{name} ({'synthetic' if synthetic else 'real'})")
     ax.legend(fontsize=7, markerscale=1.5)

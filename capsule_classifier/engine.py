@@ -20,6 +20,7 @@ from tqdm import tqdm
 from capsule_classifier.augment import augment_batch
 from capsule_classifier.checkpoint import model_record
 from preprocess.checkpoint_io import load_checkpoint_file, save_checkpoint
+from preprocess.tensorboard_log import log_scalars, tensorboard_writer
 from capsule_classifier.report import classification_metrics
 
 RECIPES = ("onecycle", "study_sgd")
@@ -284,6 +285,7 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
         raise FileExistsError(f"{last_path} exists: pass --resume=True to continue that run, "
                               f"or choose another --run_name")
     image_size = train_data.image_size
+    writer = tensorboard_writer(run_dir, start)
     for epoch in range(start, config.epochs):
         started = time.time()
         loss, accuracy, speed = train_epoch(model, train_data, config, optimiser, scheduler, scaler,
@@ -308,6 +310,12 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
         log(f"epoch {epoch + 1}/{config.epochs}  loss {loss:.3f}  train acc {accuracy:.3f}  "
             f"val loss {val_loss:.3f}  val acc {metrics['accuracy']:.3f}  "
             f"val F1 {metrics['macro_f1']:.3f}  {speed:.0f} img/s  {time.time() - started:.0f}s")
+        log_scalars(writer, epoch + 1, {"loss/train": loss, "loss/validation": val_loss,
+                                        "accuracy/train": accuracy, "accuracy/validation": metrics["accuracy"],
+                                        "macro_f1/validation": metrics["macro_f1"],
+                                        "learning_rate": optimiser.param_groups[0]["lr"], "images_per_s": speed})
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
+    if writer is not None:
+        writer.close()
     return history, best

@@ -17,16 +17,18 @@ import time
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from preprocess.atomic import atomic_path
-from preprocess.checkpoint_io import load_checkpoint_file, save_checkpoint
 from generative_model.figures import save_image_grid, write_loss_table
 from generative_model.image_pool import ImagePool
 from generative_model.networks import build_networks
+from preprocess.atomic import atomic_path
+from preprocess.checkpoint_io import load_checkpoint_file, save_checkpoint
 from preprocess.dataset import CLASS_NAMES, SliceDataset, read_attrs, read_column
+from preprocess.tensorboard_log import log_scalars, tensorboard_writer
 
 CHECKPOINT = "checkpoint.pt"
 CONDITIONAL_FOLDER = "all"
@@ -202,6 +204,7 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
     steps = dict(generator=generator, discriminator=discriminator, opt_g=opt_g, opt_d=opt_d,
                  scaler=scaler, pool=pool, criterion=criterion, settings=settings, use_amp=use_amp)
 
+    writer = tensorboard_writer(out_dir, start_epoch)
     for epoch in range(start_epoch, settings.epochs):
         lr = learning_rate(epoch, settings)
         for opt in (opt_g, opt_d):
@@ -221,7 +224,13 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
         row.update({name: value / max(len(loader), 1) for name, value in sums.items()})
         history.append(row)
         tiles = sample_grid(generator, grid_batch, grid_z)
-        save_image_grid(tiles, os.path.join(out_dir, "samples", f"epoch_{epoch + 1:03d}.png"))
+        grid_path = os.path.join(out_dir, "samples", f"epoch_{epoch + 1:03d}.png")
+        save_image_grid(tiles, grid_path)
+        log_scalars(writer, epoch + 1, {f"loss/{name[5:]}": row[name] for name in row if name.startswith("loss_")}
+                    | {"learning_rate": lr, "seconds": row["seconds"]})
+        if writer is not None:
+            writer.add_image("samples (mask | real | fakes)", np.asarray(Image.open(grid_path).convert("L"))[None],
+                             epoch + 1)
         write_loss_table(history, os.path.join(out_dir, "losses.csv"), os.path.join(out_dir, "losses.png"))
         save_checkpoint({"generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
                          "generator_config": generator.config, "discriminator_config": discriminator.config,
@@ -232,6 +241,8 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
                         checkpoint_path)
         print(f"{os.path.basename(out_dir)} epoch {epoch + 1}: " +
               ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    if writer is not None:
+        writer.close()
     return {"epochs": len(history), "slices": len(data), "checkpoint": checkpoint_path,
             "last": history[-1] if history else None}
 

@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from capsule_classifier.checkpoint import load_model
-from capsule_classifier.embedding import embed_files, tsne_coordinates, write_tsne
+from capsule_classifier.embedding import embed_files, map_coordinates, write_tsne
 from capsule_classifier.engine import TrainConfig, resolve_device
 from capsule_classifier.experiment import Experiment, run_experiment
 from capsule_classifier.report import write_json_atomic
@@ -148,9 +148,9 @@ def real_and_synthetic_tsne(settings, fold_dir, paths, synthetic, max_slices=150
     if not os.path.exists(png):
         device = resolve_device(settings.device)
         model, record = load_model(os.path.join(fold_dir, "arms", "pretrained_s0", "best.pt"), device)
-        features, data = embed_files(model, [paths["val"], synthetic], record["image_size"], device, max_slices,
-                                     settings.split_seed)
-        write_tsne(tsne_coordinates(features, settings.split_seed), data, png, os.path.join(fold_dir, "tsne.csv"),
+        features, data, _ = embed_files(model, [paths["val"], synthetic], record["image_size"], device,
+                                        max_slices, settings.split_seed)
+        write_tsne(map_coordinates(features, settings.split_seed), data, png, os.path.join(fold_dir, "tsne.csv"),
                    f"{os.path.basename(fold_dir)}: validation (real) and synthetic slices, pre-trained capsule features")
     return png
 

@@ -210,11 +210,17 @@ def test_tsne_on_real_and_synthetic(holdout_run, blob_dataset, tmp_path):
     run_dir, _ = holdout_run
     synthetic = _synthetic_copy(blob_dataset, tmp_path / "synthetic.h5")
     flags = {"checkpoint": str(run_dir / "best.pt"), "data_path": [str(blob_dataset), str(synthetic)],
-             "out_dir": str(tmp_path / "tsne"), "max_slices": 0, "seed": 0, "device": "cpu", "threads": 2}
+             "out_dir": str(tmp_path / "tsne"), "max_slices": 0, "seed": 0, "device": "cpu", "threads": 2,
+             "method": "tsne", "colour_by": "class"}
     out_png, out_csv = tsne.run(flags)
     rows = list(csv.DictReader(open(out_csv)))
     assert len(rows) == 72 and {r["synthetic"] for r in rows} == {"True", "False"}
     assert Path(out_png).stat().st_size > 1000
+    by_file, _ = tsne.run(dict(flags, colour_by="file", max_slices=40))
+    assert Path(by_file).stat().st_size > 1000
+    pytest.importorskip("umap")
+    umap_png, umap_csv = tsne.run(dict(flags, method="umap"))
+    assert umap_png.endswith("umap.png") and len(list(csv.DictReader(open(umap_csv)))) == 72
 
 
 def test_fine_tune_from_saved_model_and_refuse_a_mismatch(holdout_run, blob_dataset, tmp_path):

@@ -177,3 +177,15 @@ def test_artefact_options_train_resume_and_generate(blob_dataset, masks_file, tm
                          device="cpu", progress=False)
     assert summary["per_class"] == [2, 2, 2]
     assert load_checkpoint(folder / "checkpoint.pt")["generator_config"]["upsample"] == "resize"
+
+
+def test_tensorboard_logs_beside_the_csv(trained_run, holdout_run):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    for folder, tag in ((trained_run / "glioma", "loss/g_l1"), (holdout_run[0], "accuracy/validation")):
+        events = list(folder.glob("events.out.tfevents.*"))
+        assert events, list(folder.iterdir())
+        accumulator = EventAccumulator(str(folder))
+        accumulator.Reload()
+        assert tag in accumulator.Tags()["scalars"]
+    assert accumulator.Scalars("accuracy/validation")[-1].step == 2
