@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from capsule_classifier.augment import augment_batch
 from capsule_classifier.checkpoint import model_record
+from preprocess import distributed
 from preprocess.checkpoint_io import load_checkpoint_file, save_checkpoint
 from preprocess.tensorboard_log import log_scalars, tensorboard_writer
 from capsule_classifier.report import classification_metrics
@@ -142,14 +143,17 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
     model.train()
     seed = _epoch_seed(config.seed, epoch)
     torch.manual_seed(seed)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    # under torchrun every process takes its share of each global batch, with its own augmentation
+    generator = torch.Generator(device=device).manual_seed(seed + 7919 * distributed.rank())
     order = np.random.default_rng(seed).permutation(len(data))
     batches = [order[k:k + config.batch_size] for k in range(0, len(order), config.batch_size)]
-    if len(batches) > 1 and len(batches[-1]) < 2:   # batch norm needs two samples
+    if len(batches) > 1 and len(batches[-1]) < max(2, distributed.world_size()):   # batch norm needs two
         batches = batches[:-1]
+    batches = [rows[distributed.rank()::distributed.world_size()] for rows in batches]
     labels_all = torch.as_tensor(data.labels)
     total_loss, correct, seen, started = 0.0, 0, 0, time.time()
-    bar = tqdm(batches, desc=description, unit="batch", leave=False, dynamic_ncols=True)
+    bar = tqdm(batches, desc=description, unit="batch", leave=False, dynamic_ncols=True,
+               disable=not distributed.is_main())
     for rows in bar:
         index = torch.as_tensor(rows)
         images = _to_device(data.images[index], device, config.channels_last)
@@ -161,7 +165,7 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
             if masks is None:
                 logits = model(images)
             else:
-                logits, mask_logits = model.forward_with_mask(images)
+                logits, mask_logits = model(images, with_mask=True)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
             if masks is not None:
                 loss = loss + config.mask_weight * mask_loss(mask_logits, masks)
@@ -172,11 +176,12 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
         if scheduler is not None:
             scheduler.step()
         if average is not None:
-            average.update_parameters(model)
+            average.update_parameters(getattr(model, "module", model))     # the bare model under DDP
         total_loss += loss.item() * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{seen / (time.time() - started):.0f}")
+    total_loss, correct, seen = distributed.sum_over_processes([total_loss, correct, seen], device)
     return total_loss / max(seen, 1), correct / max(seen, 1), seen / (time.time() - started)
 
 
@@ -259,9 +264,17 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
     best record ({"epoch", "macro_f1", "accuracy"}).
     """
     last_path, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
+    if distributed.is_distributed() and device.type == "cuda":
+        # batch statistics over the global batch; PyTorch has no synchronised batch norm on CPUs,
+        # where each process normalises over its share of the batch
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
+    trained = model
+    if distributed.is_distributed():
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     steps = max(1, math.ceil(len(train_data) / config.batch_size))
     optimiser, scheduler = make_optimiser(model, config, steps)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and autocast_dtype(device) == torch.float16)
@@ -285,10 +298,10 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
         raise FileExistsError(f"{last_path} exists: pass --resume=True to continue that run, "
                               f"or choose another --run_name")
     image_size = train_data.image_size
-    writer = tensorboard_writer(run_dir, start)
+    writer = tensorboard_writer(run_dir, start) if distributed.is_main() else None
     for epoch in range(start, config.epochs):
         started = time.time()
-        loss, accuracy, speed = train_epoch(model, train_data, config, optimiser, scheduler, scaler,
+        loss, accuracy, speed = train_epoch(trained, train_data, config, optimiser, scheduler, scaler,
                                             device, epoch, f"epoch {epoch + 1}/{config.epochs}", average)
         # bfloat16 on the CPU only trains: validation runs in float32 there
         probabilities = predict(evaluated, val_data.images, device, channels_last=config.channels_last,
@@ -304,9 +317,12 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
             best = {"epoch": epoch + 1, "macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"]}
             record = model_record(model_name, evaluated, image_size)
             record.update(epoch=epoch + 1, val_metrics=metrics, train_config=asdict(config))
-            save_checkpoint(record, best_path)
-        save_checkpoint(_state(model, average, model_name, train_data, optimiser, scheduler, scaler, history,
-                               best, config, epoch + 1), last_path)
+            if distributed.is_main():
+                save_checkpoint(record, best_path)
+        if distributed.is_main():
+            save_checkpoint(_state(model, average, model_name, train_data, optimiser, scheduler, scaler, history,
+                                   best, config, epoch + 1), last_path)
+        distributed.barrier()       # every process reads the checkpoints rank 0 has just written
         log(f"epoch {epoch + 1}/{config.epochs}  loss {loss:.3f}  train acc {accuracy:.3f}  "
             f"val loss {val_loss:.3f}  val acc {metrics['accuracy']:.3f}  "
             f"val F1 {metrics['macro_f1']:.3f}  {speed:.0f} img/s  {time.time() - started:.0f}s")

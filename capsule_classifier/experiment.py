@@ -22,6 +22,7 @@ from capsule_classifier.engine import TrainConfig, fit, predict, resolve_device
 from capsule_classifier.network import count_parameters, make_model
 from capsule_classifier.report import (classification_metrics, plot_confusion, plot_curves,
                                        summarise_folds, text_report, write_json_atomic)
+from preprocess import distributed
 from preprocess.splits import holdout_split, patient_folds
 
 
@@ -252,7 +253,7 @@ def _cross_validate(exp, real, start_state, run_dir, device, histories, log):
     cv["group_by"] = exp.group_by
     plot_confusion(cv["confusion_matrix"], os.path.join(run_dir, "confusion_cv.png"),
                    f"{exp.k_folds}-fold {exp.group_by}-wise CV, pooled: accuracy {cv['pooled_accuracy']:.3f}")
-    with open(os.path.join(run_dir, "report.txt"), "w") as out:
+    with open(os.path.join(run_dir, "report.txt") if distributed.is_main() else os.devnull, "w") as out:
         matrix = np.array(cv["confusion_matrix"])
         out.write(f"{exp.k_folds}-fold {exp.group_by}-wise cross-validation\n"
                   f"accuracy {cv['accuracy_mean']:.4f} +- {cv['accuracy_std']:.4f}, "
@@ -301,7 +302,7 @@ def _test(exp, run_dir, device, metrics, log):
                                         for p in probabilities]
     plot_confusion(result["confusion_matrix"], os.path.join(run_dir, "confusion_test.png"),
                    f"test: accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}")
-    with open(os.path.join(run_dir, "report_test.txt"), "w") as out:
+    with open(os.path.join(run_dir, "report_test.txt") if distributed.is_main() else os.devnull, "w") as out:
         out.write(text_report(test.labels, mean))
     log(f"test on {len(test)} slices: accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}")
     return result

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score  # noqa: E402
 
+from preprocess import distributed  # noqa: E402
 from preprocess.atomic import atomic_path  # noqa: E402
 from preprocess.dataset import CLASS_NAMES  # noqa: E402
 
@@ -66,11 +67,15 @@ def summarise_folds(folds):
 
 
 def write_json_atomic(data, path):
+    if not distributed.is_main():       # under torchrun only rank 0 writes
+        return
     with atomic_path(path) as tmp, open(tmp, "w") as out:
         json.dump(data, out, indent=2, default=str)
 
 
 def plot_confusion(matrix, path, title):
+    if not distributed.is_main():
+        return
     matrix = np.asarray(matrix)
     fig, ax = plt.subplots(figsize=(4.6, 4))
     ax.imshow(matrix, cmap="Blues")
@@ -89,6 +94,8 @@ def plot_confusion(matrix, path, title):
 
 def plot_curves(histories, path, title):
     """Loss and accuracy per epoch; ``histories`` maps a name (e.g. a fold) to its history list."""
+    if not distributed.is_main():
+        return
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, history in histories.items():
         epochs = [h["epoch"] for h in history]

@@ -201,12 +201,14 @@ class ResidualCapsuleClassifier(nn.Module):
         the penultimate features."""
         return self._outputs(x)[0].flatten(1)
 
-    def forward(self, x):
-        return self._logits(self._outputs(x)[0])
+    def forward(self, x, with_mask=False):
+        """Class logits; with ``with_mask`` (training) also the tumour-mask logits of the third stage
+        (8 x 8 from a 32 px stem). Through ``forward`` so that DistributedDataParallel sees it."""
+        if with_mask and self.mask_head is None:
+            raise RuntimeError("this model was built without a mask head (mask_head=False)")
+        capsules, mask_logits = self._outputs(x, with_mask=with_mask)
+        return (self._logits(capsules), mask_logits) if with_mask else self._logits(capsules)
 
     def forward_with_mask(self, x):
-        """(class logits, tumour-mask logits on the third stage: 8 x 8 from a 32 px stem); training only."""
-        if self.mask_head is None:
-            raise RuntimeError("this model was built without a mask head (mask_head=False)")
-        capsules, mask_logits = self._outputs(x, with_mask=True)
-        return self._logits(capsules), mask_logits
+        """(class logits, tumour-mask logits); training only."""
+        return self(x, with_mask=True)

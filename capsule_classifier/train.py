@@ -35,7 +35,7 @@ LoadSavedModel = False        # start from the checkpoint named by check_name
 FreezeLayers = False          # ResNet50: freeze the first freeze_children children
 model = "capsule"             # "capsule", "resnet18" (CPU baseline) or "resnet50" (alias "resnet")
 epochs = 30                   # per fold or hold-out run (256 px, 2 CPU threads, bf16: about 16 s per epoch)
-batch_size = 32
+batch_size = 32               # the global batch: under torchrun each process takes its share
 lr = 1e-3                     # peak learning rate of the one-cycle recipe (study: 5e-5 with SGD)
 momentum = 0.9                # SGD momentum (recipe=study_sgd)
 k_folds = 7
@@ -84,8 +84,10 @@ def run(flags):
     from capsule_classifier.engine import TrainConfig, resolve_amp, resolve_device
     from capsule_classifier.experiment import Experiment, run_experiment
 
+    from preprocess import distributed
+
     torch.set_num_threads(flags["threads"])
-    chosen = resolve_device(flags["device"])
+    chosen = distributed.setup(resolve_device(flags["device"]))      # torchrun: this rank's device
     name = "resnet50" if flags["model"] == "resnet" else flags["model"]
     config = TrainConfig(epochs=flags["epochs"], batch_size=flags["batch_size"], lr=flags["lr"],
                          momentum=flags["momentum"], weight_decay=flags["weight_decay"],
@@ -109,7 +111,10 @@ def run(flags):
         freeze_children=flags["freeze_children"] if flags["FreezeLayers"] else 0,
         pretrained=flags["pretrained"], test_time_flips=flags["test_time_flips"], resume=flags["resume"],
         device=str(chosen), config=config, flags=flags)
-    return run_experiment(exp)
+    try:
+        return run_experiment(exp, log=print if distributed.is_main() else (lambda *a, **k: None))
+    finally:
+        distributed.cleanup()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,58 @@
+"""Running under torchrun: the process group, this process's rank, and which process writes.
+
+Launched by ``torchrun`` (which sets RANK, LOCAL_RANK and WORLD_SIZE), a script joins the process
+group (NCCL on GPUs, gloo on CPUs) and uses the GPU of its local rank; otherwise everything here
+is a no-op and the script runs single-process exactly as before. Only rank 0 writes files.
+"""
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def world_size():
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank():
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_distributed():
+    return world_size() > 1
+
+
+def is_main():
+    """True in the process that writes checkpoints, logs, figures and metrics."""
+    return rank() == 0
+
+
+def setup(device):
+    """Join the process group when launched by torchrun; returns this process's device."""
+    if not is_distributed():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def barrier():
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def sum_over_processes(values, device):
+    """The element-wise sum of a list of numbers over every process (the list itself when alone)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def cleanup():
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
