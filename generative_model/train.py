@@ -22,7 +22,8 @@ classes = ["meningioma", "glioma", "pituitary"]   # which classes to train (per-
 conditional = False               # True: one class-conditional model instead of one per class
 epochs = 30
 decay_start = 0.5                 # LR constant for this fraction of the epochs, then linear to 0
-batch_size = 4                    # real slices per step (each generated twice with diversity_weight > 0)
+batch_size = 4                    # real slices per step, over all torchrun processes (each generated
+                                  # twice with diversity_weight > 0)
 lr = 2e-4                         # Adam, beta1 0.5 (pix2pix)
 beta1 = 0.5
 gan_loss = "lsgan"                # "vanilla" (BCE, the study/pix2pix) or "lsgan"
@@ -51,8 +52,9 @@ if __name__ == "__main__":
 
     import torch
 
-    from preprocess.checkpoint_io import CheckpointError
     from generative_model.trainer import GanSettings, train_models
+    from preprocess import distributed
+    from preprocess.checkpoint_io import CheckpointError
     from preprocess.flags import apply_cli_flags
 
     flags = apply_cli_flags(globals())
@@ -62,5 +64,7 @@ if __name__ == "__main__":
         summaries = train_models(dataset, model_dir, run_name, settings, classes, resume, created_with=flags)
     except (OSError, KeyError, ValueError, CheckpointError) as error:
         sys.exit(f"error: {error}")
-    for name, summary in summaries.items():
+    finally:
+        distributed.cleanup()
+    for name, summary in summaries.items() if distributed.is_main() else ():
         print(f"{name}: {summary['epochs']} epochs on {summary['slices']} slices -> {summary['checkpoint']}")

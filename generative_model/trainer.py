@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from generative_model.figures import save_image_grid, write_loss_table
 from generative_model.image_pool import ImagePool
 from generative_model.networks import build_networks
+from preprocess import distributed
 from preprocess.atomic import atomic_path
 from preprocess.checkpoint_io import load_checkpoint_file, save_checkpoint
 from preprocess.dataset import CLASS_NAMES, SliceDataset, read_attrs, read_column
@@ -129,6 +130,8 @@ def train_models(dataset, model_dir, run_name, settings, classes=CLASS_NAMES, re
         print(f"== {folder}: {len(indices)} slices")
         summaries[folder] = train_one_model(dataset, indices, os.path.join(run_dir, folder),
                                             settings, resume)
+        if not distributed.is_main():
+            continue
         models = _models_already_in(run_dir, settings.conditional)
         models.update({name: os.path.join(name, CHECKPOINT) for name in summaries})
         write_run_index(run_dir, models, settings.conditional, settings.image_size,
@@ -156,8 +159,8 @@ def write_run_index(run_dir, models, conditional, image_size, **details):
 
 def train_one_model(dataset, indices, out_dir, settings, resume=False):
     """Train one generator/discriminator pair on the given rows of the dataset file."""
-    device = pick_device(settings.device)
-    torch.manual_seed(settings.seed)
+    device = distributed.setup(pick_device(settings.device))
+    torch.manual_seed(settings.seed)            # the same initial weights in every process
     num_classes = len(CLASS_NAMES) if settings.conditional else 0
     generator, discriminator = build_networks(settings.image_size, settings.ngf, settings.ndf,
                                               settings.latent_dim, settings.latent_mode,
@@ -194,8 +197,13 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
 
     data = SliceDataset(dataset, fields=("images", "conditions", "labels"), indices=np.sort(indices))
     shuffle_rng = torch.Generator().manual_seed(settings.seed)
-    loader = DataLoader(data, batch_size=settings.batch_size, shuffle=True, drop_last=len(data) > settings.batch_size,
-                        num_workers=settings.num_workers, generator=shuffle_rng)
+    sampler = None
+    if distributed.is_distributed():   # torchrun: each process a share of every global batch
+        sampler = DistributedSampler(data, shuffle=True, seed=settings.seed, drop_last=True)
+        torch.manual_seed(settings.seed + 1009 * distributed.rank())      # its own latent vectors
+    loader = DataLoader(data, batch_size=max(1, settings.batch_size // distributed.world_size()),
+                        shuffle=sampler is None, sampler=sampler, drop_last=len(data) > settings.batch_size,
+                        num_workers=settings.num_workers, generator=shuffle_rng if sampler is None else None)
     grid_batch = _grid_examples(data, device)
     grid_z = torch.randn(GRID_FAKES, settings.latent_dim,
                          generator=torch.Generator().manual_seed(settings.seed + 1)).to(device)
@@ -204,25 +212,32 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
     steps = dict(generator=generator, discriminator=discriminator, opt_g=opt_g, opt_d=opt_d,
                  scaler=scaler, pool=pool, criterion=criterion, settings=settings, use_amp=use_amp)
 
-    writer = tensorboard_writer(out_dir, start_epoch)
+    writer = tensorboard_writer(out_dir, start_epoch) if distributed.is_main() else None
     for epoch in range(start_epoch, settings.epochs):
         lr = learning_rate(epoch, settings)
         for opt in (opt_g, opt_d):
             for group in opt.param_groups:
                 group["lr"] = lr
         shuffle_rng.manual_seed(settings.seed * 100003 + epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         started = time.perf_counter()
         sums = {}
         bar = tqdm(loader, desc=f"{os.path.basename(out_dir)} epoch {epoch + 1}/{settings.epochs}",
-                   unit="batch", dynamic_ncols=True)
+                   unit="batch", dynamic_ncols=True, disable=not distributed.is_main())
         for batch in bar:
             losses = train_step(*to_model_range(batch, device), **steps)
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + value
             bar.set_postfix({name[5:]: f"{value:.3f}" for name, value in losses.items()})
+        names = sorted(sums)
+        totals = distributed.sum_over_processes([sums[n] for n in names] + [len(loader)], device)
         row = {"epoch": epoch + 1, "lr": lr, "seconds": round(time.perf_counter() - started, 2)}
-        row.update({name: value / max(len(loader), 1) for name, value in sums.items()})
+        row.update({name: value / max(totals[-1], 1) for name, value in zip(names, totals)})
         history.append(row)
+        if not distributed.is_main():
+            distributed.barrier()       # rank 0 writes the epoch's files
+            continue
         tiles = sample_grid(generator, grid_batch, grid_z)
         grid_path = os.path.join(out_dir, "samples", f"epoch_{epoch + 1:03d}.png")
         save_image_grid(tiles, grid_path)
@@ -241,6 +256,7 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
                         checkpoint_path)
         print(f"{os.path.basename(out_dir)} epoch {epoch + 1}: " +
               ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        distributed.barrier()
     if writer is not None:
         writer.close()
     return {"epochs": len(history), "slices": len(data), "checkpoint": checkpoint_path,
@@ -274,6 +290,7 @@ def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scale
                         criterion(discriminator(mask, real, labels), True))
     opt_d.zero_grad(set_to_none=True)
     scaler.scale(loss_d).backward()
+    distributed.average_gradients(discriminator)
     scaler.step(opt_d)
 
     discriminator.requires_grad_(False)  # the generator step needs no discriminator gradients
@@ -301,6 +318,7 @@ def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scale
             losses["loss_diversity"] = loss_div
     opt_g.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward()
+    distributed.average_gradients(generator)
     scaler.step(opt_g)
     scaler.update()
     discriminator.requires_grad_(True)

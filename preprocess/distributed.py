@@ -56,3 +56,14 @@ def sum_over_processes(values, device):
 def cleanup():
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def average_gradients(module):
+    """Average the gradients of ``module`` over every process (explicit data parallelism, for
+    training loops such as the GAN's whose several forward passes per step DDP does not take)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for parameter in module.parameters():
+        if parameter.grad is not None:
+            dist.all_reduce(parameter.grad)
+            parameter.grad /= world_size()

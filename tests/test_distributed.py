@@ -63,3 +63,18 @@ def test_resume_under_torchrun(blob_dataset, tmp_path):
     _train(blob_dataset, tmp_path, "cut", 2, "--epochs=12", "--resume=True")
     assert len(_losses(tmp_path / "cut")) == 12
     assert (tmp_path / "cut" / "metrics.json").is_file()
+
+
+def test_gan_under_torchrun_trains_once_and_writes_one_set_of_files(blob_dataset, tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "generative_model/train.py", f"--dataset={blob_dataset}", "--image_size=64", "--epochs=2",
+               "--ngf=4", "--ndf=4", "--batch_size=4", "--classes=glioma", f"--model_dir={tmp_path}",
+               "--run_name=gan", "--threads=1", "--device=cpu"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = tmp_path / "gan" / "glioma"
+    history = load_checkpoint_file(folder / "checkpoint.pt")["history"]
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert sorted(p.name for p in (folder / "samples").iterdir()) == ["epoch_001.png", "epoch_002.png"]
+    assert done.stdout.count("glioma: 2 epochs") == 1
+    assert json.loads((tmp_path / "gan" / "run.json").read_text())["models"] == {"glioma": "glioma/checkpoint.pt"}
