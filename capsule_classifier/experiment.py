@@ -7,6 +7,7 @@ Layout of ``model_dir/<run name>/``:
     metrics.json, report.txt, confusion_cv.png / confusion_validation.png / confusion_test.png,
     curves.png
 """
+import json
 import os
 import subprocess
 import time
@@ -249,8 +250,11 @@ def _cross_validate(exp, real, start_state, run_dir, device, histories, log):
         results.append(final)
         write_json_atomic(final, os.path.join(fold_dir, "fold.json"))    # partial results survive
         log(f"fold {k}: accuracy {final['accuracy']:.4f}  macro-F1 {final['macro_f1']:.4f}")
+    if exp.fold:    # one fold per job: summarise every fold finished so far, by any job
+        results = _finished_folds(run_dir, exp.k_folds)
+        log(f"{len(results)} of {exp.k_folds} folds finished in {run_dir}; the summary covers those")
     cv = summarise_folds(results)
-    cv["group_by"] = exp.group_by
+    cv.update(group_by=exp.group_by, folds_finished=len(results))
     plot_confusion(cv["confusion_matrix"], os.path.join(run_dir, "confusion_cv.png"),
                    f"{exp.k_folds}-fold {exp.group_by}-wise CV, pooled: accuracy {cv['pooled_accuracy']:.3f}")
     with open(os.path.join(run_dir, "report.txt") if distributed.is_main() else os.devnull, "w") as out:
@@ -262,6 +266,16 @@ def _cross_validate(exp, real, start_state, run_dir, device, histories, log):
     log(f"cross-validation: accuracy {cv['accuracy_mean']:.4f} +- {cv['accuracy_std']:.4f}, "
         f"macro-F1 {cv['macro_f1_mean']:.4f} +- {cv['macro_f1_std']:.4f}")
     return cv
+
+
+def _finished_folds(run_dir, k_folds):
+    results = []
+    for k in range(1, k_folds + 1):
+        path = os.path.join(run_dir, f"fold_{k}", "fold.json")
+        if os.path.exists(path):
+            with open(path) as handle:
+                results.append(json.load(handle))
+    return results
 
 
 def _holdout(exp, real, start_state, run_dir, device, histories, log):

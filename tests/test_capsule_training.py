@@ -259,6 +259,8 @@ def test_one_fold_at_a_time(blob_dataset, tmp_path):
     assert [f["fold"] for f in metrics["cv"]["folds"]] == [2]
     assert (tmp_path / "one" / "fold_2" / "fold.json").is_file()
     assert not (tmp_path / "one" / "fold_1").exists() and not (tmp_path / "one" / "fold_3").exists()
+    metrics = run_experiment(Experiment(run_name="one", fold=1, **common), log=lambda *a: None)
+    assert [f["fold"] for f in metrics["cv"]["folds"]] == [1, 2] and metrics["cv"]["folds_finished"] == 2
     with pytest.raises(ValueError, match="--fold=4"):
         run_experiment(Experiment(run_name="bad", fold=4, **common), log=lambda *a: None)
     with pytest.raises(ValueError, match="tumour_crop"):
