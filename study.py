@@ -96,6 +96,11 @@ if __name__ == "__main__":
     from preprocess.flags import run_script
     from preprocess.mat_reader import MatFileError
 
+    from preprocess.distributed import is_distributed
+
+    if is_distributed():
+        sys.exit("error: study.py does not run under torchrun; run its folds as separate jobs "
+                 "(--fold=K, then --collect=True)")
     try:
         apply_preset(globals(), sys.argv[1:])
     except ValueError as error:

@@ -107,6 +107,9 @@ import numpy as np  # noqa: E402  (used by the helpers above; kept out of the fl
 
 if __name__ == "__main__":
     from preprocess.checkpoint_io import CheckpointError
+    from preprocess.distributed import leave_unless_rank_zero
     from preprocess.flags import run_script
+
+    leave_unless_rank_zero("explain.py")
 
     run_script(run, globals(), expected=(CheckpointError, ValueError, RuntimeError))

@@ -12,6 +12,7 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 from preprocess import distributed  # noqa: E402
 from preprocess.atomic import atomic_path  # noqa: E402
 from preprocess.dataset import CLASS_NAMES  # noqa: E402
+from preprocess.tensorboard_log import tensorboard_writer  # noqa: E402
 
 LABELS = list(range(len(CLASS_NAMES)))
 
@@ -89,6 +90,10 @@ def plot_confusion(matrix, path, title):
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    writer = tensorboard_writer(os.path.dirname(os.path.abspath(path)))     # beside the PNG, when installed
+    if writer is not None:
+        writer.add_figure(os.path.splitext(os.path.basename(path))[0], fig)
+        writer.close()
     plt.close(fig)
 
 

@@ -47,6 +47,9 @@ def run(flags):
 
 if __name__ == "__main__":
     from preprocess.checkpoint_io import CheckpointError
+    from preprocess.distributed import leave_unless_rank_zero
     from preprocess.flags import run_script
+
+    leave_unless_rank_zero("tsne.py")
 
     run_script(run, globals(), expected=(CheckpointError,))

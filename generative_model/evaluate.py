@@ -58,6 +58,9 @@ if __name__ == "__main__":
     from preprocess.dataset import read_attrs
     from preprocess.flags import apply_cli_flags
 
+    from preprocess.distributed import leave_unless_rank_zero
+
+    leave_unless_rank_zero("evaluate.py")
     flags = apply_cli_flags(globals())
     torch.set_num_threads(threads)
     run_dir = os.path.join(model_dir, run_name)

@@ -36,6 +36,9 @@ if __name__ == "__main__":
     from generative_model.synthesis import synthesize
     from preprocess.flags import apply_cli_flags
 
+    from preprocess.distributed import leave_unless_rank_zero
+
+    leave_unless_rank_zero("generate.py")
     flags = apply_cli_flags(globals())
     torch.set_num_threads(threads)
     try:

@@ -67,3 +67,11 @@ def average_gradients(module):
         if parameter.grad is not None:
             dist.all_reduce(parameter.grad)
             parameter.grad /= world_size()
+
+
+def leave_unless_rank_zero(script):
+    """For scripts that only read and write (synthesis, prediction, maps): under torchrun rank 0
+    does the work and the other processes leave at once, so every file is written once."""
+    if is_distributed() and not is_main():
+        print(f"{script}: rank {rank()} leaves the work to rank 0 (nothing to share out)")
+        raise SystemExit(0)

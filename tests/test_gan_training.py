@@ -189,3 +189,6 @@ def test_tensorboard_logs_beside_the_csv(trained_run, holdout_run):
         accumulator.Reload()
         assert tag in accumulator.Tags()["scalars"]
     assert accumulator.Scalars("accuracy/validation")[-1].step == 2
+    images = EventAccumulator(str(holdout_run[0]), size_guidance={"images": 0})
+    images.Reload()
+    assert "confusion_validation" in images.Tags()["images"]
