@@ -35,10 +35,12 @@ ndf = 32                          # discriminator width (64 = pix2pix)
 latent_dim = 100                  # the study's 100-d latent vector
 latent_mode = "inject"            # "inject" (small plane + every decoder level) or "study" (FC to S*S)
 norm = "batch"                    # "batch" or "instance"
-upsample = "transpose"            # "transpose" (study) or "resize" (nearest + 3x3 conv: no checkerboards)
-mask_norm = False                 # SPADE-style: the mask scales and shifts every decoder level
-spectral_norm = False             # spectral normalisation in the discriminator
-feature_matching_weight = 0.0     # pix2pixHD feature-matching loss (10 in pix2pixHD)
+upsample = "resize"               # "resize" (nearest + 3x3 conv: no checkerboards) or "transpose" (study)
+mask_norm = True                  # SPADE-style: the mask scales and shifts every decoder level
+spectral_norm = True              # spectral normalisation in the discriminator
+feature_matching_weight = 10.0    # pix2pixHD feature-matching loss (0: off, as the study)
+# the study's generator and loss: --upsample=transpose --mask_norm=False --spectral_norm=False
+#                                 --feature_matching_weight=0 (see generative_model/RESULTS.md)
 seed = 0
 device = "auto"                   # "auto" = CUDA when present, else CPU
 amp = True                        # mixed precision on CUDA

@@ -56,10 +56,10 @@ class GanSettings:
     latent_dim: int = 100
     latent_mode: str = "inject"
     norm: str = "batch"
-    upsample: str = "transpose"  # "transpose" (study, pix2pix) or "resize" (nearest + 3x3 conv)
-    mask_norm: bool = False      # SPADE-style mask-conditioned normalisation in the decoder
-    spectral_norm: bool = False  # spectral normalisation of the discriminator's convolutions
-    feature_matching_weight: float = 0.0  # pix2pixHD feature-matching loss on the discriminator's layers
+    upsample: str = "resize"     # "resize" (nearest + 3x3 conv) or "transpose" (study, pix2pix)
+    mask_norm: bool = True       # SPADE-style mask-conditioned normalisation in the decoder
+    spectral_norm: bool = True   # spectral normalisation of the discriminator's convolutions
+    feature_matching_weight: float = 10.0  # pix2pixHD feature-matching loss on the discriminator's layers
     conditional: bool = False    # True: one class-conditional model instead of one per class
     seed: int = 0
     device: str = "auto"

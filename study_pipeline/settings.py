@@ -24,10 +24,10 @@ class StudySettings:
     gan_ngf: int = 16
     gan_ndf: int = 32
     gan_batch_size: int = 4
-    gan_upsample: str = "transpose"
-    gan_mask_norm: bool = False
-    gan_spectral_norm: bool = False
-    gan_feature_matching_weight: float = 0.0
+    gan_upsample: str = "resize"
+    gan_mask_norm: bool = True
+    gan_spectral_norm: bool = True
+    gan_feature_matching_weight: float = 10.0
     synthetic_per_class: int = 1000
     # the classifiers
     image_size: int = 0            # 0: the size of data_path
