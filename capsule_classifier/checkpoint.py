@@ -42,3 +42,18 @@ def load_model(path, device="cpu"):
     model = model_from_config(checkpoint["model_name"], checkpoint["model_config"])
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(device).eval(), checkpoint
+
+
+def model_for_script(flags, script, input_flag):
+    """(model, checkpoint record, device) for a script whose flags name a ``checkpoint``, an input
+    (``input_flag``), a ``device`` and ``threads``; stops with a usage line when one is missing."""
+    import torch
+
+    from capsule_classifier.engine import resolve_device
+
+    if not flags["checkpoint"] or not flags[input_flag]:
+        raise SystemExit(f"{script} needs --checkpoint=FILE and --{input_flag}=PATH")
+    torch.set_num_threads(flags["threads"])
+    device = resolve_device(flags["device"])
+    model, record = load_model(flags["checkpoint"], device)
+    return model, record, device

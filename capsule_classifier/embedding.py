@@ -21,17 +21,10 @@ MARKERS = {False: "o", True: "^"}
 def model_and_files(flags, script):
     """(model, checkpoint record, device, data paths) from a script's ``checkpoint``, ``data_path``,
     ``device`` and ``threads`` flags."""
-    import torch
+    from capsule_classifier.checkpoint import model_for_script
 
-    from capsule_classifier.checkpoint import load_model
-    from capsule_classifier.engine import resolve_device
-
+    model, record, device = model_for_script(flags, script, "data_path")
     paths = [flags["data_path"]] if isinstance(flags["data_path"], str) else list(flags["data_path"])
-    if not flags["checkpoint"] or not paths:
-        raise SystemExit(f"{script} needs --checkpoint=FILE and --data_path=FILE[,FILE...]")
-    torch.set_num_threads(flags["threads"])
-    device = resolve_device(flags["device"])
-    model, record = load_model(flags["checkpoint"], device)
     return model, record, device, paths
 
 

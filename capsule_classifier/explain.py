@@ -11,6 +11,8 @@ DIR/overlays/*.png for the first --max_overlays slices. Needs captum (pip instal
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 checkpoint = ""
@@ -42,18 +44,13 @@ def run(flags):
 
     import torch
 
-    from capsule_classifier.checkpoint import load_model
-    from capsule_classifier.engine import resolve_device
+    from capsule_classifier.checkpoint import model_for_script
     from capsule_classifier.explanations import gradcam_layer, overlay, saliency, tumour_scores
     from capsule_classifier.inference import iter_slices
     from preprocess.atomic import atomic_path
     from preprocess.dataset import CLASS_NAMES
 
-    if not flags["checkpoint"] or not flags["input"]:
-        raise SystemExit("explain.py needs --checkpoint=FILE and --input=PATH")
-    torch.set_num_threads(flags["threads"])
-    chosen = resolve_device(flags["device"])
-    model, record = load_model(flags["checkpoint"], chosen)
+    model, record, chosen = model_for_script(flags, "explain.py", "input")
     size = record["image_size"]
     layer = gradcam_layer(model, size) if flags["method"] == "gradcam" else None
     os.makedirs(os.path.join(flags["out"], "overlays"), exist_ok=True)
@@ -102,8 +99,6 @@ def run(flags):
     print(f"wrote {flags['out']}/explanations.csv, summary.json and {min(len(rows), flags['max_overlays'])} overlays")
     return summary
 
-
-import numpy as np  # noqa: E402  (used by the helpers above; kept out of the flag list's way)
 
 if __name__ == "__main__":
     from preprocess.checkpoint_io import CheckpointError

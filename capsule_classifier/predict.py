@@ -24,17 +24,10 @@ strict = False                # exit with status 1 when any file could not be re
 
 
 def run(flags):
-    import torch
-
-    from capsule_classifier.checkpoint import load_model, trained_vertical_flips
-    from capsule_classifier.engine import resolve_device
+    from capsule_classifier.checkpoint import model_for_script, trained_vertical_flips
     from capsule_classifier.inference import classify
 
-    if not flags["checkpoint"] or not flags["input"]:
-        raise SystemExit("predict.py needs --checkpoint=FILE and --input=PATH")
-    torch.set_num_threads(flags["threads"])
-    chosen = resolve_device(flags["device"])
-    model, record = load_model(flags["checkpoint"], chosen)
+    model, record, chosen = model_for_script(flags, "predict.py", "input")
     rows = classify(model, flags["input"], record["image_size"], chosen, flags["out"], flags["flips"],
                     trained_vertical_flips(record))
     failed = [row for row in rows if row[-1]]
