@@ -249,7 +249,7 @@ def check_resumable(state, config, train_data, path):
                       f"{', other slices' if saved_data['slices'] == data['slices'] else ''})")
     if differ:
         raise ValueError(f"cannot resume {path}: " + "; ".join(differ) + ". Resume with the run's own "
-                         f"flags, or start a new run (another --run_name)")
+                         "flags, or start a new run (another --run_name)")
 
 
 def fit(model, model_name, train_data, val_data, config, run_dir, device, resume=False,

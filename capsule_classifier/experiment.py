@@ -224,7 +224,7 @@ def _evaluate_fold(model_path, data, device, flips):
 def _cross_validate(exp, real, start_state, run_dir, device, histories, log):
     folds = patient_folds(real.labels, real.patient_ids, exp.k_folds, exp.config.seed, real.source_ids,
                           exp.group_by)
-    results, reports = [], []
+    results = []
     if not 0 <= exp.fold <= exp.k_folds:
         raise ValueError(f"--fold={exp.fold}: use 1..{exp.k_folds} (k_folds), or 0 for every fold")
     for k, (train_rows, val_rows) in enumerate(folds, start=1):
