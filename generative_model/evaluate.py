@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # ----------------------------------------------------------------------------- flags
 model_dir = "checkpoints/gan"
 run_name = "gan_128"
-masks = "data/masks_aug_128.h5"         # masks for the diversity measurement
-real = "data/figshare_128.h5"           # real slices (histograms, grid, test set)
-synthetic = "data/synthetic_128.h5"     # output of generate.py
+masks = "data/demo/masks_aug_128.h5"    # masks for the diversity measurement
+real = "data/demo/demo_128.h5"          # real slices the GAN was trained on (histograms, grid, test set)
+synthetic = "data/demo/synthetic_128.h5" # output of generate.py
 heldout = ""                            # real slices of patients the GAN never saw (split_dataset.py):
                                         # train-on-synthetic is tested on them, and they give the
                                         # real-vs-real floor of every feature metric

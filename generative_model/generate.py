@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # ----------------------------------------------------------------------------- flags
 model_dir = "checkpoints/gan"
 run_name = "gan_128"
-masks = "data/masks_aug_128.h5"      # augmented-mask file (preprocess/augment_masks.py)
-out = "data/synthetic_128.h5"        # synthetic dataset file to write
+masks = "data/demo/masks_aug_128.h5" # augmented-mask file (preprocess/augment_masks.py writes this one)
+out = "data/demo/synthetic_128.h5"   # synthetic dataset file to write
 per_class = 0                        # slices per class; 0 = total / number of classes
 total = 7000                         # used when per_class = 0 (the study made ~7,000)
 batch_size = 64

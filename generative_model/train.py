@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # ----------------------------------------------------------------------------- flags
-dataset = "data/demo_128.h5"      # prepared dataset file (real slices)
+dataset = "data/demo/demo_128.h5" # prepared dataset file (real slices; prepare_dataset.py writes this one)
 image_size = 128                  # must match the dataset file
 model_dir = "checkpoints/gan"     # outputs go to <model_dir>/<run_name>/
 run_name = "gan_128"
