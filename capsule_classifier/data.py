@@ -111,6 +111,11 @@ def _read_masks(path):
 
 def load_sources(paths, image_size=None):
     """Several files concatenated (the first file's size when ``image_size`` is None)."""
+    return concatenate(load_parts(paths, image_size))
+
+
+def load_parts(paths, image_size=None):
+    """One LabelledImages per file, all at the first file's size when ``image_size`` is None."""
     parts = []
     for path in paths:
         part = load_file(path, image_size)
@@ -118,6 +123,11 @@ def load_sources(paths, image_size=None):
         parts.append(part)
     if not parts:
         raise ValueError("no data files given")
+    return parts
+
+
+def concatenate(parts):
+    """LabelledImages of several parts, one after the other (masks only when every part has them)."""
     masks = None
     if all(p.masks is not None for p in parts):
         masks = torch.cat([p.masks for p in parts])

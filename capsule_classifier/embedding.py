@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
-from capsule_classifier.data import load_sources  # noqa: E402
+from capsule_classifier.data import concatenate, load_parts, load_sources  # noqa: E402
 from capsule_classifier.engine import predict  # noqa: E402
 from preprocess.dataset import CLASS_NAMES  # noqa: E402
 
@@ -40,8 +40,8 @@ def file_features(model, path, image_size, device, max_slices, seed):
 
 def embed_files(model, paths, image_size, device, max_slices, seed):
     """(features, LabelledImages, file index of each slice) of up to ``max_slices`` random slices."""
-    parts = [load_sources([path], image_size) for path in paths]
-    data = load_sources(paths, image_size) if len(paths) > 1 else parts[0]
+    parts = load_parts(paths, image_size)
+    data = concatenate(parts)
     file_index = np.concatenate([np.full(len(part), k) for k, part in enumerate(parts)])
     if max_slices and len(data) > max_slices:
         rows = np.sort(np.random.default_rng(seed).choice(len(data), max_slices, replace=False))

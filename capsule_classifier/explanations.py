@@ -34,18 +34,16 @@ def _captum():
 
 def gradcam_layer(model, image_size):
     """The last convolutional module whose output is at least GRADCAM_MIN_SIDE pixels wide."""
-    chosen, sizes = None, {}
-    hooks = [m.register_forward_hook(lambda module, _, output: sizes.__setitem__(module, output.shape[-1]))
-             for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Sequential)) and m is not model]
+    sides = {}      # the convolutions that ran, in the order they ran, with their output width
+    hooks = [m.register_forward_hook(lambda module, _, output: sides.__setitem__(module, output.shape[-1]))
+             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     try:
         with torch.no_grad():
             model(torch.zeros(1, 1, image_size, image_size, device=next(model.parameters()).device))
     finally:
         for hook in hooks:
             hook.remove()
-    for module, side in sizes.items():       # in the order they ran
-        if isinstance(module, torch.nn.Conv2d) and side >= GRADCAM_MIN_SIDE:
-            chosen = module
+    chosen = next((m for m, side in reversed(sides.items()) if side >= GRADCAM_MIN_SIDE), None)
     if chosen is None:
         raise ValueError("no convolution with maps of at least 8 px for Grad-CAM")
     return chosen

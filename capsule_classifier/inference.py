@@ -5,13 +5,12 @@ dataset files, or folders of those; each slice is prepared exactly like the trai
 import csv
 import os
 
-import h5py
 import numpy as np
 from PIL import Image
 
 from capsule_classifier.engine import predict
 from preprocess.atomic import atomic_path, check_outputs
-from preprocess.dataset import CLASS_NAMES, check_dataset_file, read_column, read_images
+from preprocess.dataset import CLASS_NAMES, check_dataset_file, has_field, read_column, read_images
 from preprocess.intensity import normalise_slice, resize_mask, resize_slice
 from preprocess.mat_reader import MatFileError, check_pixels, iter_sources, read_mat_slice
 
@@ -55,18 +54,13 @@ def _file_slices(source, size):
         check_dataset_file(source, ("images", "source_ids"))
         source_ids = read_column(source, "source_ids")
         labels = read_column(source, "labels")
-        masks = read_images(source, "tumor_masks") if _has_field(source, "tumor_masks") else None
+        masks = read_images(source, "tumor_masks") if has_field(source, "tumor_masks") else None
         for k, (source_id, image) in enumerate(zip(source_ids, read_images(source))):
             truth = {"tumour_mask": None if masks is None else resize_mask(masks[k] > 0.5, size),
                      "label": int(labels[k])}
             yield f"{source}#{source_id}", resize_slice(image, size), truth
     else:
         raise ValueError(f"{source}: cannot classify this file type (use .mat, .zip, .png, .jpg or .h5)")
-
-
-def _has_field(path, name):
-    with h5py.File(path, "r") as handle:
-        return name in handle
 
 
 def iter_slices(source, size):

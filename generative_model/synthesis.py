@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from generative_model.trainer import CONDITIONAL_FOLDER, load_generators, pick_device
 from preprocess.atomic import atomic_path, check_outputs
-from preprocess.dataset import CLASS_NAMES, DatasetWriter, read_attrs, read_column
+from preprocess.dataset import CLASS_NAMES, DatasetWriter, has_field, read_attrs, read_column
 
 COMPRESSIONS = ("gzip", "lzf", "none")
 
@@ -67,7 +67,7 @@ def synthesize(run_dir, masks_path, out_path, per_class=None, total=7000, batch_
         raise ValueError(f"{masks_path}: masks of {size} px, but the generators in {run_dir} "
                          f"were trained at {index['image_size']} px")
     labels = read_column(masks_path, "labels")
-    source_ids = read_column(masks_path, "source_ids") if _has(masks_path, "source_ids") else None
+    source_ids = read_column(masks_path, "source_ids") if has_field(masks_path, "source_ids") else None
     if index["conditional"]:
         classes = list(range(len(CLASS_NAMES)))
     else:
@@ -76,7 +76,7 @@ def synthesize(run_dir, masks_path, out_path, per_class=None, total=7000, batch_
         counts = [per_class] * len(classes)
     else:  # split the total as evenly as possible: 7,000 -> 2,334 + 2,333 + 2,333
         counts = [total // len(classes) + (k < total % len(classes)) for k in range(len(classes))]
-    image_fields = ["conditions"] + (["tumor_masks"] if _has(masks_path, "tumor_masks") else [])
+    image_fields = ["conditions"] + (["tumor_masks"] if has_field(masks_path, "tumor_masks") else [])
     fields = ("images", "labels", "patient_ids", "source_ids") + tuple(image_fields)
     use_amp = device.type == "cuda"
     started = time.perf_counter()
@@ -129,11 +129,6 @@ def synthesize(run_dir, masks_path, out_path, per_class=None, total=7000, batch_
     if pickle_out:
         summary["pickle"] = write_study_pickle(out_path, pickle_out)
     return summary
-
-
-def _has(path, name):
-    with h5py.File(path, "r") as f:
-        return name in f
 
 
 def write_study_pickle(dataset_path, pickle_path, batch=256):

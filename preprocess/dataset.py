@@ -168,6 +168,12 @@ def check_dataset_file(path, required=DATASET_FIELDS):
         raise ValueError(f"{path}: not a dataset file of this project: no field(s) {missing}{hint}")
 
 
+def has_field(path, name):
+    """Whether the file holds the field ``name`` (optional columns: tumor_masks, source_ids)."""
+    with h5py.File(path, "r") as f:
+        return name in f
+
+
 def read_column(path, name):
     """One whole column of a dataset file as a numpy array (strings decoded to str)."""
     with h5py.File(path, "r") as f:

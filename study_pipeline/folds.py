@@ -9,6 +9,7 @@ killed study continues where it stopped.
     <out>/fold_<k>/fold.json               patients of each part and every arm's test metrics
 """
 import dataclasses
+import glob
 import json
 import os
 
@@ -156,12 +157,6 @@ def real_and_synthetic_tsne(settings, fold_dir, paths, synthetic, max_slices=150
 
 
 def _last_sample_grid(gan_dir):
-    grids = sorted(p for p in _walk_pngs(gan_dir) if os.sep + "samples" + os.sep in p)
+    """The newest sample grid of the fold's (last) GAN model."""
+    grids = sorted(glob.glob(os.path.join(gan_dir, "*", "samples", "epoch_*.png")))
     return grids[-1] if grids else gan_dir
-
-
-def _walk_pngs(folder):
-    for root, _, files in os.walk(folder):
-        for name in files:
-            if name.endswith(".png"):
-                yield os.path.join(root, name)
