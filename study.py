@@ -21,7 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # ----------------------------------------------------------------------------- flags
-preset = ""                       # a preset name (presets/study/<name>.json) or a .json path
+PRESETS = "study"                 # --preset=NAME reads presets/study/NAME.json
+preset = ""                       # a preset name (demo, cpu, study) or a .json path
 data_path = "data/figshare_256.h5"
 gan_data_path = ""                # the same slices at the GAN's size ("" = data_path)
 out = "checkpoints/study"
@@ -53,15 +54,6 @@ augmentation = "mri"
 device = "auto"
 threads = 2
 # -----------------------------------------------------------------------------
-
-
-def apply_preset(namespace, argv):
-    """Fill the flags from ``--preset`` first, so that the other command-line flags override it."""
-    from study_pipeline.settings import load_preset
-    names = [a.split("=", 1)[1] for a in argv if a.startswith("--preset=")]
-    if names:
-        for key, value in load_preset(names[-1]).items():
-            namespace[key] = value
 
 
 def run(flags):
@@ -101,8 +93,4 @@ if __name__ == "__main__":
     if is_distributed():
         sys.exit("error: study.py does not run under torchrun; run its folds as separate jobs "
                  "(--fold=K, then --collect=True)")
-    try:
-        apply_preset(globals(), sys.argv[1:])
-    except ValueError as error:
-        sys.exit(f"error: {error}")
     run_script(run, globals(), expected=(CheckpointError, MatFileError, ValueError, FileNotFoundError))

@@ -9,7 +9,7 @@ import hashlib
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -31,6 +31,8 @@ MIN_SCHEDULE_STEPS = 10   # one-cycle needs a few steps in each phase
 
 @dataclass
 class TrainConfig:
+    """How one model is trained. ``train.py`` builds it from its flags of the same names, and a test
+    keeps these defaults equal to the script's."""
     epochs: int = 30
     batch_size: int = 32
     lr: float = 1e-3
@@ -40,11 +42,12 @@ class TrainConfig:
     label_smoothing: float = 0.1
     augmentation: str = "mri"
     vertical_flips: bool = False     # augmentation and test-time views include up-down flips
-    amp: bool = False                # mixed precision: float16 on CUDA, bfloat16 on the CPU
+    amp: object = "auto"             # mixed precision (True, False, "auto": where the device has
+                                     # bfloat16): bfloat16, or float16 on older GPUs
     channels_last: bool = False
     seed: int = 0
     ema_decay: float = 0.998         # > 0: evaluate and save an exponential moving average of the weights
-    mask_weight: float = 0.0         # > 0: add this times the tumour-mask loss (models with a mask head)
+    mask_weight: float = 0.5         # > 0: add this times the tumour-mask loss (models with a mask head)
 
 
 def resolve_device(name):
@@ -103,8 +106,10 @@ def cpu_has_native_bf16():
 
 
 def resolve_amp(flag, device):
-    """The ``amp`` flag (a bool, or "true", "false", "auto") as a bool: ``"auto"`` is on for CUDA
+    """The ``amp`` setting (a bool, or "true", "false", "auto") as a bool: ``"auto"`` is on for CUDA
     and for CPUs with native bfloat16."""
+    if isinstance(flag, bool):
+        return flag
     text = str(flag).strip().lower()
     if text == "auto":
         return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
@@ -264,6 +269,11 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
     best record ({"epoch", "macro_f1", "accuracy"}).
     """
     last_path, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
+    # the mask loss needs a network with a mask head and data with tumour masks
+    # (experiment.py says when it is switched off for that reason)
+    with_masks = getattr(model, "mask_head", None) is not None and train_data.masks is not None
+    config = replace(config, amp=resolve_amp(config.amp, device),
+                     mask_weight=config.mask_weight if with_masks else 0.0)
     if distributed.is_distributed() and device.type == "cuda":
         # batch statistics over the global batch; PyTorch has no synchronised batch norm on CPUs,
         # where each process normalises over its share of the batch

@@ -7,6 +7,7 @@ Layout of ``model_dir/<run name>/``:
     metrics.json, report.txt, confusion_cv.png / confusion_validation.png / confusion_test.png,
     curves.png
 """
+import dataclasses
 import json
 import os
 import subprocess
@@ -28,6 +29,12 @@ from preprocess.splits import holdout_split, patient_folds
 
 
 MASK_HEAD_PREFIX = "mask_head."
+# train.py's flags that fill Experiment fields of other names (the study's capitalised flags) ...
+RENAMED_FLAGS = {"Train": "train", "Test": "test", "CrossValidation": "cross_validation",
+                 "LoadSavedModel": "load_saved_model"}
+# ... that become the capsule network's options, and that are used before an Experiment exists
+CAPSULE_OPTION_FLAGS = ("routing", "capsule_types", "scaled_norm", "tumour_crop")
+SCRIPT_ONLY_FLAGS = ("FreezeLayers", "threads", "preset")
 
 
 @dataclass
@@ -58,6 +65,22 @@ class Experiment:
     device: str = "auto"
     config: TrainConfig = field(default_factory=TrainConfig)
     flags: dict = field(default_factory=dict)
+
+
+def experiment_from_flags(flags, device):
+    """The Experiment (and its TrainConfig) of ``train.py``'s flags, filled by field name, so that a
+    setting is defined once: at the top of the script."""
+    values = {RENAMED_FLAGS.get(name, name): value for name, value in flags.items()}
+    config = TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig)})
+    as_list = lambda value: [value] if isinstance(value, str) else list(value or [])  # noqa: E731
+    model = "resnet50" if values["model"] == "resnet" else values["model"]
+    values.update(
+        model=model, data_path=as_list(values["data_path"]), data_test_path=as_list(values["data_test_path"]),
+        run_name=values["run_name"] or f"{model}_{values['image_size'] or 'native'}",
+        capsule_options={name: values[name] for name in CAPSULE_OPTION_FLAGS},
+        freeze_children=values["freeze_children"] if values["FreezeLayers"] else 0,
+        device=str(device), config=config, flags=flags)
+    return Experiment(**{f.name: values[f.name] for f in dataclasses.fields(Experiment)})
 
 
 def git_commit():

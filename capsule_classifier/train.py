@@ -16,10 +16,10 @@ read through a restricted unpickler; they carry no patient ids, so their splits 
 The defaults are the CPU recipe: the residual capsule network (capsule_preset=residual: residual
 trunk, routed class capsules, a tumour-mask loss in training), AdamW with a one-cycle learning
 rate, label smoothing 0.1, left-right flips, small affine warps and gamma/contrast changes, an
-exponential moving average of the weights, bfloat16 autocast where the CPU has it. The previous
-default is ``--capsule_preset=compact --vertical_flips=True --epochs=60 --amp=false``; the study's
-exact setting is ``--capsule_preset=study --recipe=study_sgd --lr=5e-5 --augmentation=study --label_smoothing=0
---ema_decay=0 --test_time_flips=False --vertical_flips=True --amp=false``.
+exponential moving average of the weights, bfloat16 autocast where the CPU has it. Flag presets
+(presets/classifier/*.json, applied before the other flags): --preset=study (the paper's network,
+optimiser and augmentation), --preset=compact (the previous default), --preset=resnet18_cpu (the
+CPU baseline: ResNet18 at 128 px, 12 epochs).
 Outputs go to model_dir/run_name/ (see capsule_classifier/README.md).
 """
 import sys
@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+PRESETS = "classifier"        # --preset=NAME reads presets/classifier/NAME.json
 # --- the study's flags ---
 Train = True
 Test = False
@@ -52,7 +53,6 @@ vertical_flips = False        # flips up-down as well as left-right (augmentatio
 image_size = None             # None: the size of the first data file
 seed = 0
 device = "auto"               # "auto", "cpu", "cuda", "cuda:1"
-num_workers = 0               # data is held in memory; kept for the study's interface
 run_name = None               # None: <model>_<image size>
 resume = False                # continue an interrupted run from its last.pt files
 val_fraction = 0.2            # hold-out part when CrossValidation=False
@@ -76,41 +76,20 @@ pretrained = "none"           # ResNet50: "none", "imagenet" or a path to a torc
 amp = "auto"                  # mixed precision ("auto"): bfloat16 on GPUs and CPUs that support it, float16 on older GPUs
 channels_last = False
 threads = 2                   # CPU threads
+preset = ""                   # flag values from presets/classifier/<preset>.json (study, compact, resnet18_cpu)
 
 
 def run(flags):
     import torch
 
-    from capsule_classifier.engine import TrainConfig, resolve_amp, resolve_device
-    from capsule_classifier.experiment import Experiment, run_experiment
+    from capsule_classifier.engine import resolve_device
+    from capsule_classifier.experiment import experiment_from_flags, run_experiment
 
     from preprocess import distributed
 
     torch.set_num_threads(flags["threads"])
     chosen = distributed.setup(resolve_device(flags["device"]))      # torchrun: this rank's device
-    name = "resnet50" if flags["model"] == "resnet" else flags["model"]
-    config = TrainConfig(epochs=flags["epochs"], batch_size=flags["batch_size"], lr=flags["lr"],
-                         momentum=flags["momentum"], weight_decay=flags["weight_decay"],
-                         recipe=flags["recipe"], label_smoothing=flags["label_smoothing"],
-                         augmentation=flags["augmentation"], amp=resolve_amp(flags["amp"], chosen),
-                         channels_last=flags["channels_last"], seed=flags["seed"],
-                         ema_decay=flags["ema_decay"], vertical_flips=flags["vertical_flips"],
-                         mask_weight=flags["mask_weight"])
-    as_list = lambda value: [value] if isinstance(value, str) else list(value or [])  # noqa: E731
-    exp = Experiment(
-        model=name, data_path=as_list(flags["data_path"]), data_test_path=as_list(flags["data_test_path"]),
-        model_dir=flags["model_dir"],
-        run_name=flags["run_name"] or f"{name}_{flags['image_size'] or 'native'}",
-        train=flags["Train"], test=flags["Test"], cross_validation=flags["CrossValidation"],
-        k_folds=flags["k_folds"], fold=flags["fold"], val_fraction=flags["val_fraction"], group_by=flags["group_by"],
-        load_saved_model=flags["LoadSavedModel"], check_name=flags["check_name"],
-        image_size=flags["image_size"], pretrain_epochs=flags["pretrain_epochs"],
-        capsule_preset=flags["capsule_preset"],
-        capsule_options={"routing": flags["routing"], "capsule_types": flags["capsule_types"],
-                         "scaled_norm": flags["scaled_norm"], "tumour_crop": flags["tumour_crop"]},
-        freeze_children=flags["freeze_children"] if flags["FreezeLayers"] else 0,
-        pretrained=flags["pretrained"], test_time_flips=flags["test_time_flips"], resume=flags["resume"],
-        device=str(chosen), config=config, flags=flags)
+    exp = experiment_from_flags(flags, chosen)
     try:
         return run_experiment(exp, log=print if distributed.is_main() else (lambda *a, **k: None))
     finally:

@@ -7,16 +7,23 @@ does not start with an underscore, is not written in capitals only (those are co
 a bool, int, float, str, None, list or tuple.
 
     python capsule_classifier/train.py --epochs=30 --CrossValidation=False --data_path=a.h5,b.h5
+
+A script with a ``preset`` flag and a constant ``PRESETS`` (a folder name under ``presets/``) also
+takes ``--preset=NAME``: the values of ``presets/<PRESETS>/NAME.json`` (or of a path to a .json
+file) are applied first, so that the other flags on the command line override them.
 """
 import ast
 import difflib
+import json
 import signal
 import sys
 import threading
+from pathlib import Path
 
 _FLAG_TYPES = (bool, int, float, str, list, tuple, type(None))
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
+PRESET_ROOT = Path(__file__).resolve().parents[1] / "presets"
 
 
 class FlagError(SystemExit):
@@ -118,8 +125,41 @@ def _exit_cleanly_on_sigterm():
         signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
 
 
+def load_preset(kind, name, flags=None):
+    """The flag values of ``presets/<kind>/<name>.json`` (or of a path to a .json file); with
+    ``flags`` (the script's flag names) a value for anything else is refused, naming the file."""
+    path = Path(name) if str(name).endswith(".json") else PRESET_ROOT / kind / f"{name}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in (PRESET_ROOT / kind).glob("*.json"))
+        raise FlagError(f"--preset={name}: no preset file {path} (presets: {known})")
+    try:
+        with open(path) as handle:
+            values = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise FlagError(f"{path}: not a readable preset file ({error})") from None
+    unknown = sorted(set(values) - set(flags)) if flags is not None else []
+    if not isinstance(values, dict) or unknown:
+        raise FlagError(f"{path}: a preset holds {{flag: value}} pairs of this script's flags; "
+                        f"unknown: {unknown}")
+    return values
+
+
+def _apply_preset(namespace, argv, names):
+    chosen = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--preset=")]
+    if not chosen or "preset" not in names or "PRESETS" not in namespace:
+        return
+    for name, value in load_preset(namespace["PRESETS"], chosen[-1], names).items():
+        default = namespace[name]
+        if default is None or isinstance(default, (list, tuple)) or type(value) is type(default):
+            namespace[name] = value
+        else:
+            namespace[name] = convert(str(value), default, name)
+
+
 def _apply(namespace, argv):
     names = flag_names(namespace)
+    if not any(arg in ("-h", "--help") for arg in argv):
+        _apply_preset(namespace, argv, names)
     for arg in argv:
         if arg in ("-h", "--help"):
             print((namespace.get("__doc__") or "").strip())

@@ -1,9 +1,6 @@
-"""The settings of a study run (the flags of ``study.py``) and the preset files that fill them."""
+"""The settings of a study run: the flags of ``study.py`` (its presets: ``presets/study/*.json``)."""
 import dataclasses
-import json
-from pathlib import Path
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "presets" / "study"
 ARMS = ("real_only", "pretrained", "baseline", "synthetic_only")
 
 
@@ -39,20 +36,6 @@ class StudySettings:
     baseline: str = "resnet18"     # "resnet18" or "resnet50"
     augmentation: str = "mri"
     device: str = "auto"
-
-
-def load_preset(name):
-    """The flag values of ``presets/study/<name>.json`` (or of a path to such a file)."""
-    path = Path(name) if str(name).endswith(".json") else PRESET_DIR / f"{name}.json"
-    if not path.is_file():
-        known = sorted(p.stem for p in PRESET_DIR.glob("*.json"))
-        raise ValueError(f"--preset={name}: no preset file {path} (presets: {known})")
-    with open(path) as handle:
-        values = json.load(handle)
-    unknown = set(values) - {f.name for f in dataclasses.fields(StudySettings)}
-    if unknown:
-        raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
-    return values
 
 
 def settings_from_flags(flags):

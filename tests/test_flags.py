@@ -55,7 +55,8 @@ def test_script_rejects_unknown_flag_listing_valid_ones():
 
 
 @pytest.mark.parametrize("script,settings", [("generative_model/train.py", "generative_model.trainer.GanSettings"),
-                                             ("study.py", "study_pipeline.settings.StudySettings")])
+                                             ("study.py", "study_pipeline.settings.StudySettings"),
+                                             ("capsule_classifier/train.py", "capsule_classifier.engine.TrainConfig")])
 def test_script_defaults_agree_with_their_settings_class(script, settings):
     import dataclasses
     import importlib
@@ -68,3 +69,45 @@ def test_script_defaults_agree_with_their_settings_class(script, settings):
         if field.name in flags:
             value = flags[field.name]
             assert (list(default) if isinstance(default, tuple) else default) == value, field.name
+
+
+def classifier_flags():
+    import runpy
+    return runpy.run_path(str(ROOT / "capsule_classifier" / "train.py"), run_name="defaults_only")
+
+
+def test_every_classifier_flag_reaches_the_experiment():
+    """A flag added to train.py but to neither TrainConfig nor Experiment would be silently ignored."""
+    import dataclasses
+
+    import torch
+
+    from capsule_classifier import experiment
+    from capsule_classifier.engine import TrainConfig
+    from preprocess.flags import flag_names
+    namespace = classifier_flags()
+    names = set(flag_names(namespace))
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} | {f.name for f in dataclasses.fields(experiment.Experiment)}
+    used = (fields | set(experiment.RENAMED_FLAGS) | set(experiment.CAPSULE_OPTION_FLAGS)
+            | set(experiment.SCRIPT_ONLY_FLAGS))
+    assert names <= used, sorted(names - used)
+    exp = experiment.experiment_from_flags({n: namespace[n] for n in names}, torch.device("cpu"))
+    assert exp.config == TrainConfig() and exp.train and exp.cross_validation and exp.k_folds == namespace["k_folds"]
+    assert exp.capsule_options["tumour_crop"] is False and exp.run_name == "capsule_native"
+
+
+def test_a_preset_file_fills_flags_and_the_command_line_overrides_it():
+    namespace = classifier_flags()
+    values = apply_cli_flags(namespace, ["--preset=study", "--lr=1e-4"])
+    assert values["capsule_preset"] == "study" and values["recipe"] == "study_sgd"
+    assert values["lr"] == 1e-4 and isinstance(values["label_smoothing"], float) and values["preset"] == "study"
+    assert values["vertical_flips"] is True and values["amp"] == "false"
+
+
+def test_a_bad_preset_is_named(tmp_path):
+    with pytest.raises(FlagError, match="presets: .*compact"):
+        apply_cli_flags(classifier_flags(), ["--preset=nope"])
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"epochs": 3, "epoch": 4}')
+    with pytest.raises(FlagError, match=r"bad.json.*unknown: \['epoch'\]"):
+        apply_cli_flags(classifier_flags(), [f"--preset={bad}"])

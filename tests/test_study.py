@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from study_pipeline.settings import load_preset
+from preprocess.flags import FlagError, load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--k_folds=3", "--seeds=1", "--gan_epochs=1", "--gan_ngf=4", "--gan_ndf=4", "--synthetic_per_class=8",
@@ -51,7 +51,9 @@ def test_a_finished_fold_is_reused_not_retrained(one_fold_then_the_rest):
 
 
 def test_presets_are_known_settings():
+    import runpy
+    flags = runpy.run_path(str(ROOT / "study.py"), run_name="defaults_only")
     for name in ("demo", "cpu", "study"):
-        assert load_preset(name)["data_path"].endswith(".h5")
-    with pytest.raises(ValueError, match="presets"):
-        load_preset("nope")
+        assert load_preset("study", name, flags)["data_path"].endswith(".h5")
+    with pytest.raises(FlagError, match="presets"):
+        load_preset("study", "nope")
