@@ -50,6 +50,7 @@ batch_size = 32
 lr = 1e-3
 capsule_preset = "residual"
 baseline = "resnet18"
+baseline_preset = ""              # presets/classifier/<name>.json for the baseline arm ("": the flags above)
 augmentation = "mri"
 device = "auto"
 threads = 2

@@ -123,7 +123,7 @@ def bench_generation(masks_path, run_dir, device, work_dir):
                          seed=0, device=device, progress=False, compression=compression)
     end_to_end = time.perf_counter() - started
 
-    from generative_model.trainer import load_generators
+    from generative_model.saved_runs import load_generators
     generators, _ = load_generators(run_dir, device)
     generator = next(iter(generators.values()))
     total = summary["slices"]
@@ -156,7 +156,7 @@ def make_untrained_run(run_dir, size, width, mode):
 
     from preprocess.checkpoint_io import save_checkpoint
     from generative_model.networks import UNetGenerator
-    from generative_model.trainer import CHECKPOINT, write_run_index
+    from generative_model.saved_runs import CHECKPOINT, write_run_index
     from preprocess.dataset import CLASS_NAMES
     torch.manual_seed(0)
     models = {}
@@ -195,12 +195,13 @@ if __name__ == "__main__":
 
     import torch
 
-    from generative_model.trainer import GanSettings, pick_device
+    from generative_model.settings import GanSettings
+    from preprocess.devices import resolve_device
     from preprocess.flags import apply_cli_flags
 
     flags = apply_cli_flags(globals())
     torch.set_num_threads(threads)
-    dev = pick_device(device)
+    dev = resolve_device(device)
     report = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
               "threads": torch.get_num_threads(), "flags": flags, "train_step": [], "generation": None}
     if train:

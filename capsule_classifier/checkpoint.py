@@ -49,7 +49,7 @@ def model_for_script(flags, script, input_flag):
     (``input_flag``), a ``device`` and ``threads``; stops with a usage line when one is missing."""
     import torch
 
-    from capsule_classifier.engine import resolve_device
+    from preprocess.devices import resolve_device
 
     if not flags["checkpoint"] or not flags[input_flag]:
         raise SystemExit(f"{script} needs --checkpoint=FILE and --{input_flag}=PATH")

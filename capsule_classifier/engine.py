@@ -50,13 +50,6 @@ class TrainConfig:
     mask_weight: float = 0.5         # > 0: add this times the tumour-mask loss (models with a mask head)
 
 
-def resolve_device(name):
-    """``auto`` picks CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def make_optimiser(model, config, steps_per_epoch):
     """(optimiser, per-step scheduler or None) for the recipe named in ``config``."""
     parameters = [p for p in model.parameters() if p.requires_grad]

@@ -20,11 +20,12 @@ from torchinfo import summary
 
 from capsule_classifier.checkpoint import load_checkpoint, load_model, trained_vertical_flips
 from capsule_classifier.data import load_sources
-from capsule_classifier.engine import TrainConfig, fit, predict, resolve_device
+from capsule_classifier.engine import TrainConfig, fit, predict
 from capsule_classifier.network import count_parameters, make_model
 from capsule_classifier.report import (classification_metrics, plot_confusion, plot_curves,
                                        summarise_folds, text_report, write_json_atomic)
 from preprocess import distributed
+from preprocess.devices import resolve_device
 from preprocess.splits import holdout_split, patient_folds
 
 

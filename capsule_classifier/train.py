@@ -82,10 +82,10 @@ preset = ""                   # flag values from presets/classifier/<preset>.jso
 def run(flags):
     import torch
 
-    from capsule_classifier.engine import resolve_device
     from capsule_classifier.experiment import experiment_from_flags, run_experiment
 
     from preprocess import distributed
+    from preprocess.devices import resolve_device
 
     torch.set_num_threads(flags["threads"])
     chosen = distributed.setup(resolve_device(flags["device"]))      # torchrun: this rank's device

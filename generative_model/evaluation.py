@@ -23,7 +23,8 @@ import torch
 from skimage.metrics import structural_similarity
 
 from generative_model.synthesis import plan_class, read_mask_batch
-from generative_model.trainer import CONDITIONAL_FOLDER, load_generators, pick_device
+from generative_model.saved_runs import CONDITIONAL_FOLDER, load_generators
+from preprocess.devices import resolve_device
 from preprocess.dataset import CLASS_NAMES, read_column
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ HISTOGRAM_BINS = 64
 @torch.no_grad()
 def latent_diversity(run_dir, masks_path, n_masks=8, n_latents=4, seed=0, device="cpu"):
     """Per class: mean pairwise L1 and SSIM between slices of the same mask, different latents."""
-    device = pick_device(device)
+    device = resolve_device(device)
     generators, index = load_generators(run_dir, device)
     labels = read_column(masks_path, "labels")
     results = {}

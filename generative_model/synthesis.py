@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from generative_model.trainer import CONDITIONAL_FOLDER, load_generators, pick_device
+from generative_model.saved_runs import CONDITIONAL_FOLDER, load_generators
+from preprocess.devices import resolve_device
 from preprocess.atomic import atomic_path, check_outputs
 from preprocess.dataset import CLASS_NAMES, DatasetWriter, has_field, read_attrs, read_column
 
@@ -59,7 +60,7 @@ def synthesize(run_dir, masks_path, out_path, per_class=None, total=7000, batch_
     check_outputs({"out": out_path, "pickle_out": pickle_out}, {"masks": masks_path})
     if (per_class or total) < 1 or (per_class or 0) < 0:
         raise ValueError(f"--per_class={per_class} --total={total}: nothing to synthesise; ask for at least one slice")
-    device = pick_device(device) if isinstance(device, str) else device
+    device = resolve_device(device) if isinstance(device, str) else device
     generators, index = load_generators(run_dir, device)
     attrs = read_attrs(masks_path)
     size = int(attrs["image_size"])

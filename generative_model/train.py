@@ -54,7 +54,8 @@ if __name__ == "__main__":
 
     import torch
 
-    from generative_model.trainer import GanSettings, train_models
+    from generative_model.settings import GanSettings
+    from generative_model.trainer import train_models
     from preprocess import distributed
     from preprocess.checkpoint_io import CheckpointError
     from preprocess.flags import apply_cli_flags

@@ -11,7 +11,6 @@ and ``<model_dir>/<run_name>/run.json`` lists the models, for ``generate.py``.
 Intensities stay floating point throughout: the dataset's float16 [0, 1] slices map to [-1, 1].
 """
 import dataclasses
-import json
 import os
 import time
 
@@ -25,53 +24,16 @@ from tqdm import tqdm
 from generative_model.figures import save_image_grid, write_loss_table
 from generative_model.image_pool import ImagePool
 from generative_model.networks import build_networks
+from generative_model.saved_runs import CHECKPOINT, CONDITIONAL_FOLDER, models_already_in, write_run_index
 from preprocess import distributed
-from preprocess.atomic import atomic_path
 from preprocess.checkpoint_io import load_checkpoint_file, save_checkpoint
+from preprocess.devices import resolve_device
 from preprocess.dataset import CLASS_NAMES, SliceDataset, read_attrs, read_column
 from preprocess.tensorboard_log import log_scalars, tensorboard_writer
 
-CHECKPOINT = "checkpoint.pt"
-CONDITIONAL_FOLDER = "all"
 GRID_ROWS = 4
 GRID_FAKES = 3
 DIVERSITY_CAP = 0.2  # mode-seeking term stops rewarding beyond this image/latent distance ratio
-
-
-@dataclasses.dataclass
-class GanSettings:
-    """Everything that defines one GAN training run (the flags of train.py)."""
-    image_size: int = 128
-    epochs: int = 30
-    decay_start: float = 0.5     # fraction of the epochs after which the LR decays linearly to 0
-    batch_size: int = 4
-    lr: float = 2e-4
-    beta1: float = 0.5
-    gan_loss: str = "lsgan"      # "vanilla" (BCE) or "lsgan" (least squares)
-    l1_weight: float = 100.0     # lambda of the L1 term (study 0.1, pix2pix 100)
-    diversity_weight: float = 20.0  # mode-seeking term (-weight * min(|G(z1)-G(z2)| / |z1-z2|, cap)); 0 = off
-    pool_size: int = 50
-    ngf: int = 16
-    ndf: int = 32
-    latent_dim: int = 100
-    latent_mode: str = "inject"
-    norm: str = "batch"
-    upsample: str = "resize"     # "resize" (nearest + 3x3 conv) or "transpose" (study, pix2pix)
-    mask_norm: bool = True       # SPADE-style mask-conditioned normalisation in the decoder
-    spectral_norm: bool = True   # spectral normalisation of the discriminator's convolutions
-    feature_matching_weight: float = 10.0  # pix2pixHD feature-matching loss on the discriminator's layers
-    conditional: bool = False    # True: one class-conditional model instead of one per class
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True             # mixed precision on CUDA
-    num_workers: int = 0
-
-
-def pick_device(device):
-    """"auto" -> CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def learning_rate(epoch, settings):
@@ -132,7 +94,7 @@ def train_models(dataset, model_dir, run_name, settings, classes=CLASS_NAMES, re
                                             settings, resume)
         if not distributed.is_main():
             continue
-        models = _models_already_in(run_dir, settings.conditional)
+        models = models_already_in(run_dir, settings.conditional)
         models.update({name: os.path.join(name, CHECKPOINT) for name in summaries})
         write_run_index(run_dir, models, settings.conditional, settings.image_size,
                         dataset=os.fspath(dataset), summaries=summaries,
@@ -140,26 +102,9 @@ def train_models(dataset, model_dir, run_name, settings, classes=CLASS_NAMES, re
     return summaries
 
 
-def _models_already_in(run_dir, conditional):
-    """Per-class models trained earlier into the same run folder (e.g. one class per process)."""
-    path = os.path.join(run_dir, "run.json")
-    if conditional or not os.path.exists(path):
-        return {}
-    with open(path) as handle:
-        index = json.load(handle)
-    return {} if index.get("conditional") else dict(index.get("models", {}))
-
-
-def write_run_index(run_dir, models, conditional, image_size, **details):
-    """run.json: which checkpoint holds which model (read by load_generators), plus details."""
-    index = {"conditional": conditional, "image_size": image_size, "models": models, **details}
-    with atomic_path(os.path.join(run_dir, "run.json")) as tmp, open(tmp, "w") as handle:
-        json.dump(index, handle, indent=2)
-
-
 def train_one_model(dataset, indices, out_dir, settings, resume=False):
     """Train one generator/discriminator pair on the given rows of the dataset file."""
-    device = distributed.setup(pick_device(settings.device))
+    device = distributed.setup(resolve_device(settings.device))
     torch.manual_seed(settings.seed)            # the same initial weights in every process
     num_classes = len(CLASS_NAMES) if settings.conditional else 0
     generator, discriminator = build_networks(settings.image_size, settings.ngf, settings.ndf,
@@ -345,20 +290,4 @@ def sample_grid(generator, examples, latents):
     columns = [to01(mask), to01(real)] + [to01(f) for f in fakes]
     return [[column[r] for column in columns] for r in range(len(mask))]
 
-
-def load_generators(run_dir, device="cpu"):
-    """The trained generators of a run: {class name or "all": generator (eval mode)}, and run.json."""
-    from generative_model.networks import UNetGenerator
-    index_path = os.path.join(run_dir, "run.json")
-    if not os.path.exists(index_path):
-        raise FileNotFoundError(f"{index_path}: no trained GAN run here (train.py writes run.json)")
-    with open(index_path) as handle:
-        index = json.load(handle)
-    generators = {}
-    for name, relative in index["models"].items():
-        state = load_checkpoint_file(os.path.join(run_dir, relative), map_location=device)
-        generator = UNetGenerator(**state["generator_config"])
-        generator.load_state_dict(state["generator"])
-        generators[name] = generator.to(device).eval()
-    return generators, index
 

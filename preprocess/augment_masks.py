@@ -19,7 +19,7 @@ workers = 0                        # processes; 0 = one per core
 # -----------------------------------------------------------------------------
 
 if __name__ == "__main__":
-    from preprocess.augment import augment_masks
+    from preprocess.mask_augmentation import augment_masks
     from preprocess.flags import apply_cli_flags
 
     flags = apply_cli_flags(globals())

@@ -3,15 +3,20 @@
 As in the study, each new mask takes one real slice of the class, keeps its skull outline and warps
 its tumour about the tumour's centre (per-axis scale 0.8-1.0, shear +-0.25, rotation +-15 degrees).
 The warped tumour is kept inside the skull: a warp that would lose more than half of the tumour
-outside the head is drawn again, and what remains outside is cut away.
+outside the head is drawn again, and what remains outside is cut away. ``augment_masks`` writes
+an augmented-mask file of N such masks per class, warped in worker processes.
 """
 import os
+import time
 
 import h5py
 import numpy as np
 from scipy import ndimage
 
+from preprocess.atomic import check_outputs
+from preprocess.dataset import CLASS_NAMES, DatasetWriter, read_attrs, read_column
 from preprocess.masks import condition_mask, scaled, skull_region
+from preprocess.parallel import parallel_map
 
 SCALE_RANGE = (0.8, 1.0)
 SHEAR_RANGE = (-0.25, 0.25)
@@ -19,6 +24,8 @@ ROTATION_DEGREES = 15.0
 SKULL_MARGIN = 4          # pixels at 512 px kept free between tumour and skull outline
 MAX_TRIES = 10
 MIN_KEPT_FRACTION = 0.5
+FIELDS = ("conditions", "tumor_masks", "labels", "source_ids")   # of an augmented-mask file
+WRITE_BATCH = 64
 
 _open_files = {}
 
@@ -68,3 +75,38 @@ def augment_one(job):
     rng = np.random.default_rng(seed)
     warped = warped_tumour_inside(tumor, head, rng) if tumor.any() else tumor
     return condition_mask(head, warped), warped
+
+
+def choose_sources(labels, per_class, seed):
+    """Rows of the dataset to warp: ``per_class`` random rows of each class (with replacement)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label in range(len(CLASS_NAMES)):
+        members = np.flatnonzero(labels == label)
+        if len(members) == 0:
+            raise ValueError(f"the dataset has no slice of class {label} ({CLASS_NAMES[label]})")
+        rows.append(rng.choice(members, size=per_class, replace=True))
+    return np.concatenate(rows)
+
+
+def augment_masks(dataset, out, per_class, seed=0, workers=0, created_with=None):
+    """Write ``per_class`` augmented masks of every class from ``dataset`` into ``out``."""
+    check_outputs({"out": out}, {"dataset": dataset})
+    started = time.time()
+    labels = read_column(dataset, "labels")
+    source_ids = read_column(dataset, "source_ids")
+    rows = choose_sources(labels, per_class, seed)
+    jobs = [(os.fspath(dataset), int(row), (seed, k)) for k, row in enumerate(rows)]
+    size = read_attrs(dataset)["image_size"]
+    with DatasetWriter(out, image_size=size, fields=FIELDS) as writer:
+        conditions, masks = [], []
+        for condition, mask in parallel_map(augment_one, jobs, workers, description="augment masks"):
+            conditions.append(condition)
+            masks.append(mask)
+            if len(conditions) == WRITE_BATCH or writer.count + len(conditions) == len(rows):
+                done = slice(writer.count, writer.count + len(conditions))
+                writer.append(conditions=np.stack(conditions), tumor_masks=np.stack(masks),
+                              labels=labels[rows[done]], source_ids=source_ids[rows[done]])
+                conditions, masks = [], []
+        writer.attrs.update(source=os.path.abspath(os.fspath(dataset)), created_with=created_with or {})
+    return {"out": os.fspath(out), "masks": len(rows), "seconds": round(time.time() - started, 1)}

@@ -17,17 +17,21 @@ import numpy as np
 
 from capsule_classifier.checkpoint import load_model
 from capsule_classifier.embedding import embed_files, map_coordinates, write_tsne
-from capsule_classifier.engine import TrainConfig, resolve_device
+from capsule_classifier.engine import TrainConfig
 from capsule_classifier.experiment import Experiment, run_experiment
 from capsule_classifier.report import write_json_atomic
 from generative_model.evaluation import heldout_leakage
 from generative_model.synthesis import synthesize
-from generative_model.trainer import GanSettings, train_models
-from preprocess.augment import augment_masks
+from generative_model.settings import GanSettings
+from generative_model.trainer import train_models
+from preprocess.mask_augmentation import augment_masks
 from preprocess.dataset import read_attrs, read_column
+from preprocess.devices import resolve_device
+from preprocess.flags import load_preset
 from preprocess.splits import patient_folds, write_rows
 
 FOLD_FILE = "fold.json"
+BASELINE_PRESET_KEYS = {"model", "image_size", "epochs", "lr", "batch_size", "weight_decay", "label_smoothing"}
 
 
 def fold_rows(settings):
@@ -92,17 +96,29 @@ def synthetic_slices(settings, fold, paths, log=print):
 
 def arm_experiment(settings, arm, seed, paths, synthetic, run_dir):
     """The Experiment of one arm: trained on the fold's training part (and/or the synthetic
-    slices), tested on its validation part."""
+    slices), tested on its validation part. The baseline arm takes ``settings.baseline_preset``
+    (a presets/classifier file: model, image size, epochs, learning rate) when one is named."""
     data = {"real_only": [paths["train"]], "baseline": [paths["train"]],
             "pretrained": [synthetic, paths["train"]], "synthetic_only": [synthetic]}[arm]
-    config = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
-                         augmentation=settings.augmentation, seed=seed)
-    return Experiment(model=settings.baseline if arm == "baseline" else "capsule", data_path=data,
+    training = dict(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
+                    augmentation=settings.augmentation, seed=seed)
+    model, image_size = ("capsule", settings.image_size or None)
+    if arm == "baseline":
+        model = settings.baseline
+        preset = load_preset("classifier", settings.baseline_preset) if settings.baseline_preset else {}
+        unusable = set(preset) - BASELINE_PRESET_KEYS
+        if unusable:
+            raise ValueError(f"--baseline_preset={settings.baseline_preset}: the study's baseline arm "
+                             f"cannot take {sorted(unusable)}")
+        model, image_size = preset.pop("model", model), preset.pop("image_size", image_size)
+        training.update(preset)
+    return Experiment(model=model, data_path=data,
                       data_test_path=[paths["val"]], model_dir=os.path.dirname(run_dir),
                       run_name=os.path.basename(run_dir), test=True, cross_validation=False,
-                      image_size=settings.image_size or None, pretrain_epochs=settings.pretrain_epochs,
+                      image_size=image_size, pretrain_epochs=settings.pretrain_epochs,
                       capsule_preset=settings.capsule_preset, resume=os.path.exists(run_dir),
-                      device=settings.device, config=config, flags={"study_arm": arm, "seed": seed})
+                      device=settings.device, config=TrainConfig(**training),
+                      flags={"study_arm": arm, "seed": seed})
 
 
 def run_arm(settings, arm, seed, paths, synthetic, fold_dir, log=print):

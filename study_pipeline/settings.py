@@ -34,6 +34,7 @@ class StudySettings:
     lr: float = 1e-3
     capsule_preset: str = "residual"
     baseline: str = "resnet18"     # "resnet18" or "resnet50"
+    baseline_preset: str = ""      # presets/classifier file for the baseline arm (e.g. resnet18_cpu)
     augmentation: str = "mri"
     device: str = "auto"
 

@@ -54,7 +54,7 @@ def test_script_rejects_unknown_flag_listing_valid_ones():
     assert "did you mean --image_size" in run.stderr and "--skip_bad" in run.stderr
 
 
-@pytest.mark.parametrize("script,settings", [("generative_model/train.py", "generative_model.trainer.GanSettings"),
+@pytest.mark.parametrize("script,settings", [("generative_model/train.py", "generative_model.settings.GanSettings"),
                                              ("study.py", "study_pipeline.settings.StudySettings"),
                                              ("capsule_classifier/train.py", "capsule_classifier.engine.TrainConfig")])
 def test_script_defaults_agree_with_their_settings_class(script, settings):

@@ -72,7 +72,8 @@ def test_bad_size_and_mode_are_refused():
 
 
 def test_learning_rate_is_constant_then_decays_linearly():
-    from generative_model.trainer import GanSettings, learning_rate
+    from generative_model.settings import GanSettings
+    from generative_model.trainer import learning_rate
     settings = GanSettings(epochs=6, decay_start=0.5, lr=2e-4)
     rates = [learning_rate(epoch, settings) / 2e-4 for epoch in range(6)]
     assert rates == pytest.approx([1, 1, 1, 0.75, 0.5, 0.25])

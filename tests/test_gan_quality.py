@@ -65,7 +65,8 @@ def test_quality_report_and_leakage_check(blob_dataset, tmp_path):
     from generative_model.evaluation import heldout_leakage
     from generative_model.quality_report import quality_report
     from generative_model.synthesis import synthesize
-    from generative_model.trainer import GanSettings, train_models
+    from generative_model.settings import GanSettings
+    from generative_model.trainer import train_models
     from tests.test_gan_training import TINY
 
     train, heldout = tmp_path / "train.h5", tmp_path / "heldout.h5"

@@ -11,7 +11,8 @@ import torch
 
 from preprocess.checkpoint_io import CheckpointError, load_checkpoint_file as load_checkpoint, save_checkpoint
 from generative_model.synthesis import synthesize
-from generative_model.trainer import GanSettings, train_models
+from generative_model.settings import GanSettings
+from generative_model.trainer import train_models
 from preprocess.dataset import CLASS_NAMES, DatasetWriter, read_attrs, read_column, read_images
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]

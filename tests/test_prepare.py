@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from preprocess.augment import augment_masks
+from preprocess.mask_augmentation import augment_masks
 from preprocess.dataset import SliceDataset, read_attrs, read_column
 from preprocess.make_demo_data import write_demo_data
 from preprocess.mat_reader import MatFileError

@@ -57,3 +57,19 @@ def test_presets_are_known_settings():
         assert load_preset("study", name, flags)["data_path"].endswith(".h5")
     with pytest.raises(FlagError, match="presets"):
         load_preset("study", "nope")
+
+
+def test_the_baseline_arm_takes_a_classifier_preset(tmp_path):
+    import dataclasses
+
+    from study_pipeline.folds import arm_experiment
+    from study_pipeline.settings import StudySettings
+    paths = {"train": "t.h5", "val": "v.h5"}
+    settings = StudySettings(baseline_preset="resnet18_cpu", epochs=30, lr=1e-3)
+    baseline = arm_experiment(settings, "baseline", 1, paths, None, str(tmp_path / "b"))
+    assert (baseline.model, baseline.image_size, baseline.config.epochs, baseline.config.lr) == ("resnet18", 128, 12, 2e-3)
+    capsule = arm_experiment(settings, "real_only", 1, paths, None, str(tmp_path / "c"))
+    assert (capsule.model, capsule.image_size, capsule.config.epochs, capsule.config.seed) == ("capsule", None, 30, 1)
+    with pytest.raises(ValueError, match="cannot take"):
+        arm_experiment(dataclasses.replace(settings, baseline_preset="study"), "baseline", 0, paths, None,
+                       str(tmp_path / "d"))

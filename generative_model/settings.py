@@ -1,0 +1,32 @@
+"""The settings of one GAN training run: the flags of ``generative_model/train.py``, by field name
+(a test keeps the script's defaults equal to these)."""
+import dataclasses
+
+
+@dataclasses.dataclass
+class GanSettings:
+    """Everything that defines one GAN training run (the flags of train.py)."""
+    image_size: int = 128
+    epochs: int = 30
+    decay_start: float = 0.5     # fraction of the epochs after which the LR decays linearly to 0
+    batch_size: int = 4
+    lr: float = 2e-4
+    beta1: float = 0.5
+    gan_loss: str = "lsgan"      # "vanilla" (BCE) or "lsgan" (least squares)
+    l1_weight: float = 100.0     # lambda of the L1 term (study 0.1, pix2pix 100)
+    diversity_weight: float = 20.0  # mode-seeking term (-weight * min(|G(z1)-G(z2)| / |z1-z2|, cap)); 0 = off
+    pool_size: int = 50
+    ngf: int = 16
+    ndf: int = 32
+    latent_dim: int = 100
+    latent_mode: str = "inject"
+    norm: str = "batch"
+    upsample: str = "resize"     # "resize" (nearest + 3x3 conv) or "transpose" (study, pix2pix)
+    mask_norm: bool = True       # SPADE-style mask-conditioned normalisation in the decoder
+    spectral_norm: bool = True   # spectral normalisation of the discriminator's convolutions
+    feature_matching_weight: float = 10.0  # pix2pixHD feature-matching loss on the discriminator's layers
+    conditional: bool = False    # True: one class-conditional model instead of one per class
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True             # mixed precision on CUDA
+    num_workers: int = 0
