@@ -16,9 +16,6 @@ Presets (presets/study/*.json; flags given on the command line override them): d
 the demo data), cpu (128 px GAN, 256 px classifier, 5 folds), study (the paper's setting, a GPU).
 """
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # ----------------------------------------------------------------------------- flags
 PRESETS = "study"                 # --preset=NAME reads presets/study/NAME.json

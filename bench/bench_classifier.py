@@ -14,10 +14,7 @@ and the speed-up of capsule_fast over capsule_baseline. Peak memory (weights, op
 activations) is the CUDA allocator's peak on a GPU; on the CPU it is the growth of the peak resident
 memory of a fresh process running one training step (see ``peak_memory_mib``).
 """
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 sizes = [128, 256, 512]
 steps = 3                     # timed steps per measurement (after one warm-up step)

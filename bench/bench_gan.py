@@ -12,10 +12,7 @@
    Target: end to end >= 80% of the bare forward pass. Without --run, untrained generators of the
    given width stand in (same cost). Results are printed and written as JSON under bench/results/.
 """
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # ----------------------------------------------------------------------------- flags
 sizes = [128, 256, 512]          # training-step benchmark sizes

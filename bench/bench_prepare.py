@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 # ----------------------------------------------------------------------------- flags
 source = "data/figshare_dev_mat"                 # folder of real .mat files
 convert_from = "../shared/data/figshare_dev"     # used to build ``source`` when it is missing

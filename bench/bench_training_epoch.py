@@ -15,12 +15,9 @@ CPUs that compute it in hardware (AVX-512 BF16 or AMX: ``engine.cpu_has_native_b
 output says whether this one does.
 """
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")     # the per-batch progress bars would drown the table
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 sizes = [256]
 slices = 320                  # slices per timed pass (batches of batch_size)
 batch_size = 32

@@ -9,11 +9,8 @@ tumour_area, overlay), DIR/summary.json (means per class and for right and wrong
 DIR/overlays/*.png for the first --max_overlays slices. Needs captum (pip install captum).
 """
 import sys
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 checkpoint = ""
 input = ""

@@ -8,10 +8,6 @@ Writes an .npz: ``features`` (N, D) float32, ``labels``, ``file_index`` (into ``
 (row of each slice in its file) and ``files`` (the paths). ``--max_slices`` draws a seeded random
 subset per file (0: all).
 """
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 checkpoint = ""
 data_path = []

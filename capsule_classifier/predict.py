@@ -10,9 +10,6 @@ nothing could be read, or with --strict=True when anything could not. 16-bit PNG
 full depth. Runs on the CPU by default.
 """
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 checkpoint = ""
 input = ""

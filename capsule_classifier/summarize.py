@@ -10,8 +10,6 @@ paths relative to the summary, so the folder can be moved or zipped as it is.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 # ----------------------------------------------------------------------------- flags
 runs = ["checkpoints/demo/real_only", "checkpoints/demo/pretrained"]   # classifier run folders
 gan_run = "checkpoints/demo/gan"        # GAN run folder ("" to leave out)

@@ -22,10 +22,6 @@ optimiser and augmentation), --preset=compact (the previous default), --preset=r
 CPU baseline: ResNet18 at 128 px, 12 epochs).
 Outputs go to model_dir/run_name/ (see capsule_classifier/README.md).
 """
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PRESETS = "classifier"        # --preset=NAME reads presets/classifier/NAME.json
 # --- the study's flags ---

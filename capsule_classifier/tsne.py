@@ -8,10 +8,6 @@ per fold; real and synthetic slices with different markers) and out_dir/tsne.csv
 slice with its coordinates). --method=umap uses UMAP instead (needs umap-learn); the files are
 then umap.png and umap.csv.
 """
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 checkpoint = ""
 data_path = []

@@ -17,8 +17,6 @@ processes with different --classifier_runs can run side by side and a last one c
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 # ----------------------------------------------------------------------------- flags
 model_dir = "checkpoints/gan"
 run_name = "gan_128"

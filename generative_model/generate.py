@@ -8,9 +8,6 @@ capsule_classifier/train.py --data_path=... takes as it is. --pickle_out=FILE.pk
 study's pickle (a list of [image, label]). Same seed, same output.
 """
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # ----------------------------------------------------------------------------- flags
 model_dir = "checkpoints/gan"

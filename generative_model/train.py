@@ -9,9 +9,6 @@ writes a sample grid, losses.csv, losses.png and an atomic checkpoint; --resume=
 See generative_model/README.md for the settings we recommend and what they cost.
 """
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # ----------------------------------------------------------------------------- flags
 dataset = "data/demo/demo_128.h5" # prepared dataset file (real slices; prepare_dataset.py writes this one)

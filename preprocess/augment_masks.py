@@ -6,9 +6,6 @@ Writes conditions, tumor_masks, labels and source_ids (the slice each mask came 
 stage turns these masks into synthetic slices.
 """
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # ----------------------------------------------------------------------------- flags
 dataset = "data/demo/demo_128.h5"  # prepared dataset file (prepare_dataset.py)

@@ -5,10 +5,6 @@
 Several slices per patient, one class per patient, classes in turn; a few patients get 256x256
 slices as in the published set. See preprocess/phantom.py for what the slices look like.
 """
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # ----------------------------------------------------------------------------- flags
 out = "data/demo/mat"          # folder to write <index>.mat files into

@@ -7,9 +7,6 @@ set are upsampled, not dropped) and given its condition mask (skull outline + tu
 The layout of the output is documented in preprocess/dataset.py.
 """
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # ----------------------------------------------------------------------------- flags
 source = "data/demo/mat"       # folder of <index>.mat files, a .mat file, a .zip or folder of zips

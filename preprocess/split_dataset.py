@@ -9,9 +9,6 @@ Each output keeps every column of the input and records its part and patients in
 attribute (JSON). The same seed and settings give the same split as the classifier's hold-out.
 """
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # ----------------------------------------------------------------------------- flags
 dataset = "data/demo/demo_128.h5"                  # prepared dataset file (prepare_dataset.py)

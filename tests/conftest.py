@@ -1,14 +1,12 @@
 """Shared test fixtures: small dataset files written through the project's own writer."""
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from preprocess.dataset import DatasetWriter
 
-from preprocess.dataset import DatasetWriter  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ALL_FIELDS = ("images", "labels", "patient_ids", "source_ids", "tumor_masks", "conditions")
 
