@@ -1,1 +1,1 @@
-"""Stage 3: capsule classifier and ResNet50 baseline, patient-wise training, t-SNE, prediction."""
+"""Stage 3: capsule classifiers and ResNet18 / ResNet50 baselines, patient-wise or leave-stretch-out training, t-SNE, prediction."""

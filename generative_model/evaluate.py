@@ -1,4 +1,4 @@
-"""Stage 3b: measure the synthetic slices: diversity, intensity fidelity, value to the classifier.
+"""Stage 2c: measure the synthetic slices: diversity, intensity fidelity, value to the classifier.
 
     python generative_model/evaluate.py --model_dir=checkpoints/gan --run_name=gan_128 \
         --masks=data/masks_aug_128.h5 --real=data/figshare_128.h5 \

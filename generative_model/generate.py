@@ -1,4 +1,4 @@
-"""Stage 3: synthesise slices from trained generators and an augmented-mask file.
+"""Stage 2b: synthesise slices from trained generators and an augmented-mask file.
 
     python generative_model/generate.py --model_dir=checkpoints/gan --run_name=gan_128 \
         --masks=data/masks_aug_128.h5 --per_class=1000 --out=data/synthetic_128.h5

@@ -1,4 +1,4 @@
-"""Stage 2: train the conditional GAN (pix2pix U-Net + PatchGAN) on a prepared dataset file.
+"""Stage 2a: train the conditional GAN (pix2pix U-Net + PatchGAN) on a prepared dataset file.
 
     python generative_model/train.py --dataset=data/figshare_128.h5 --image_size=128 --epochs=30 \
         --model_dir=checkpoints/gan --run_name=gan_128
