@@ -234,14 +234,14 @@ def _pretrain(exp, synthetic, start_state, run_dir, device, histories, log):
     return load_checkpoint(os.path.join(run_dir, "pretrain", "last.pt"))["state_dict"]
 
 
-def _checkpoint_probabilities(model_path, images, device, flips):
+def checkpoint_probabilities(model_path, images, device, flips):
     """Class probabilities of a checkpoint; ``flips`` averages over the views its training showed."""
     model, record = load_model(model_path, device)
     return predict(model, images, device, flips=flips, vertical_flips=trained_vertical_flips(record))
 
 
 def _evaluate_fold(model_path, data, device, flips):
-    probabilities = _checkpoint_probabilities(model_path, data.images, device, flips)
+    probabilities = checkpoint_probabilities(model_path, data.images, device, flips)
     return classification_metrics(data.labels, probabilities)
 
 
@@ -330,7 +330,7 @@ def _test(exp, run_dir, device, metrics, log):
         paths = [_checkpoint_path(exp)]
     image_size = load_checkpoint(paths[0])["image_size"]
     test = load_sources(exp.data_test_path, image_size)
-    probabilities = [_checkpoint_probabilities(path, test.images, device, exp.test_time_flips) for path in paths]
+    probabilities = [checkpoint_probabilities(path, test.images, device, exp.test_time_flips) for path in paths]
     # several fold models: average their probabilities (an ensemble of the folds)
     mean = np.mean(probabilities, axis=0)
     result = classification_metrics(test.labels, mean)
