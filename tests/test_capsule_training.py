@@ -286,3 +286,24 @@ def test_an_unsafe_checkpoint_is_refused_by_name_without_a_traceback(blob_datase
         assert done.returncode == 1, done.stderr
         assert "evil.pt" in done.stderr and "refused as unsafe" in done.stderr
         assert "Traceback" not in done.stderr and "weights_only=False" not in done.stderr
+
+
+def test_fold_ensemble_of_two_seeds(blob_dataset, tmp_path):
+    import runpy
+
+    from capsule_classifier.ensemble_folds import run as ensemble
+    common = dict(data_path=[str(blob_dataset)], model_dir=str(tmp_path), k_folds=3, device="cpu",
+                  capsule_preset="compact", capsule_options=TINY)
+    for seed in (0, 1):
+        run_experiment(Experiment(run_name=f"s{seed}", config=TrainConfig(epochs=1, batch_size=8, seed=seed), **common),
+                       log=lambda *a: None)
+    flags = {n: v for n, v in runpy.run_path(str(ROOT / "capsule_classifier" / "ensemble_folds.py"),
+                                              run_name="defaults_only").items() if not n.startswith("_")}
+    flags.update(runs=[str(tmp_path / "s0"), str(tmp_path / "s1")], data_path=str(blob_dataset), k_folds=3,
+                 group_by="patient", split_seed=0, out=str(tmp_path / "ensemble.json"), threads=1)
+    report = ensemble(flags)
+    first = json.loads((tmp_path / "s0" / "fold_1" / "fold.json").read_text())
+    assert len(report["folds"]) == 3 and report["folds"][0]["accuracy"][0] == pytest.approx(first["accuracy"])
+    assert json.loads((tmp_path / "ensemble.json").read_text())["summary"]["ensemble_accuracy_mean"] >= 0
+    with pytest.raises(ValueError, match="fold 1 validated on"):
+        ensemble({**flags, "k_folds": 2, "out": ""})
