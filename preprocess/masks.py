@@ -3,7 +3,9 @@
 Skull: Otsu threshold, fill holes, morphological closing with a disk, fill again, smooth with a
 box filter and threshold at 0.5, keep the largest region; its outer boundary is the outline. Sizes
 are given for 512 px (closing radius 25, box 50) and scaled with the image size. The closing uses
-Euclidean distance transforms, whose cost does not grow with the disk radius.
+Euclidean distance transforms, whose cost does not grow with the disk radius; holes are filled by
+labelling the background once (scipy's ``binary_fill_holes`` dilates until nothing changes, which
+costs several times as much on a head-sized region).
 """
 import numpy as np
 from scipy import ndimage
@@ -27,6 +29,21 @@ def disk_closing(region, radius):
     return closed[radius + 1:-radius - 1, radius + 1:-radius - 1]
 
 
+FOUR_NEIGHBOURS = ndimage.generate_binary_structure(2, 1)
+
+
+def fill_holes(region):
+    """``region`` with every background pixel that cannot reach the image border through
+    4-connected background set: the same result as ``ndimage.binary_fill_holes``, in one labelling."""
+    region = np.asarray(region, dtype=bool)
+    labelled, count = ndimage.label(~region, structure=FOUR_NEIGHBOURS)
+    reaches_border = np.zeros(count + 1, bool)
+    for edge in (labelled[0], labelled[-1], labelled[:, 0], labelled[:, -1]):
+        reaches_border[edge] = True
+    reaches_border[0] = False           # label 0: the region itself
+    return ~reaches_border[labelled]
+
+
 def largest_region(region):
     """The largest 8-connected component of a binary image (empty in, empty out)."""
     labelled, count = ndimage.label(region, structure=np.ones((3, 3), bool))
@@ -43,11 +60,11 @@ def skull_region(image):
     size = image.shape[0]
     if image.max() <= image.min():
         return np.zeros(image.shape, bool)
-    region = ndimage.binary_fill_holes(image > threshold_otsu(image))
-    region = ndimage.binary_fill_holes(disk_closing(region, scaled(CLOSING_RADIUS, size)))
+    region = fill_holes(image > threshold_otsu(image))
+    region = fill_holes(disk_closing(region, scaled(CLOSING_RADIUS, size)))
     box = scaled(SMOOTHING_BOX, size)
     region = ndimage.uniform_filter(region.astype(np.float32), size=box, mode="constant") > 0.5
-    return ndimage.binary_fill_holes(largest_region(region))
+    return fill_holes(largest_region(region))
 
 
 def outline(region):

@@ -69,3 +69,15 @@ def test_augmented_tumours_stay_inside_skull_and_differ(label):
         assert not outline(head)[warped].any()
         overlap = (warped & tumour).sum() / (warped | tumour).sum()
         assert overlap < 0.97
+
+
+def test_fill_holes_matches_scipy():
+    from preprocess.masks import fill_holes
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        region = ndimage.binary_opening(rng.random((48, 40)) < rng.uniform(0.3, 0.9))
+        assert np.array_equal(fill_holes(region), ndimage.binary_fill_holes(region))
+    ring = np.zeros((9, 9), bool)
+    ring[2:7, 2:7] = True
+    ring[4, 4] = False
+    assert fill_holes(ring)[4, 4] and not fill_holes(np.zeros((5, 5), bool)).any()
