@@ -7,7 +7,7 @@ For each device (the CPU, and CUDA when present) and image size it measures, in 
                     batch_size images (batch_size/4 samples x their 4 rotated copies) per step
   capsule_baseline  a straightforward version of the study's training: general routing loop
                     (3 iterations) and one sample's 4 rotated copies per step
-  capsule_compact   the CPU preset ("compact", the default of train.py), fast path, as capsule_fast
+  capsule_compact   the compact CPU preset (the default of train.py before the residual network), as capsule_fast
                     (opt in: --models=...,capsule_compact)
   resnet50          torchvision ResNet50 with the study's head, batch_size images per step
 and the speed-up of capsule_fast over capsule_baseline. Peak memory (weights, optimiser state and

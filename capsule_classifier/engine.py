@@ -50,6 +50,15 @@ class TrainConfig:
     mask_weight: float = 0.5         # > 0: add this times the tumour-mask loss (models with a mask head)
 
 
+def mask_loss_problem(has_mask_head, has_masks):
+    """Why the tumour-mask loss cannot be used (None: it can)."""
+    if not has_mask_head:
+        return "only the residual capsule network has a mask head"
+    if not has_masks:
+        return "a data file has no tumor_masks"
+    return None
+
+
 def make_optimiser(model, config, steps_per_epoch):
     """(optimiser, per-step scheduler or None) for the recipe named in ``config``."""
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -252,21 +261,22 @@ def check_resumable(state, config, train_data, path):
 
 def fit(model, model_name, train_data, val_data, config, run_dir, device, resume=False,
         on_epoch_end=None, log=tqdm.write):
-    """Train ``model`` on ``train_data``, validate every epoch on ``val_data``.
+    """Train ``model`` on ``train_data``, validate every epoch on ``val_data`` (None: no validation).
 
     With ``config.ema_decay`` the validated and saved weights are the exponential moving average.
 
-    Writes ``run_dir/best.pt`` (best validation macro-F1) and ``run_dir/last.pt`` (every epoch).
+    Writes ``run_dir/best.pt`` (best validation macro-F1; without ``val_data`` the newest model) and
+    ``run_dir/last.pt`` (every epoch).
     With ``resume`` it continues from ``run_dir/last.pt`` when that exists. ``on_epoch_end(epoch)``
     is called after each epoch's checkpoint is written. Returns the history (list of dicts) and the
     best record ({"epoch", "macro_f1", "accuracy"}).
     """
     last_path, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
-    # the mask loss needs a network with a mask head and data with tumour masks
-    # (experiment.py says when it is switched off for that reason)
-    with_masks = getattr(model, "mask_head", None) is not None and train_data.masks is not None
-    config = replace(config, amp=resolve_amp(config.amp, device),
-                     mask_weight=config.mask_weight if with_masks else 0.0)
+    problem = config.mask_weight and mask_loss_problem(getattr(model, "mask_head", None) is not None,
+                                                       train_data.masks is not None)
+    if problem:
+        log(f"mask_weight={config.mask_weight} ignored: {problem}")
+    config = replace(config, amp=resolve_amp(config.amp, device), mask_weight=0.0 if problem else config.mask_weight)
     if distributed.is_distributed() and device.type == "cuda":
         # batch statistics over the global batch; PyTorch has no synchronised batch norm on CPUs,
         # where each process normalises over its share of the batch
@@ -306,33 +316,40 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
         started = time.time()
         loss, accuracy, speed = train_epoch(trained, train_data, config, optimiser, scheduler, scaler,
                                             device, epoch, f"epoch {epoch + 1}/{config.epochs}", average)
-        # bfloat16 on the CPU only trains: validation runs in float32 there
-        probabilities = predict(evaluated, val_data.images, device, channels_last=config.channels_last,
-                                amp=config.amp and device.type == "cuda")
-        metrics = classification_metrics(val_data.labels, probabilities)
-        val_loss = float(F.nll_loss(torch.log(torch.as_tensor(probabilities).clamp_min(1e-8)),
-                                    torch.as_tensor(val_data.labels)))
-        history.append({"epoch": epoch + 1, "train_loss": loss, "train_accuracy": accuracy,
-                        "val_loss": val_loss, "val_accuracy": metrics["accuracy"],
-                        "val_macro_f1": metrics["macro_f1"], "images_per_s": speed,
-                        "seconds": time.time() - started})
-        if metrics["macro_f1"] > best["macro_f1"]:
-            best = {"epoch": epoch + 1, "macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"]}
-            record = model_record(model_name, evaluated, image_size)
-            record.update(epoch=epoch + 1, val_metrics=metrics, train_config=asdict(config))
+        record = {"epoch": epoch + 1, "train_loss": loss, "train_accuracy": accuracy, "val_loss": None,
+                  "val_accuracy": None, "val_macro_f1": None, "images_per_s": speed}
+        metrics = None
+        if val_data is not None:
+            # bfloat16 on the CPU only trains: validation runs in float32 there
+            probabilities = predict(evaluated, val_data.images, device, channels_last=config.channels_last,
+                                    amp=config.amp and device.type == "cuda")
+            metrics = classification_metrics(val_data.labels, probabilities)
+            record.update(val_loss=float(F.nll_loss(torch.log(torch.as_tensor(probabilities).clamp_min(1e-8)),
+                                                    torch.as_tensor(val_data.labels))),
+                          val_accuracy=metrics["accuracy"], val_macro_f1=metrics["macro_f1"])
+        history.append({**record, "seconds": time.time() - started})
+        # best.pt: the best validation macro-F1 so far; without a validation part, the newest model
+        if metrics is None or metrics["macro_f1"] > best["macro_f1"]:
+            best = {"epoch": epoch + 1, "macro_f1": metrics["macro_f1"] if metrics else None,
+                    "accuracy": metrics["accuracy"] if metrics else None}
+            saved = model_record(model_name, evaluated, image_size)
+            saved.update(epoch=epoch + 1, val_metrics=metrics, train_config=asdict(config))
             if distributed.is_main():
-                save_checkpoint(record, best_path)
+                save_checkpoint(saved, best_path)
         if distributed.is_main():
             save_checkpoint(_state(model, average, model_name, train_data, optimiser, scheduler, scaler, history,
                                    best, config, epoch + 1), last_path)
         distributed.barrier()       # every process reads the checkpoints rank 0 has just written
-        log(f"epoch {epoch + 1}/{config.epochs}  loss {loss:.3f}  train acc {accuracy:.3f}  "
-            f"val loss {val_loss:.3f}  val acc {metrics['accuracy']:.3f}  "
-            f"val F1 {metrics['macro_f1']:.3f}  {speed:.0f} img/s  {time.time() - started:.0f}s")
-        log_scalars(writer, epoch + 1, {"loss/train": loss, "loss/validation": val_loss,
-                                        "accuracy/train": accuracy, "accuracy/validation": metrics["accuracy"],
-                                        "macro_f1/validation": metrics["macro_f1"],
-                                        "learning_rate": optimiser.param_groups[0]["lr"], "images_per_s": speed})
+        validated = (f"val loss {record['val_loss']:.3f}  val acc {metrics['accuracy']:.3f}  "
+                     f"val F1 {metrics['macro_f1']:.3f}  " if metrics else "")
+        log(f"epoch {epoch + 1}/{config.epochs}  loss {loss:.3f}  train acc {accuracy:.3f}  {validated}"
+            f"{speed:.0f} img/s  {time.time() - started:.0f}s")
+        scalars = {"loss/train": loss, "accuracy/train": accuracy,
+                   "learning_rate": optimiser.param_groups[0]["lr"], "images_per_s": speed}
+        if metrics:
+            scalars.update({"loss/validation": record["val_loss"], "accuracy/validation": metrics["accuracy"],
+                            "macro_f1/validation": metrics["macro_f1"]})
+        log_scalars(writer, epoch + 1, scalars)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
     if writer is not None:

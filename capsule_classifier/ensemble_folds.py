@@ -2,57 +2,76 @@
 ensemble that averages their probabilities: what would averaging several models buy on each fold?
 
     python capsule_classifier/ensemble_folds.py --runs=checkpoints/cv_s0,checkpoints/cv_s1 \
-        --data_path=data/figshare_dev_256.h5 --k_folds=5 --group_by=stretch --out=ensemble.json
+        --data_path=data/figshare_dev_256.h5 --out=ensemble.json
 
-Each run folder holds fold_<k>/last.pt (train.py's cross-validation layout); every fold is scored
-with the final model of each run, flip-averaged as train.py scores it. The folds are rebuilt from
-the dataset file with ``split_seed``; a run whose fold sizes differ from them is refused.
+Each run folder holds train.py's cross-validation layout (metrics.json, fold_<k>/last.pt). Every
+fold is scored with each run's final model, at the image size it was trained at and flip-averaged
+when the run scored itself so. The folds are rebuilt from the dataset file with each run's split
+seed and grouping (from its metrics.json); runs whose validation parts differ are refused.
 """
 runs = []                    # cross-validation run folders, trained on the same folds
 data_path = "data/figshare_dev_256.h5"
 k_folds = 5
-group_by = "stretch"         # "patient" or "stretch", as the runs were trained
-split_seed = 0               # the seed the runs' folds were made with
 out = ""                     # optional JSON file with every number
 device = "cpu"
 threads = 2
 
 
-def run(flags):
+def run_folds(run_dir, labels, patient_ids, source_ids, k_folds):
+    """The (train_rows, val_rows) a run was cross-validated on, and how it scored itself."""
     import json
+    import os
+
+    from preprocess.splits import patient_folds
+
+    with open(os.path.join(run_dir, "metrics.json")) as handle:
+        metrics = json.load(handle)
+    if "cv" not in metrics:
+        raise ValueError(f"{run_dir}/metrics.json: not a cross-validation run")
+    # runs before split_seed existed made their folds with the training seed
+    split_seed = metrics.get("split_seed", metrics.get("seed", 0))
+    folds = patient_folds(labels, patient_ids, k_folds, split_seed, source_ids, metrics["cv"].get("group_by", "patient"))
+    return folds, metrics.get("flags", {}).get("test_time_flips", True)
+
+
+def run(flags):
     import os
 
     import numpy as np
     import torch
 
+    from capsule_classifier.checkpoint import load_checkpoint
     from capsule_classifier.data import load_sources
     from capsule_classifier.experiment import checkpoint_probabilities
     from capsule_classifier.report import classification_metrics, write_json_atomic
+    from preprocess.dataset import read_column
     from preprocess.devices import resolve_device
-    from preprocess.splits import patient_folds
 
     torch.set_num_threads(flags["threads"])
     if len(flags["runs"]) < 2:
         raise ValueError("--runs: name at least two run folders")
     device = resolve_device(flags["device"])
-    data = load_sources([flags["data_path"]], None)
-    folds = patient_folds(data.labels, data.patient_ids, flags["k_folds"], flags["split_seed"], data.source_ids,
-                          flags["group_by"])
+    columns = [read_column(flags["data_path"], name) for name in ("labels", "patient_ids", "source_ids")]
+    per_run = [run_folds(run_dir, *columns, flags["k_folds"]) for run_dir in flags["runs"]]
+    for run_dir, (folds, _) in zip(flags["runs"][1:], per_run[1:]):
+        for k, ((_, first), (_, other)) in enumerate(zip(per_run[0][0], folds), start=1):
+            if not np.array_equal(np.sort(first), np.sort(other)):
+                raise ValueError(f"{run_dir}: fold {k} validated on other slices than {flags['runs'][0]} "
+                                 f"(another split seed or grouping): an ensemble would score training slices")
+    sized = {}                      # the data at each image size the runs were trained at
     report = {"flags": flags, "folds": []}
-    for k, (_, val_rows) in enumerate(folds, start=1):
-        val = data.subset(val_rows)
+    for k, (_, val_rows) in enumerate(per_run[0][0], start=1):
         probabilities = []
-        for run_dir in flags["runs"]:
-            with open(os.path.join(run_dir, f"fold_{k}", "fold.json")) as handle:
-                expected = json.load(handle)["val_slices"]
-            if expected != len(val_rows):
-                raise ValueError(f"{run_dir}: fold {k} validated on {expected} slices, these folds have "
-                                 f"{len(val_rows)} (another split seed, group_by or data file?)")
-            probabilities.append(checkpoint_probabilities(os.path.join(run_dir, f"fold_{k}", "last.pt"),
-                                                           val.images, device, True))
-        single = [classification_metrics(val.labels, p) for p in probabilities]
-        together = classification_metrics(val.labels, np.mean(probabilities, axis=0))
-        row = {"fold": k, "slices": len(val_rows), "accuracy": [m["accuracy"] for m in single],
+        for run_dir, (_, flips) in zip(flags["runs"], per_run):
+            path = os.path.join(run_dir, f"fold_{k}", "last.pt")
+            size = load_checkpoint(path)["image_size"]
+            if size not in sized:
+                sized[size] = load_sources([flags["data_path"]], size)
+            probabilities.append(checkpoint_probabilities(path, sized[size].images[val_rows], device, flips))
+        labels = columns[0][val_rows]
+        single = [classification_metrics(labels, p) for p in probabilities]
+        together = classification_metrics(labels, np.mean(probabilities, axis=0))
+        row = {"fold": k, "slices": int(len(val_rows)), "accuracy": [m["accuracy"] for m in single],
                "macro_f1": [m["macro_f1"] for m in single], "ensemble_accuracy": together["accuracy"],
                "ensemble_macro_f1": together["macro_f1"]}
         report["folds"].append(row)

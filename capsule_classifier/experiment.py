@@ -8,6 +8,7 @@ Layout of ``model_dir/<run name>/``:
     curves.png
 """
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ from torchinfo import summary
 
 from capsule_classifier.checkpoint import load_checkpoint, load_model, trained_vertical_flips
 from capsule_classifier.data import load_sources
-from capsule_classifier.engine import TrainConfig, fit, predict
+from capsule_classifier.engine import TrainConfig, fit, mask_loss_problem, predict
 from capsule_classifier.network import count_parameters, make_model
 from capsule_classifier.report import (classification_metrics, plot_confusion, plot_curves,
                                        summarise_folds, text_report, write_json_atomic)
@@ -32,10 +33,10 @@ from preprocess.splits import holdout_split, patient_folds
 MASK_HEAD_PREFIX = "mask_head."
 # train.py's flags that fill Experiment fields of other names (the study's capitalised flags) ...
 RENAMED_FLAGS = {"Train": "train", "Test": "test", "CrossValidation": "cross_validation",
-                 "LoadSavedModel": "load_saved_model"}
+                 "LoadSavedModel": "load_saved_model", "FreezeLayers": "freeze_layers"}
 # ... that become the capsule network's options, and that are used before an Experiment exists
 CAPSULE_OPTION_FLAGS = ("routing", "capsule_types", "scaled_norm", "tumour_crop")
-SCRIPT_ONLY_FLAGS = ("FreezeLayers", "threads", "preset")
+SCRIPT_ONLY_FLAGS = ("threads", "preset")
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Experiment:
     data_path: list = field(default_factory=list)
     data_test_path: list = field(default_factory=list)
     model_dir: str = "checkpoints"
-    run_name: str = "run"
+    run_name: str = None            # None: <model>_<image size or "native">
     train: bool = True
     test: bool = False
     cross_validation: bool = True
@@ -53,13 +54,15 @@ class Experiment:
     fold: int = 0                   # 1..k_folds: cross-validate that fold only (0: every fold)
     val_fraction: float = 0.2
     group_by: str = "patient"       # split by "patient" or by "stretch" of figshare numbering
+    split_seed: int = 0             # the folds / hold-out part, the same for every training seed
     load_saved_model: bool = False
     check_name: str = ""
     image_size: int = None
     pretrain_epochs: int = 5
     capsule_preset: str = "residual"
     capsule_options: dict = field(default_factory=dict)
-    freeze_children: int = 0
+    freeze_layers: bool = False     # ResNet50: freeze its first freeze_children children
+    freeze_children: int = 8
     pretrained: str = "none"
     test_time_flips: bool = True    # score folds, hold-out and test with flip-averaged probabilities
     resume: bool = False
@@ -77,9 +80,7 @@ def experiment_from_flags(flags, device):
     model = "resnet50" if values["model"] == "resnet" else values["model"]
     values.update(
         model=model, data_path=as_list(values["data_path"]), data_test_path=as_list(values["data_test_path"]),
-        run_name=values["run_name"] or f"{model}_{values['image_size'] or 'native'}",
         capsule_options={name: values[name] for name in CAPSULE_OPTION_FLAGS},
-        freeze_children=values["freeze_children"] if values["FreezeLayers"] else 0,
         device=str(device), config=config, flags=flags)
     return Experiment(**{f.name: values[f.name] for f in dataclasses.fields(Experiment)})
 
@@ -104,20 +105,16 @@ def build_model(exp, image_size):
     elif options.pop("tumour_crop", False):
         raise ValueError("--tumour_crop applies to the residual capsule network (capsule_preset=residual)")
     return make_model(exp.model, image_size=image_size, preset=exp.capsule_preset,
-                      freeze_children=exp.freeze_children, pretrained=exp.pretrained, **options)
+                      freeze_children=exp.freeze_children if exp.freeze_layers else 0, pretrained=exp.pretrained,
+                      **options)
 
 
 def _check_mask_loss(exp, data, log):
-    """Switch the mask loss off, saying why, when the model or the data cannot use it."""
-    if not exp.config.mask_weight:
-        return
-    reason = None
-    if not uses_mask_head(exp):
-        reason = "only the residual capsule network has a mask head"
-    elif data.masks is None:
-        reason = "a data file has no tumor_masks"
-    if reason:
-        log(f"mask_weight={exp.config.mask_weight} ignored: {reason}")
+    """Switch the mask loss off, saying why, when the model or the data cannot use it (before the
+    network is built: the mask head exists only with the loss)."""
+    problem = exp.config.mask_weight and mask_loss_problem(uses_mask_head(exp), data.masks is not None)
+    if problem:
+        log(f"mask_weight={exp.config.mask_weight} ignored: {problem}")
         exp.config.mask_weight = 0.0
 
 
@@ -165,8 +162,11 @@ def check_settings(exp):
             raise ValueError(f"--{flag}={value}: must be at least {least}")
     if config.lr <= 0:
         raise ValueError(f"--lr={config.lr}: must be positive")
-    if not 0 < exp.val_fraction < 1:
-        raise ValueError(f"--val_fraction={exp.val_fraction}: must lie between 0 and 1")
+    if not 0 <= exp.val_fraction < 1:
+        raise ValueError(f"--val_fraction={exp.val_fraction}: must lie in [0, 1) (0: train on every slice, "
+                         f"no validation part)")
+    if exp.val_fraction == 0 and exp.cross_validation:
+        raise ValueError("--val_fraction=0 (no validation part) applies to --CrossValidation=False runs")
 
 
 def run_experiment(exp, log=print):
@@ -174,9 +174,10 @@ def run_experiment(exp, log=print):
     check_settings(exp)
     started = time.time()
     device = resolve_device(exp.device)
+    exp.run_name = exp.run_name or f"{exp.model}_{exp.image_size or 'native'}"
     run_dir = os.path.join(exp.model_dir, exp.run_name)
     os.makedirs(run_dir, exist_ok=True)
-    metrics = {"flags": exp.flags, "seed": exp.config.seed, "git_commit": git_commit(),
+    metrics = {"flags": exp.flags, "seed": exp.config.seed, "split_seed": exp.split_seed, "git_commit": git_commit(),
                "device": str(device), "model": exp.model}
     start_state = None
     if exp.load_saved_model:
@@ -224,12 +225,11 @@ def run_experiment(exp, log=print):
 
 def _pretrain(exp, synthetic, start_state, run_dir, device, histories, log):
     log(f"pre-training on {len(synthetic)} synthetic slices for {exp.pretrain_epochs} epochs")
-    train_rows, val_rows = holdout_split(synthetic.labels, synthetic.source_ids, exp.val_fraction,
-                                         exp.config.seed)
+    train, val = _split_off_validation(dataclasses.replace(exp, group_by="patient"), synthetic, synthetic.source_ids)
     model = _fresh_model(exp, synthetic.image_size, start_state)
     config = TrainConfig(**{**exp.config.__dict__, "epochs": exp.pretrain_epochs})
-    history, _ = fit(model, exp.model, synthetic.subset(train_rows), synthetic.subset(val_rows), config,
-                     os.path.join(run_dir, "pretrain"), device, resume=exp.resume, log=log)
+    history, _ = fit(model, exp.model, train, val, config, os.path.join(run_dir, "pretrain"), device,
+                     resume=exp.resume, log=log)
     histories["pretrain"] = history
     return load_checkpoint(os.path.join(run_dir, "pretrain", "last.pt"))["state_dict"]
 
@@ -246,7 +246,7 @@ def _evaluate_fold(model_path, data, device, flips):
 
 
 def _cross_validate(exp, real, start_state, run_dir, device, histories, log):
-    folds = patient_folds(real.labels, real.patient_ids, exp.k_folds, exp.config.seed, real.source_ids,
+    folds = patient_folds(real.labels, real.patient_ids, exp.k_folds, exp.split_seed, real.source_ids,
                           exp.group_by)
     results = []
     if not 0 <= exp.fold <= exp.k_folds:
@@ -269,7 +269,7 @@ def _cross_validate(exp, real, start_state, run_dir, device, histories, log):
         final = _evaluate_fold(os.path.join(fold_dir, "last.pt"), val, device, exp.test_time_flips)
         final.update(fold=k, best_epoch=best["epoch"], best_epoch_accuracy=best["accuracy"],
                      best_epoch_macro_f1=best["macro_f1"], train_slices=int(len(train_rows)),
-                     val_slices=int(len(val_rows)),
+                     val_slices=int(len(val_rows)), val_sources_sha1=sources_fingerprint(val.source_ids),
                      seconds=round(sum(h["seconds"] for h in history), 1))
         results.append(final)
         write_json_atomic(final, os.path.join(fold_dir, "fold.json"))    # partial results survive
@@ -292,6 +292,12 @@ def _cross_validate(exp, real, start_state, run_dir, device, histories, log):
     return cv
 
 
+def sources_fingerprint(source_ids):
+    """A short fingerprint of which slices a part holds (order-free), to tell whether two runs
+    validated on the same slices."""
+    return hashlib.sha1("\n".join(sorted(map(str, source_ids))).encode()).hexdigest()[:16]
+
+
 def _finished_folds(run_dir, k_folds):
     results = []
     for k in range(1, k_folds + 1):
@@ -302,15 +308,24 @@ def _finished_folds(run_dir, k_folds):
     return results
 
 
+def _split_off_validation(exp, data, groups):
+    """(training part, validation part or None) of a hold-out run; ``val_fraction=0`` keeps every
+    slice for training (the model to use after the validated choices are made)."""
+    if exp.val_fraction == 0:
+        return data, None
+    train_rows, val_rows = holdout_split(data.labels, groups, exp.val_fraction, exp.split_seed,
+                                         data.source_ids, exp.group_by)
+    return data.subset(train_rows), data.subset(val_rows)
+
+
 def _holdout(exp, real, start_state, run_dir, device, histories, log):
-    train_rows, val_rows = holdout_split(real.labels, real.patient_ids, exp.val_fraction, exp.config.seed,
-                                         real.source_ids, exp.group_by)
-    log(f"{exp.group_by}-wise hold-out: train {len(train_rows)}, validation {len(val_rows)} slices")
+    train, val = _split_off_validation(exp, real, real.patient_ids)
+    log(f"{exp.group_by}-wise hold-out: train {len(train)}, validation {0 if val is None else len(val)} slices")
     model = _fresh_model(exp, real.image_size, start_state)
-    val = real.subset(val_rows)
-    history, best = fit(model, exp.model, real.subset(train_rows), val, exp.config, run_dir, device,
-                        resume=exp.resume, log=log)
-    histories["hold-out"] = history
+    history, best = fit(model, exp.model, train, val, exp.config, run_dir, device, resume=exp.resume, log=log)
+    histories["all slices" if val is None else "hold-out"] = history
+    if val is None:
+        return {"validation_slices": 0, "note": "val_fraction=0: trained on every slice, nothing validated"}
     final = _evaluate_fold(os.path.join(run_dir, "last.pt"), val, device, exp.test_time_flips)
     final.update(best_epoch=best["epoch"], best_epoch_accuracy=best["accuracy"],
                  best_epoch_macro_f1=best["macro_f1"])

@@ -105,9 +105,10 @@ def plot_curves(histories, path, title):
     for name, history in histories.items():
         epochs = [h["epoch"] for h in history]
         left.plot(epochs, [h["train_loss"] for h in history], label=f"{name} train")
-        left.plot(epochs, [h["val_loss"] for h in history], "--", label=f"{name} val")
         right.plot(epochs, [h["train_accuracy"] for h in history], label=f"{name} train")
-        right.plot(epochs, [h["val_accuracy"] for h in history], "--", label=f"{name} val")
+        if any(h["val_loss"] is not None for h in history):     # a run without validation part has none
+            left.plot(epochs, [h["val_loss"] for h in history], "--", label=f"{name} val")
+            right.plot(epochs, [h["val_accuracy"] for h in history], "--", label=f"{name} val")
     left.set(xlabel="epoch", ylabel="loss")
     right.set(xlabel="epoch", ylabel="accuracy")
     if len(histories) <= 3:

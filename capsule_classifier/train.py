@@ -47,11 +47,13 @@ augmentation = "mri"          # "mri" (flips, small affine, gamma/contrast), "af
 vertical_flips = False        # flips up-down as well as left-right (augmentation and test-time views);
                               # off: up-down flips turn sagittal and coronal slices upside down
 image_size = None             # None: the size of the first data file
-seed = 0
+seed = 0                      # initialisation, batch order, augmentation
+split_seed = 0                # the folds / hold-out part (the same for every seed)
 device = "auto"               # "auto", "cpu", "cuda", "cuda:1"
 run_name = None               # None: <model>_<image size>
 resume = False                # continue an interrupted run from its last.pt files
-val_fraction = 0.2            # hold-out part when CrossValidation=False
+val_fraction = 0.2            # hold-out part when CrossValidation=False (0: train on every slice,
+                              # nothing validated: the model to use once the choices are made)
 group_by = "patient"          # folds and hold-out keep whole "patient"s apart, or whole "stretch"es
                               # of consecutive figshare indices (about 200 slices, whole patients)
 pretrain_epochs = 5

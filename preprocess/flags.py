@@ -127,33 +127,51 @@ def _exit_cleanly_on_sigterm():
 
 def load_preset(kind, name, flags=None):
     """The flag values of ``presets/<kind>/<name>.json`` (or of a path to a .json file); with
-    ``flags`` (the script's flag names) a value for anything else is refused, naming the file."""
+    ``flags`` (the script's flag names) a value for anything else is refused, naming the file.
+    Raises ValueError naming the file and the problem."""
     path = Path(name) if str(name).endswith(".json") else PRESET_ROOT / kind / f"{name}.json"
     if not path.is_file():
         known = sorted(p.stem for p in (PRESET_ROOT / kind).glob("*.json"))
-        raise FlagError(f"--preset={name}: no preset file {path} (presets: {known})")
+        raise ValueError(f"--preset={name}: no preset file {path} (presets: {known})")
     try:
         with open(path) as handle:
             values = json.load(handle)
     except (OSError, ValueError) as error:
-        raise FlagError(f"{path}: not a readable preset file ({error})") from None
+        raise ValueError(f"{path}: not a readable preset file ({error})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a preset holds {{flag: value}} pairs, not {type(values).__name__}")
     unknown = sorted(set(values) - set(flags)) if flags is not None else []
-    if not isinstance(values, dict) or unknown:
-        raise FlagError(f"{path}: a preset holds {{flag: value}} pairs of this script's flags; "
-                        f"unknown: {unknown}")
+    if unknown:
+        raise ValueError(f"{path}: a preset holds {{flag: value}} pairs of this script's flags; unknown: {unknown}")
     return values
+
+
+def preset_value(value, default, name):
+    """A preset's JSON value as the flag's type: text is read as on the command line, lists stay
+    lists, numbers and booleans are converted like their text."""
+    if value is None:
+        if default is not None:
+            raise FlagError(f"--{name}: null is not a value for this flag (default {default!r})")
+        return None
+    if isinstance(value, str):
+        return convert(value, default, name)
+    if default is None:
+        return value
+    if isinstance(value, list) and isinstance(default, (list, tuple)):
+        return type(default)(value)
+    return convert(str(value), default, name)
 
 
 def _apply_preset(namespace, argv, names):
     chosen = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--preset=")]
     if not chosen or "preset" not in names or "PRESETS" not in namespace:
         return
-    for name, value in load_preset(namespace["PRESETS"], chosen[-1], names).items():
-        default = namespace[name]
-        if default is None or isinstance(default, (list, tuple)) or type(value) is type(default):
-            namespace[name] = value
-        else:
-            namespace[name] = convert(str(value), default, name)
+    try:
+        values = load_preset(namespace["PRESETS"], chosen[-1], names)
+    except ValueError as error:
+        raise FlagError(str(error)) from None
+    for name, value in values.items():
+        namespace[name] = preset_value(value, namespace[name], name)
 
 
 def _apply(namespace, argv):

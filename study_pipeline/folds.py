@@ -21,17 +21,16 @@ from capsule_classifier.engine import TrainConfig
 from capsule_classifier.experiment import Experiment, run_experiment
 from capsule_classifier.report import write_json_atomic
 from generative_model.evaluation import heldout_leakage
-from generative_model.synthesis import synthesize
 from generative_model.settings import GanSettings
+from generative_model.synthesis import synthesize
 from generative_model.trainer import train_models
-from preprocess.mask_augmentation import augment_masks
 from preprocess.dataset import read_attrs, read_column
 from preprocess.devices import resolve_device
-from preprocess.flags import load_preset
+from preprocess.mask_augmentation import augment_masks
 from preprocess.splits import patient_folds, write_rows
+from study_pipeline.settings import baseline_preset
 
 FOLD_FILE = "fold.json"
-BASELINE_PRESET_KEYS = {"model", "image_size", "epochs", "lr", "batch_size", "weight_decay", "label_smoothing"}
 
 
 def fold_rows(settings):
@@ -104,13 +103,8 @@ def arm_experiment(settings, arm, seed, paths, synthetic, run_dir):
                     augmentation=settings.augmentation, seed=seed)
     model, image_size = ("capsule", settings.image_size or None)
     if arm == "baseline":
-        model = settings.baseline
-        preset = load_preset("classifier", settings.baseline_preset) if settings.baseline_preset else {}
-        unusable = set(preset) - BASELINE_PRESET_KEYS
-        if unusable:
-            raise ValueError(f"--baseline_preset={settings.baseline_preset}: the study's baseline arm "
-                             f"cannot take {sorted(unusable)}")
-        model, image_size = preset.pop("model", model), preset.pop("image_size", image_size)
+        preset = baseline_preset(settings.baseline_preset, settings.baseline) if settings.baseline_preset else {}
+        model, image_size = preset.pop("model", settings.baseline), preset.pop("image_size", image_size)
         training.update(preset)
     return Experiment(model=model, data_path=data,
                       data_test_path=[paths["val"]], model_dir=os.path.dirname(run_dir),

@@ -2,6 +2,8 @@
 import dataclasses
 
 ARMS = ("real_only", "pretrained", "baseline", "synthetic_only")
+# what a classifier preset may set for the study's baseline arm
+BASELINE_PRESET_KEYS = {"model", "image_size", "epochs", "lr", "batch_size", "weight_decay", "label_smoothing"}
 
 
 @dataclasses.dataclass
@@ -46,4 +48,19 @@ def settings_from_flags(flags):
     unknown = set(values["arms"]) - set(ARMS)
     if unknown:
         raise ValueError(f"--arms: unknown arms {sorted(unknown)}; known: {list(ARMS)}")
+    if values["baseline_preset"]:
+        baseline_preset(values["baseline_preset"], values["baseline"])
     return StudySettings(**values)
+
+
+def baseline_preset(name, baseline):
+    """The values of the classifier preset ``name`` for the baseline arm; refuses what the arm
+    cannot take and a model other than ``baseline``."""
+    from preprocess.flags import load_preset
+    values = load_preset("classifier", name)
+    unusable = set(values) - BASELINE_PRESET_KEYS
+    if unusable:
+        raise ValueError(f"--baseline_preset={name}: the study's baseline arm cannot take {sorted(unusable)}")
+    if values.get("model", baseline) != baseline:
+        raise ValueError(f"--baseline_preset={name} trains {values['model']}, but --baseline={baseline}")
+    return values

@@ -294,16 +294,31 @@ def test_fold_ensemble_of_two_seeds(blob_dataset, tmp_path):
     from capsule_classifier.ensemble_folds import run as ensemble
     common = dict(data_path=[str(blob_dataset)], model_dir=str(tmp_path), k_folds=3, device="cpu",
                   capsule_preset="compact", capsule_options=TINY)
-    for seed in (0, 1):
-        run_experiment(Experiment(run_name=f"s{seed}", config=TrainConfig(epochs=1, batch_size=8, seed=seed), **common),
-                       log=lambda *a: None)
+    for name, seed, split_seed in (("s0", 0, 0), ("s1", 1, 0), ("other_split", 0, 1)):
+        run_experiment(Experiment(run_name=name, split_seed=split_seed,
+                                  config=TrainConfig(epochs=1, batch_size=8, seed=seed), **common), log=lambda *a: None)
     flags = {n: v for n, v in runpy.run_path(str(ROOT / "capsule_classifier" / "ensemble_folds.py"),
                                               run_name="defaults_only").items() if not n.startswith("_")}
     flags.update(runs=[str(tmp_path / "s0"), str(tmp_path / "s1")], data_path=str(blob_dataset), k_folds=3,
-                 group_by="patient", split_seed=0, out=str(tmp_path / "ensemble.json"), threads=1)
+                 out=str(tmp_path / "ensemble.json"), threads=1)
     report = ensemble(flags)
     first = json.loads((tmp_path / "s0" / "fold_1" / "fold.json").read_text())
     assert len(report["folds"]) == 3 and report["folds"][0]["accuracy"][0] == pytest.approx(first["accuracy"])
     assert json.loads((tmp_path / "ensemble.json").read_text())["summary"]["ensemble_accuracy_mean"] >= 0
-    with pytest.raises(ValueError, match="fold 1 validated on"):
-        ensemble({**flags, "k_folds": 2, "out": ""})
+    with pytest.raises(ValueError, match="other slices"):
+        ensemble({**flags, "runs": [str(tmp_path / "s0"), str(tmp_path / "other_split")], "out": ""})
+
+
+def test_a_run_without_validation_part_trains_on_every_slice(blob_dataset, tmp_path):
+    common = dict(data_path=[str(blob_dataset)], model_dir=str(tmp_path), device="cpu", capsule_preset="compact",
+                  capsule_options=TINY, config=TrainConfig(epochs=2, batch_size=8))
+    said = []
+    metrics = run_experiment(Experiment(run_name="all", cross_validation=False, val_fraction=0, **common),
+                             log=said.append)
+    assert metrics["validation"]["validation_slices"] == 0
+    assert any(f"train {len(load_sources([str(blob_dataset)]))}, validation 0 slices" in line for line in said)
+    best, last = load_checkpoint(tmp_path / "all" / "best.pt"), load_checkpoint(tmp_path / "all" / "last.pt")
+    assert best["epoch"] == 2 and all(torch.equal(best["state_dict"][k], last["state_dict"][k]) for k in best["state_dict"])
+    assert (tmp_path / "all" / "curves.png").is_file()
+    with pytest.raises(ValueError, match="val_fraction=0"):
+        run_experiment(Experiment(run_name="cv", val_fraction=0, **common), log=said.append)

@@ -56,7 +56,8 @@ def test_script_rejects_unknown_flag_listing_valid_ones():
 
 @pytest.mark.parametrize("script,settings", [("generative_model/train.py", "generative_model.settings.GanSettings"),
                                              ("study.py", "study_pipeline.settings.StudySettings"),
-                                             ("capsule_classifier/train.py", "capsule_classifier.engine.TrainConfig")])
+                                             ("capsule_classifier/train.py", "capsule_classifier.engine.TrainConfig"),
+                                             ("capsule_classifier/train.py", "capsule_classifier.experiment.Experiment")])
 def test_script_defaults_agree_with_their_settings_class(script, settings):
     import dataclasses
     import importlib
@@ -93,7 +94,7 @@ def test_every_classifier_flag_reaches_the_experiment():
     assert names <= used, sorted(names - used)
     exp = experiment.experiment_from_flags({n: namespace[n] for n in names}, torch.device("cpu"))
     assert exp.config == TrainConfig() and exp.train and exp.cross_validation and exp.k_folds == namespace["k_folds"]
-    assert exp.capsule_options["tumour_crop"] is False and exp.run_name == "capsule_native"
+    assert exp.capsule_options["tumour_crop"] is False and exp.run_name is None
 
 
 def test_a_preset_file_fills_flags_and_the_command_line_overrides_it():
@@ -111,3 +112,16 @@ def test_a_bad_preset_is_named(tmp_path):
     bad.write_text('{"epochs": 3, "epoch": 4}')
     with pytest.raises(FlagError, match=r"bad.json.*unknown: \['epoch'\]"):
         apply_cli_flags(classifier_flags(), [f"--preset={bad}"])
+
+
+def test_preset_values_take_the_flag_type():
+    from preprocess.flags import preset_value
+    assert preset_value(5, 1e-3, "lr") == 5.0 and isinstance(preset_value(5, 1e-3, "lr"), float)
+    assert preset_value("128", None, "image_size") == 128 and preset_value(128, None, "image_size") == 128
+    assert preset_value("real_only", ["a", "b"], "arms") == ["real_only"]
+    assert preset_value(["x", "y"], ("a",), "arms") == ("x", "y")
+    assert preset_value(False, "auto", "amp") == "False" and preset_value(True, False, "Test") is True
+    with pytest.raises(FlagError, match="null"):
+        preset_value(None, "x", "name")
+    with pytest.raises(FlagError, match="expected an integer"):
+        preset_value("many", 3, "epochs")

@@ -67,7 +67,7 @@ def test_quality_report_and_leakage_check(blob_dataset, tmp_path):
     from generative_model.synthesis import synthesize
     from generative_model.settings import GanSettings
     from generative_model.trainer import train_models
-    from tests.test_gan_training import TINY
+    from test_gan_training import TINY
 
     train, heldout = tmp_path / "train.h5", tmp_path / "heldout.h5"
     write_split(blob_dataset, train, heldout, fraction=0.25)

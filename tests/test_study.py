@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from preprocess.flags import FlagError, load_preset
+from preprocess.flags import load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--k_folds=3", "--seeds=1", "--gan_epochs=1", "--gan_ngf=4", "--gan_ndf=4", "--synthetic_per_class=8",
@@ -55,7 +55,7 @@ def test_presets_are_known_settings():
     flags = runpy.run_path(str(ROOT / "study.py"), run_name="defaults_only")
     for name in ("demo", "cpu", "study"):
         assert load_preset("study", name, flags)["data_path"].endswith(".h5")
-    with pytest.raises(FlagError, match="presets"):
+    with pytest.raises(ValueError, match="presets"):
         load_preset("study", "nope")
 
 
@@ -73,3 +73,7 @@ def test_the_baseline_arm_takes_a_classifier_preset(tmp_path):
     with pytest.raises(ValueError, match="cannot take"):
         arm_experiment(dataclasses.replace(settings, baseline_preset="study"), "baseline", 0, paths, None,
                        str(tmp_path / "d"))
+    from study_pipeline.settings import settings_from_flags
+    flags = {**dataclasses.asdict(StudySettings()), "baseline_preset": "resnet18_cpu", "baseline": "resnet50"}
+    with pytest.raises(ValueError, match="trains resnet18, but --baseline=resnet50"):
+        settings_from_flags(flags)
