@@ -94,8 +94,8 @@ def synthetic_slices(settings, fold, paths, log=print):
 
 
 def arm_experiment(settings, arm, seed, paths, synthetic, run_dir):
-    """The Experiment of one arm: trained on the fold's training part (and/or the synthetic
-    slices), tested on its validation part. The baseline arm takes ``settings.baseline_preset``
+    """The Experiment of one arm: trained on the whole of the fold's training part (and/or the
+    synthetic slices; nothing held out, the final model is tested), tested on its validation part. The baseline arm takes ``settings.baseline_preset``
     (a presets/classifier file: model, image size, epochs, learning rate) when one is named."""
     data = {"real_only": [paths["train"]], "baseline": [paths["train"]],
             "pretrained": [synthetic, paths["train"]], "synthetic_only": [synthetic]}[arm]
@@ -108,7 +108,7 @@ def arm_experiment(settings, arm, seed, paths, synthetic, run_dir):
         training.update(preset)
     return Experiment(model=model, data_path=data,
                       data_test_path=[paths["val"]], model_dir=os.path.dirname(run_dir),
-                      run_name=os.path.basename(run_dir), test=True, cross_validation=False,
+                      run_name=os.path.basename(run_dir), test=True, cross_validation=False, val_fraction=0,
                       image_size=image_size, pretrain_epochs=settings.pretrain_epochs,
                       capsule_preset=settings.capsule_preset, resume=os.path.exists(run_dir),
                       device=settings.device, config=TrainConfig(**training),
