@@ -5,8 +5,6 @@
 Writes conditions, tumor_masks, labels and source_ids (the slice each mask came from); the GAN
 stage turns these masks into synthetic slices.
 """
-import sys
-
 # ----------------------------------------------------------------------------- flags
 dataset = "data/demo/demo_128.h5"  # prepared dataset file (prepare_dataset.py)
 out = "data/demo/masks_aug_128.h5"  # augmented-mask file to write
@@ -15,13 +13,16 @@ seed = 0                           # same seed, same masks
 workers = 0                        # processes; 0 = one per core
 # -----------------------------------------------------------------------------
 
-if __name__ == "__main__":
-    from preprocess.mask_augmentation import augment_masks
-    from preprocess.flags import apply_cli_flags
 
-    flags = apply_cli_flags(globals())
-    try:
-        summary = augment_masks(dataset, out, per_class, seed, workers, created_with=flags)
-    except (OSError, KeyError, ValueError) as error:
-        sys.exit(f"error: {error}")
+def run(flags):
+    from preprocess.mask_augmentation import augment_masks
+
+    summary = augment_masks(flags["dataset"], flags["out"], flags["per_class"], flags["seed"], flags["workers"],
+                            created_with=flags)
     print(f"wrote {summary['out']}: {summary['masks']} masks in {summary['seconds']} s")
+
+
+if __name__ == "__main__":
+    from preprocess.flags import run_script
+
+    run_script(run, globals(), expected=(OSError, KeyError, ValueError))
