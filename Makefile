@@ -18,7 +18,6 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 test: $(VENV)/.installed
