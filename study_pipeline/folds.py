@@ -93,15 +93,23 @@ def synthetic_slices(settings, fold, paths, log=print):
     return synthetic, leakage
 
 
-def arm_experiment(settings, arm, seed, paths, synthetic, run_dir):
-    """The Experiment of one arm: trained on the whole of the fold's training part (and/or the
-    synthetic slices; nothing held out, the final model is tested), tested on its validation part. The baseline arm takes ``settings.baseline_preset``
-    (a presets/classifier file: model, image size, epochs, learning rate) when one is named."""
+def classifier_size(settings, paths):
+    """The image size of every capsule arm: ``settings.image_size``, else that of the real slices.
+    (The synthetic slices come at the GAN's size and are resized to it, so that the arms differ in
+    what they train on, not in resolution.)"""
+    return settings.image_size or int(read_attrs(paths["train"])["image_size"])
+
+
+def arm_experiment(settings, arm, seed, paths, synthetic, run_dir, image_size):
+    """The Experiment of one arm at ``image_size``: trained on the whole of the fold's training part
+    (and/or the synthetic slices; nothing held out, the final model is tested), tested on its
+    validation part. The baseline arm takes ``settings.baseline_preset`` (a presets/classifier
+    file: model, image size, epochs, learning rate) when one is named."""
     data = {"real_only": [paths["train"]], "baseline": [paths["train"]],
             "pretrained": [synthetic, paths["train"]], "synthetic_only": [synthetic]}[arm]
     training = dict(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
                     augmentation=settings.augmentation, seed=seed)
-    model, image_size = ("capsule", settings.image_size or None)
+    model = "capsule"
     if arm == "baseline":
         preset = baseline_preset(settings.baseline_preset, settings.baseline) if settings.baseline_preset else {}
         model, image_size = preset.pop("model", settings.baseline), preset.pop("image_size", image_size)
@@ -124,7 +132,8 @@ def run_arm(settings, arm, seed, paths, synthetic, fold_dir, log=print):
             metrics = json.load(handle)
     else:
         log(f"{os.path.basename(fold_dir)}: {arm}, seed {seed}")
-        metrics = run_experiment(arm_experiment(settings, arm, seed, paths, synthetic, run_dir), log=lambda *a: None)
+        metrics = run_experiment(arm_experiment(settings, arm, seed, paths, synthetic, run_dir,
+                                                classifier_size(settings, paths)), log=lambda *a: None)
     test = metrics["test"]
     return {key: test[key] for key in ("accuracy", "macro_f1", "confusion_matrix")} | {
         "seconds": metrics.get("seconds")}

@@ -66,13 +66,15 @@ def test_the_baseline_arm_takes_a_classifier_preset(tmp_path):
     from study_pipeline.settings import StudySettings
     paths = {"train": "t.h5", "val": "v.h5"}
     settings = StudySettings(baseline_preset="resnet18_cpu", epochs=30, lr=1e-3)
-    baseline = arm_experiment(settings, "baseline", 1, paths, None, str(tmp_path / "b"))
+    baseline = arm_experiment(settings, "baseline", 1, paths, None, str(tmp_path / "b"), 256)
     assert (baseline.model, baseline.image_size, baseline.config.epochs, baseline.config.lr) == ("resnet18", 128, 12, 2e-3)
-    capsule = arm_experiment(settings, "real_only", 1, paths, None, str(tmp_path / "c"))
-    assert (capsule.model, capsule.image_size, capsule.config.epochs, capsule.config.seed) == ("capsule", None, 30, 1)
+    capsule = arm_experiment(settings, "real_only", 1, paths, None, str(tmp_path / "c"), 256)
+    assert (capsule.model, capsule.image_size, capsule.config.epochs, capsule.config.seed) == ("capsule", 256, 30, 1)
+    pretrained = arm_experiment(settings, "pretrained", 1, {**paths, "synthetic": "s.h5"}, "s.h5", str(tmp_path / "p"), 256)
+    assert pretrained.image_size == 256 and pretrained.data_path == ["s.h5", "t.h5"]
     with pytest.raises(ValueError, match="cannot take"):
         arm_experiment(dataclasses.replace(settings, baseline_preset="study"), "baseline", 0, paths, None,
-                       str(tmp_path / "d"))
+                       str(tmp_path / "d"), 256)
     from study_pipeline.settings import settings_from_flags
     flags = {**dataclasses.asdict(StudySettings()), "baseline_preset": "resnet18_cpu", "baseline": "resnet50"}
     with pytest.raises(ValueError, match="trains resnet18, but --baseline=resnet50"):
