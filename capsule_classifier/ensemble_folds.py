@@ -58,16 +58,14 @@ def run(flags):
             if not np.array_equal(np.sort(first), np.sort(other)):
                 raise ValueError(f"{run_dir}: fold {k} validated on other slices than {flags['runs'][0]} "
                                  f"(another split seed or grouping): an ensemble would score training slices")
-    sized = {}                      # the data at each image size the runs were trained at
+    # each run's image size (read once, from its first fold) and the data at each of those sizes
+    sizes = [load_checkpoint(os.path.join(run_dir, "fold_1", "last.pt"))["image_size"] for run_dir in flags["runs"]]
+    sized = {size: load_sources([flags["data_path"]], size) for size in set(sizes)}
     report = {"flags": flags, "folds": []}
     for k, (_, val_rows) in enumerate(per_run[0][0], start=1):
-        probabilities = []
-        for run_dir, (_, flips) in zip(flags["runs"], per_run):
-            path = os.path.join(run_dir, f"fold_{k}", "last.pt")
-            size = load_checkpoint(path)["image_size"]
-            if size not in sized:
-                sized[size] = load_sources([flags["data_path"]], size)
-            probabilities.append(checkpoint_probabilities(path, sized[size].images[val_rows], device, flips))
+        probabilities = [checkpoint_probabilities(os.path.join(run_dir, f"fold_{k}", "last.pt"),
+                                                  sized[size].images[val_rows], device, flips)
+                         for run_dir, size, (_, flips) in zip(flags["runs"], sizes, per_run)]
         labels = columns[0][val_rows]
         single = [classification_metrics(labels, p) for p in probabilities]
         together = classification_metrics(labels, np.mean(probabilities, axis=0))
