@@ -26,7 +26,7 @@ from capsule_classifier.network import count_parameters, make_model
 from capsule_classifier.report import (classification_metrics, plot_confusion, plot_curves,
                                        summarise_folds, text_report, write_json_atomic)
 from preprocess import distributed
-from preprocess.devices import resolve_device
+from preprocess.devices import describe_device, resolve_device
 from preprocess.splits import holdout_split, patient_folds
 
 
@@ -218,6 +218,7 @@ def run_experiment(exp, log=print):
     if exp.test:
         metrics["test"] = _test(exp, run_dir, device, metrics, log)
     metrics["seconds"] = round(time.time() - started, 1)
+    metrics["device"] = describe_device(device)
     write_json_atomic(metrics, os.path.join(run_dir, "metrics.json"))
     log(f"wrote {os.path.join(run_dir, 'metrics.json')} ({metrics['seconds']:.0f} s)")
     return metrics

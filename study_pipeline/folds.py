@@ -136,7 +136,7 @@ def run_arm(settings, arm, seed, paths, synthetic, fold_dir, log=print):
                                                 classifier_size(settings, paths)), log=lambda *a: None)
     test = metrics["test"]
     return {key: test[key] for key in ("accuracy", "macro_f1", "confusion_matrix")} | {
-        "seconds": metrics.get("seconds")}
+        "seconds": metrics.get("seconds"), "device": metrics.get("device")}
 
 
 def run_fold(settings, fold, train_rows, val_rows, log=print):

@@ -86,6 +86,23 @@ def _pm(summary, metric):
     return f"{summary[f'{metric}_mean']:.3f} +- {summary[f'{metric}_std']:.3f}"
 
 
+def fold_lines(folds, arm_names):
+    """Markdown rows: per fold its validation size, each arm's accuracy (mean over seeds), the
+    arms' training minutes and the machine that ran them (where recorded)."""
+    lines = ["| fold | validation patients / slices | " + " | ".join(arm_names) + " | arm minutes | device |",
+             "|---" * (len(arm_names) + 4) + "|"]
+    for f in folds:
+        runs = [r for arm in arm_names for r in f["arms"].get(arm, {}).values()]
+        slices = int(np.sum(runs[0]["confusion_matrix"])) if runs else 0
+        cells = [f"{np.mean([r['accuracy'] for r in f['arms'][arm].values()]):.3f}" if f["arms"].get(arm) else ""
+                 for arm in arm_names]
+        minutes = sum(r.get("seconds") or 0 for r in runs) / 60
+        devices = ", ".join(sorted({r["device"] for r in runs if r.get("device")})) or "not recorded"
+        lines.append(f"| {f['fold']} | {len(f['val_patients'])} / {slices} | " + " | ".join(cells)
+                     + f" | {minutes:.1f} | {devices} |")
+    return lines
+
+
 def results_markdown(results):
     arms, folds = results["arms"], results["folds"]
     settings = results["settings"]
@@ -111,6 +128,7 @@ def results_markdown(results):
             ci = f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if "ci95" in d else "n/a"
             cells += [f"{d['mean']:+.3f}", ci, f"{d['p_value']:.3f}" if "p_value" in d else "n/a"]
         lines.append(f"| {name} | {both['accuracy']['pairs']} | " + " | ".join(cells) + " |")
+    lines += ["", "Per fold (accuracy):", "", *fold_lines(folds, list(arms))]
     lines += ["", "Figures: " + ", ".join(f"[{arm}]({s['figure']})" for arm, s in arms.items()) + "; GAN samples: "
               + ", ".join(f"[fold {f['fold']}]({f['gan_samples']})" for f in folds if f.get("gan_samples"))
               + "; t-SNE of real and synthetic slices: "

@@ -42,6 +42,9 @@ def test_every_arm_on_every_fold_and_no_validation_patient_reaches_the_gan(one_f
     text = (out / "RESULTS.md").read_text()
     assert "capsule, GAN pre-training + real" in text and "0.93 / 0.92" in text
     assert (out / "confusion_pretrained.png").is_file() and (out / "fold_1" / "tsne.png").is_file()
+    assert all(run["device"] == "cpu (1 threads)" for record in results["folds"]
+               for arm in record["arms"].values() for run in arm.values())
+    assert "| 3 | " in text and "cpu (1 threads)" in text      # the per-fold table names the machine
 
 
 def test_a_finished_fold_is_reused_not_retrained(one_fold_then_the_rest):
