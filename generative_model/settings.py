@@ -15,6 +15,7 @@ class GanSettings:
     gan_loss: str = "lsgan"      # "vanilla" (BCE) or "lsgan" (least squares)
     l1_weight: float = 100.0     # lambda of the L1 term (study 0.1, pix2pix 100)
     diversity_weight: float = 20.0  # mode-seeking term (-weight * min(|G(z1)-G(z2)| / |z1-z2|, cap)); 0 = off
+    l1_best_of_two: bool = False  # with two latents per mask, L1 counts only the fake closer to the real slice
     pool_size: int = 50
     ngf: int = 16
     ndf: int = 32

@@ -26,6 +26,8 @@ beta1 = 0.5
 gan_loss = "lsgan"                # "vanilla" (BCE, the study/pix2pix) or "lsgan"
 l1_weight = 100.0                 # lambda of the L1 term (study 0.1, pix2pix 100)
 diversity_weight = 20.0           # mode-seeking term (0 = off); each mask then gets 2 latents
+l1_best_of_two = False            # True: of the 2 fakes per mask, only the closer one pays the L1
+                                  # term, so the other is free to differ (needs diversity_weight > 0)
 pool_size = 50                    # image pool for the discriminator (0 = off)
 ngf = 16                          # generator width (64 = pix2pix; see the README for CPU/GPU)
 ndf = 32                          # discriminator width (64 = pix2pix)

@@ -219,6 +219,17 @@ def feature_matching(fake_features, real_features):
         / len(fake_features)
 
 
+def reconstruction_l1(fake, real, best_of_two=False):
+    """L1 distance to the real slice. ``best_of_two``: the batch holds every mask twice (two latent
+    vectors, first and second half); per mask only the closer fake counts, as in best-of-many
+    sample losses, so the L1 term no longer pulls both latents to the same average slice."""
+    per_slice = (fake.float() - real.float()).abs().flatten(1).mean(1)
+    if best_of_two:
+        half = len(per_slice) // 2
+        per_slice = torch.minimum(per_slice[:half], per_slice[half:])
+    return per_slice.mean()
+
+
 def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scaler, pool, criterion,
                settings, use_amp):
     """One discriminator and one generator update; returns the losses as floats."""
@@ -248,7 +259,8 @@ def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scale
         else:
             logits = discriminator(mask, fake, labels)
         loss_gan = criterion(logits, True)
-        loss_l1 = F.l1_loss(fake.float(), real)
+        best_of_two = settings.l1_best_of_two and settings.diversity_weight > 0
+        loss_l1 = reconstruction_l1(fake, real, best_of_two)
         loss_g = loss_gan + settings.l1_weight * loss_l1
         losses = {"loss_d": loss_d, "loss_g_gan": loss_gan, "loss_g_l1": loss_l1}
         if settings.feature_matching_weight > 0:

@@ -94,3 +94,26 @@ def test_quality_report_and_leakage_check(blob_dataset, tmp_path):
     assert (tmp_path / "quality" / "quality.png").stat().st_size > 10_000
     saved = json.loads((tmp_path / "quality" / "quality.json").read_text())
     assert saved["against_train"]["synthetic"]["slices"] == 18
+
+
+def test_compare_evaluations_tabulates_runs_and_names_a_missing_one(tmp_path):
+    from generative_model.compare_evaluations import run as compare
+    run_dir = tmp_path / "variant_a"
+    (run_dir / "all").mkdir(parents=True)
+    (run_dir / "all" / "losses.csv").write_text("epoch,seconds\n1,10.5\n2,11.5\n")
+    classes = ("meningioma", "glioma", "pituitary")
+    classifier = run_dir / "evaluation" / "classifier" / "synthetic_to_real"
+    classifier.mkdir(parents=True)
+    (classifier / "metrics.json").write_text(json.dumps(
+        {"test": {"per_class": {c: {"recall": r} for c, r in zip(classes, (0.25, 0.5, 0.75))}}}))
+    (run_dir / "evaluation" / "evaluation.json").write_text(json.dumps({
+        "diversity": {c: {"pairwise_ssim": 0.9} for c in classes},
+        "feature_space": {"against_train": {"synthetic": {"kid_mean": 0.0812, "kid_std": 0.01, "fd": 13.2,
+                                                          "precision": 0.9, "recall": 0.8}}},
+        "classifier": {"synthetic_to_real": {"accuracy": 0.701, "macro_f1": 0.65}}}))
+    table = compare({"runs": [str(run_dir)], "evaluation": "evaluation", "out": str(tmp_path / "t.md")})
+    row = table.splitlines()[2]
+    assert row.startswith("| variant_a | 0.081 +- 0.010 | 13.2 | 0.90 / 0.80 | 0.701 / 0.650 | 0.25 / 0.50 / 0.75")
+    assert row.endswith("| 22 |") and (tmp_path / "t.md").read_text() == table
+    with pytest.raises(ValueError, match="nope"):
+        compare({"runs": [str(tmp_path / "nope")], "evaluation": "evaluation", "out": ""})

@@ -194,3 +194,11 @@ def test_tensorboard_logs_beside_the_csv(trained_run, holdout_run):
     images = EventAccumulator(str(holdout_run[0]), size_guidance={"images": 0})
     images.Reload()
     assert "confusion_validation" in images.Tags()["images"]
+
+
+def test_best_of_two_l1_counts_only_the_closer_fake_per_mask():
+    from generative_model.trainer import reconstruction_l1
+    real = torch.zeros(2, 1, 4, 4).repeat(2, 1, 1, 1)           # two masks, each twice
+    fake = torch.cat([torch.full((2, 1, 4, 4), 0.5), torch.tensor([0.1, 0.9]).view(2, 1, 1, 1).expand(2, 1, 4, 4)])
+    assert reconstruction_l1(fake, real) == pytest.approx((0.5 + 0.5 + 0.1 + 0.9) / 4)
+    assert reconstruction_l1(fake, real, best_of_two=True) == pytest.approx((0.1 + 0.5) / 2)

@@ -1,0 +1,82 @@
+"""Stage 2d: one table over several evaluated GAN runs (the variant table of generative_model/RESULTS.md).
+
+    python generative_model/compare_evaluations.py --runs=checkpoints/gq/base,checkpoints/gq/new
+
+Each run folder holds the GAN's model folders (``<class or all>/losses.csv``) and the output of
+evaluate.py (``evaluation/evaluation.json``, with ``--heldout`` and ``--feature_checkpoint``).
+Prints a markdown table (KID, Fréchet distance, precision/recall, train-on-synthetic/test-on-real,
+its per-class recall, latent diversity, GAN training time); ``--out=FILE.md`` also writes it.
+"""
+
+# ----------------------------------------------------------------------------- flags
+runs = []                         # run folders (<model_dir>/<run_name>), compared in this order
+evaluation = "evaluation"         # evaluate.py's folder inside each run
+out = ""                          # also write the table to this markdown file ("" = print only)
+# -----------------------------------------------------------------------------
+
+COLUMNS = ("run", "KID (+- std over subsets)", "FD", "precision / recall", "train on synthetic, test on real: acc. / macro-F1",
+           "its recall men. / gli. / pit.", "latent diversity, SSIM men. / gli. / pit. (lower = more diverse)",
+           "GAN training, s")
+
+
+def training_seconds(run_dir):
+    """Summed epoch times of every model of the run (from their losses.csv); None if absent."""
+    import csv
+    from pathlib import Path
+
+    total, found = 0.0, False
+    for path in sorted(Path(run_dir).glob("*/losses.csv")):
+        with open(path, newline="") as handle:
+            total += sum(float(row["seconds"]) for row in csv.DictReader(handle))
+        found = True
+    return total if found else None
+
+
+def run_row(run_dir, evaluation_dir):
+    """The table cells of one run; raises ValueError naming a missing or incomplete evaluation."""
+    import json
+    import os
+
+    path = os.path.join(run_dir, evaluation_dir, "evaluation.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: not found (run generative_model/evaluate.py on {run_dir} first)")
+    with open(path) as handle:
+        result = json.load(handle)
+    classes = list(result["diversity"])
+    cells = [os.path.basename(os.path.normpath(run_dir))]
+    synthetic = result.get("feature_space", {}).get("against_train", {}).get("synthetic")
+    cells += ([f"{synthetic['kid_mean']:.3f} +- {synthetic['kid_std']:.3f}", f"{synthetic['fd']:.1f}",
+               f"{synthetic['precision']:.2f} / {synthetic['recall']:.2f}"] if synthetic else ["not run"] * 3)
+    tstr = result.get("classifier", {}).get("synthetic_to_real")
+    if tstr:
+        cells.append(f"{tstr['accuracy']:.3f} / {tstr['macro_f1']:.3f}")
+        metrics_path = os.path.join(run_dir, evaluation_dir, "classifier", "synthetic_to_real", "metrics.json")
+        with open(metrics_path) as handle:
+            per_class = json.load(handle)["test"]["per_class"]
+        cells.append(" / ".join(f"{per_class[c]['recall']:.2f}" for c in classes))
+    else:
+        cells += ["not run", ""]
+    cells.append(" / ".join(f"{result['diversity'][c]['pairwise_ssim']:.2f}" for c in classes))
+    seconds = training_seconds(run_dir)
+    cells.append(f"{seconds:.0f}" if seconds is not None else "")
+    return cells
+
+
+def run(flags):
+    names = [r for r in flags["runs"] if r]
+    if not names:
+        raise ValueError("--runs: give one or more run folders, comma separated")
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|---" * len(COLUMNS) + "|"]
+    lines += ["| " + " | ".join(run_row(r, flags["evaluation"])) + " |" for r in names]
+    table = "\n".join(lines) + "\n"
+    print(table, end="")
+    if flags["out"]:
+        from preprocess.atomic import atomic_path
+        with atomic_path(flags["out"]) as tmp, open(tmp, "w") as handle:
+            handle.write(table)
+    return table
+
+
+if __name__ == "__main__":
+    from preprocess.flags import run_script
+    run_script(run, globals(), expected=(ValueError, OSError, KeyError))
