@@ -25,6 +25,9 @@ old checkpoints load unchanged; ``train.py`` picks the defaults):
 * ``mask_norm=True``: every decoder level is normalised without a learned scale and then scaled
   and shifted per pixel by maps computed from the condition mask (and class planes) at that
   level's size, SPADE-style (Park et al. 2019), so the mask shapes every scale, not only the input;
+  ``mask_resize="area"`` averages the mask down to each level instead of picking every n-th pixel
+  (SPADE's nearest resizing suits filled label maps; a 1-px outline sampled that way breaks into
+  a lattice of isolated dots at the coarse levels);
 * ``spectral_norm=True`` (discriminator): spectral normalisation of every convolution (Miyato et
   al. 2018), which keeps the critic's gradients tame; ``PatchDiscriminator(..., features=True)``
   also returns its intermediate activations for pix2pixHD's feature-matching loss.
@@ -43,6 +46,7 @@ NORMS = ("batch", "instance")
 UPSAMPLES = ("transpose", "resize")
 MASK_NORM_HIDDEN = 32   # channels of the small network that turns the mask into scale and shift maps
 SEED_PLANE = 8          # side of the small latent plane of the "inject" mode
+MASK_RESIZES = ("nearest", "area")   # how MaskNorm brings the condition to a coarser level (see MaskNorm)
 INJECT_CHANNELS = 4     # latent feature planes added to each decoder level in "inject" mode
 
 
@@ -69,8 +73,11 @@ class MaskNorm(nn.Module):
     """SPADE-style normalisation: parameter-free batch or instance norm, then a per-pixel scale and
     shift predicted from the condition (mask and class planes) resized to the features' size."""
 
-    def __init__(self, norm, channels, condition_channels, hidden=MASK_NORM_HIDDEN):
+    def __init__(self, norm, channels, condition_channels, hidden=MASK_NORM_HIDDEN, resize="nearest"):
         super().__init__()
+        if resize not in MASK_RESIZES:
+            raise ValueError(f"mask_resize must be one of {MASK_RESIZES}, got {resize!r}")
+        self.resize = resize
         if norm == "batch":
             self.norm = nn.BatchNorm2d(channels, affine=False)
         elif norm == "instance":
@@ -82,7 +89,7 @@ class MaskNorm(nn.Module):
         self.shift = nn.Conv2d(hidden, channels, 3, 1, 1)
 
     def forward(self, x, condition):
-        condition = F.interpolate(condition, size=x.shape[-2:], mode="nearest")
+        condition = F.interpolate(condition, size=x.shape[-2:], mode=self.resize)
         hidden = self.shared(condition.to(x.dtype))
         return self.norm(x) * (1 + self.scale(hidden)) + self.shift(hidden)
 
@@ -105,13 +112,13 @@ class UNetGenerator(nn.Module):
     """pix2pix U-Net from a condition mask and a latent vector to a one-channel image."""
 
     def __init__(self, image_size=128, ngf=64, latent_dim=100, latent_mode="inject",
-                 norm="batch", num_classes=0, upsample="transpose", mask_norm=False):
+                 norm="batch", num_classes=0, upsample="transpose", mask_norm=False, mask_resize="nearest"):
         super().__init__()
         if latent_mode not in LATENT_MODES:
             raise ValueError(f"latent_mode must be one of {LATENT_MODES}, got {latent_mode!r}")
         self.config = dict(image_size=image_size, ngf=ngf, latent_dim=latent_dim,
                            latent_mode=latent_mode, norm=norm, num_classes=num_classes,
-                           upsample=upsample, mask_norm=mask_norm)
+                           upsample=upsample, mask_norm=mask_norm, mask_resize=mask_resize)
         self.image_size = image_size
         self.latent_dim = latent_dim
         self.latent_mode = latent_mode
@@ -145,7 +152,8 @@ class UNetGenerator(nn.Module):
             else:
                 out = widths[level - 1]
                 layers = [nn.ReLU(), upsampling(in_channels, out, upsample, bias=use_bias),
-                          MaskNorm(norm, out, 1 + num_classes) if mask_norm else norm_layer(norm, out)]
+                          MaskNorm(norm, out, 1 + num_classes, resize=mask_resize) if mask_norm
+                          else norm_layer(norm, out)]
             self.up.append(nn.Sequential(*layers))
         init_weights(self)
 
@@ -241,8 +249,9 @@ def init_weights(module, std=0.02):
 
 
 def build_networks(image_size, ngf, ndf, latent_dim, latent_mode, norm, num_classes, upsample="transpose",
-                   mask_norm=False, spectral_norm=False):
+                   mask_norm=False, spectral_norm=False, mask_resize="nearest"):
     """The generator and discriminator of one model, from plain settings."""
-    generator = UNetGenerator(image_size, ngf, latent_dim, latent_mode, norm, num_classes, upsample, mask_norm)
+    generator = UNetGenerator(image_size, ngf, latent_dim, latent_mode, norm, num_classes, upsample, mask_norm,
+                              mask_resize)
     discriminator = PatchDiscriminator(ndf, norm, num_classes, spectral_norm=spectral_norm)
     return generator, discriminator

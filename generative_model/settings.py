@@ -24,6 +24,7 @@ class GanSettings:
     norm: str = "batch"
     upsample: str = "resize"     # "resize" (nearest + 3x3 conv) or "transpose" (study, pix2pix)
     mask_norm: bool = True       # SPADE-style mask-conditioned normalisation in the decoder
+    mask_resize: str = "nearest"  # how mask norm shrinks the mask to coarse levels: "nearest" or "area"
     spectral_norm: bool = True   # spectral normalisation of the discriminator's convolutions
     feature_matching_weight: float = 10.0  # pix2pixHD feature-matching loss on the discriminator's layers
     conditional: bool = False    # True: one class-conditional model instead of one per class

@@ -36,6 +36,7 @@ latent_mode = "inject"            # "inject" (small plane + every decoder level)
 norm = "batch"                    # "batch" or "instance"
 upsample = "resize"               # "resize" (nearest + 3x3 conv: no checkerboards) or "transpose" (study)
 mask_norm = True                  # SPADE-style: the mask scales and shifts every decoder level
+mask_resize = "nearest"           # mask norm's mask at coarse levels: "nearest" (pick pixels) or "area" (average)
 spectral_norm = True              # spectral normalisation in the discriminator
 feature_matching_weight = 10.0    # pix2pixHD feature-matching loss (0: off, as the study)
 # the study's generator and loss: --upsample=transpose --mask_norm=False --spectral_norm=False

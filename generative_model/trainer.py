@@ -110,7 +110,7 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
     generator, discriminator = build_networks(settings.image_size, settings.ngf, settings.ndf,
                                               settings.latent_dim, settings.latent_mode,
                                               settings.norm, num_classes, settings.upsample,
-                                              settings.mask_norm, settings.spectral_norm)
+                                              settings.mask_norm, settings.spectral_norm, settings.mask_resize)
     generator.to(device)
     discriminator.to(device)
     print(f"generator {_millions(generator)}M parameters ({settings.latent_mode} latent, ngf {settings.ngf}, "

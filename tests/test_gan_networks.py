@@ -101,6 +101,21 @@ def test_mask_norm_lets_the_mask_reach_every_decoder_level():
     assert not torch.allclose(norm(x, blank), norm(x, drawn))
 
 
+def test_area_mask_resize_keeps_a_thin_outline_that_nearest_loses():
+    from generative_model.networks import MaskNorm
+    x = torch.randn(1, 8, 16, 16)
+    blank, outline = torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64)
+    outline[:, :, 10:50, 33] = 1                   # a 1-px line on a column nearest resizing skips
+    nearest, area = MaskNorm("instance", 8, 1).eval(), MaskNorm("instance", 8, 1, resize="area").eval()
+    area.load_state_dict(nearest.state_dict())
+    torch.testing.assert_close(nearest(x, blank), nearest(x, outline))   # the outline vanished
+    assert not torch.allclose(area(x, blank), area(x, outline))
+    generator = UNetGenerator(64, 4, mask_norm=True, upsample="resize", mask_resize="area")
+    assert UNetGenerator(**generator.config).config["mask_resize"] == "area"
+    with pytest.raises(ValueError, match="mask_resize"):
+        MaskNorm("batch", 8, 1, resize="bicubic")
+
+
 def test_spectral_norm_and_discriminator_features():
     discriminator = PatchDiscriminator(ndf=4, spectral_norm=True)
     mask, image = torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64)
