@@ -19,7 +19,7 @@ class StudySettings:
     arms: tuple = ARMS
     # the GAN (one per fold, trained on the fold's training patients only)
     gan_epochs: int = 10
-    gan_conditional: bool = False  # False: one model per class, as the study
+    gan_conditional: bool = True   # one class-conditional GAN; False: one model per class, as the study
     gan_ngf: int = 16
     gan_ndf: int = 32
     gan_batch_size: int = 4

@@ -16,7 +16,7 @@ from generative_model.trainer import train_models
 from preprocess.dataset import CLASS_NAMES, DatasetWriter, read_attrs, read_column, read_images
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
-TINY = dict(image_size=64, epochs=1, batch_size=4, ngf=4, ndf=4, pool_size=4, diversity_weight=1.0,
+TINY = dict(image_size=64, epochs=1, batch_size=4, ngf=4, ndf=4, pool_size=4, diversity_weight=1.0, conditional=False,
             device="cpu")
 
 
@@ -121,7 +121,7 @@ def test_checkpoints_load_restricted_and_refuse_objects(trained_run, tmp_path):
 def test_command_line_train_and_generate(blob_dataset, masks_file, tmp_path):
     run = [sys.executable, str(ROOT / "generative_model" / "train.py"), f"--dataset={blob_dataset}",
            "--image_size=64", "--epochs=1", f"--model_dir={tmp_path}", "--run_name=cli", "--ngf=4",
-           "--ndf=4", "--batch_size=6", "--classes=glioma", "--device=cpu"]
+           "--ndf=4", "--batch_size=6", "--classes=glioma", "--conditional=False", "--device=cpu"]
     done = subprocess.run(run, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "cli" / "glioma" / "checkpoint.pt").exists()
