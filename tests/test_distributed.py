@@ -69,8 +69,8 @@ def test_resume_under_torchrun(blob_dataset, tmp_path):
 def test_gan_under_torchrun_trains_once_and_writes_one_set_of_files(blob_dataset, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "generative_model/train.py", f"--dataset={blob_dataset}", "--image_size=64", "--epochs=2",
-               "--ngf=4", "--ndf=4", "--batch_size=4", "--classes=glioma", f"--model_dir={tmp_path}",
-               "--run_name=gan", "--threads=1", "--device=cpu"]
+               "--ngf=4", "--ndf=4", "--batch_size=4", "--classes=glioma", "--conditional=False",
+               f"--model_dir={tmp_path}", "--run_name=gan", "--threads=1", "--device=cpu"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     folder = tmp_path / "gan" / "glioma"
