@@ -42,13 +42,15 @@ def run_row(run_dir, evaluation_dir):
         raise ValueError(f"{path}: not found (run generative_model/evaluate.py on {run_dir} first)")
     with open(path) as handle:
         result = json.load(handle)
+    if "diversity" not in result:
+        raise ValueError(f"{path}: no 'diversity' section (an evaluation that stopped early?); rerun evaluate.py")
     classes = list(result["diversity"])
     cells = [os.path.basename(os.path.normpath(run_dir))]
     synthetic = result.get("feature_space", {}).get("against_train", {}).get("synthetic")
     cells += ([f"{synthetic['kid_mean']:.3f} +- {synthetic['kid_std']:.3f}", f"{synthetic['fd']:.1f}",
                f"{synthetic['precision']:.2f} / {synthetic['recall']:.2f}"] if synthetic else ["not run"] * 3)
     tstr = result.get("classifier", {}).get("synthetic_to_real")
-    if tstr:
+    if tstr and "accuracy" in tstr:
         cells.append(f"{tstr['accuracy']:.3f} / {tstr['macro_f1']:.3f}")
         metrics_path = os.path.join(run_dir, evaluation_dir, "classifier", "synthetic_to_real", "metrics.json")
         with open(metrics_path) as handle:
@@ -79,4 +81,4 @@ def run(flags):
 
 if __name__ == "__main__":
     from preprocess.flags import run_script
-    run_script(run, globals(), expected=(ValueError, OSError, KeyError))
+    run_script(run, globals(), expected=(ValueError, OSError))

@@ -198,7 +198,8 @@ def test_tensorboard_logs_beside_the_csv(trained_run, holdout_run):
 
 def test_best_of_two_l1_counts_only_the_closer_fake_per_mask():
     from generative_model.trainer import reconstruction_l1
-    real = torch.zeros(2, 1, 4, 4).repeat(2, 1, 1, 1)           # two masks, each twice
-    fake = torch.cat([torch.full((2, 1, 4, 4), 0.5), torch.tensor([0.1, 0.9]).view(2, 1, 1, 1).expand(2, 1, 4, 4)])
-    assert reconstruction_l1(fake, real) == pytest.approx((0.5 + 0.5 + 0.1 + 0.9) / 4)
-    assert reconstruction_l1(fake, real, best_of_two=True) == pytest.approx((0.1 + 0.5) / 2)
+    real = torch.zeros(4, 1, 4, 4)                      # masks A, B, then A, B again (batch.repeat(2))
+    fake = torch.tensor([0.5, 0.2, 0.9, 0.1]).view(4, 1, 1, 1).expand(4, 1, 4, 4)
+    assert reconstruction_l1(fake, real) == pytest.approx((0.5 + 0.2 + 0.9 + 0.1) / 4)
+    # A: min(0.5, 0.9), B: min(0.2, 0.1); pairing neighbours instead would give (0.2 + 0.1) / 2
+    assert reconstruction_l1(fake, real, best_of_two=True) == pytest.approx((0.5 + 0.1) / 2)

@@ -42,9 +42,11 @@ def test_every_arm_on_every_fold_and_no_validation_patient_reaches_the_gan(one_f
     text = (out / "RESULTS.md").read_text()
     assert "capsule, GAN pre-training + real" in text and "0.93 / 0.92" in text
     assert (out / "confusion_pretrained.png").is_file() and (out / "fold_1" / "tsne.png").is_file()
-    assert all(run["device"] == "cpu (1 threads)" for record in results["folds"]
+    assert all(run["device"] == "cpu (1 thread)" for record in results["folds"]
                for arm in record["arms"].values() for run in arm.values())
-    assert "| 3 | " in text and "cpu (1 threads)" in text      # the per-fold table names the machine
+    fold_rows = [line for line in text.splitlines() if line.startswith(("| 1 | ", "| 2 | ", "| 3 | "))]
+    assert "| fold | validation patients / slices |" in text and len(fold_rows) == 3
+    assert all(row.endswith("| cpu (1 thread) |") for row in fold_rows)   # each fold names its machine
 
 
 def test_a_finished_fold_is_reused_not_retrained(one_fold_then_the_rest):
