@@ -7,6 +7,10 @@ evaluate.py (``evaluation/evaluation.json``, with ``--heldout`` and ``--feature_
 Prints a markdown table (KID, Fréchet distance, precision/recall, train-on-synthetic/test-on-real,
 its per-class recall, latent diversity, GAN training time); ``--out=FILE.md`` also writes it.
 """
+import csv
+import json
+import os
+from pathlib import Path
 
 # ----------------------------------------------------------------------------- flags
 runs = []                         # run folders (<model_dir>/<run_name>), compared in this order
@@ -14,30 +18,37 @@ evaluation = "evaluation"         # evaluate.py's folder inside each run
 out = ""                          # also write the table to this markdown file ("" = print only)
 # -----------------------------------------------------------------------------
 
-COLUMNS = ("run", "KID (+- std over subsets)", "FD", "precision / recall", "train on synthetic, test on real: acc. / macro-F1",
-           "its recall men. / gli. / pit.", "latent diversity, SSIM men. / gli. / pit. (lower = more diverse)",
-           "GAN training, s")
+COLUMNS = ("run", "KID (+- std over subsets)", "FD", "precision / recall",
+           "train on synthetic, test on real: acc. / macro-F1", "its recall men. / gli. / pit.",
+           "latent diversity, SSIM men. / gli. / pit. (lower = more diverse)", "GAN training, s")
 
 
 def training_seconds(run_dir):
     """Summed epoch times of every model of the run (from their losses.csv); None if absent."""
-    import csv
-    from pathlib import Path
-
-    total, found = 0.0, False
-    for path in sorted(Path(run_dir).glob("*/losses.csv")):
+    tables = sorted(Path(run_dir).glob("*/losses.csv"))
+    if not tables:
+        return None
+    total = 0.0
+    for path in tables:
         with open(path, newline="") as handle:
             total += sum(float(row["seconds"]) for row in csv.DictReader(handle))
-        found = True
-    return total if found else None
+    return total
+
+
+def synthetic_to_real_recall(tstr, evaluation_dir, classes):
+    """Per-class recall of the train-on-synthetic run: in evaluation.json since this session's
+    evaluate.py; for earlier evaluations, from that classifier run's own metrics.json."""
+    if "recall" in tstr:
+        return tstr["recall"]
+    with open(os.path.join(evaluation_dir, "classifier", "synthetic_to_real", "metrics.json")) as handle:
+        per_class = json.load(handle)["test"]["per_class"]
+    return {name: per_class[name]["recall"] for name in classes}
 
 
 def run_row(run_dir, evaluation_dir):
     """The table cells of one run; raises ValueError naming a missing or incomplete evaluation."""
-    import json
-    import os
-
-    path = os.path.join(run_dir, evaluation_dir, "evaluation.json")
+    evaluation_dir = os.path.join(run_dir, evaluation_dir)
+    path = os.path.join(evaluation_dir, "evaluation.json")
     if not os.path.isfile(path):
         raise ValueError(f"{path}: not found (run generative_model/evaluate.py on {run_dir} first)")
     with open(path) as handle:
@@ -49,13 +60,10 @@ def run_row(run_dir, evaluation_dir):
     synthetic = result.get("feature_space", {}).get("against_train", {}).get("synthetic")
     cells += ([f"{synthetic['kid_mean']:.3f} +- {synthetic['kid_std']:.3f}", f"{synthetic['fd']:.1f}",
                f"{synthetic['precision']:.2f} / {synthetic['recall']:.2f}"] if synthetic else ["not run"] * 3)
-    tstr = result.get("classifier", {}).get("synthetic_to_real")
-    if tstr and "accuracy" in tstr:
-        cells.append(f"{tstr['accuracy']:.3f} / {tstr['macro_f1']:.3f}")
-        metrics_path = os.path.join(run_dir, evaluation_dir, "classifier", "synthetic_to_real", "metrics.json")
-        with open(metrics_path) as handle:
-            per_class = json.load(handle)["test"]["per_class"]
-        cells.append(" / ".join(f"{per_class[c]['recall']:.2f}" for c in classes))
+    tstr = result.get("classifier", {}).get("synthetic_to_real", {})
+    if "accuracy" in tstr:
+        recall = synthetic_to_real_recall(tstr, evaluation_dir, classes)
+        cells += [f"{tstr['accuracy']:.3f} / {tstr['macro_f1']:.3f}", " / ".join(f"{recall[c]:.2f}" for c in classes)]
     else:
         cells += ["not run", ""]
     cells.append(" / ".join(f"{result['diversity'][c]['pairwise_ssim']:.2f}" for c in classes))

@@ -213,6 +213,7 @@ def classifier_comparison(real_path, synthetic_path, image_size, work_dir, k_fol
             ("accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std")
         results[name] = {key: part.get(key) for key in keys}
         if tests:
-            results[name].update(tested_on=test_path)
+            results[name].update(recall={c: part["per_class"][c]["recall"] for c in CLASS_NAMES},
+                                 tested_on=test_path)
         results[name].update(seconds=seconds, command=command)
     return results

@@ -26,8 +26,8 @@ old checkpoints load unchanged; ``train.py`` picks the defaults):
   and shifted per pixel by maps computed from the condition mask (and class planes) at that
   level's size, SPADE-style (Park et al. 2019), so the mask shapes every scale, not only the input;
   ``mask_resize="area"`` averages the mask down to each level instead of picking every n-th pixel
-  (SPADE's nearest resizing suits filled label maps; a 1-px outline sampled that way breaks into
-  a lattice of isolated dots at the coarse levels);
+  (SPADE's nearest resizing suits filled label maps; a 1-px outline sampled that way breaks up or
+  vanishes at the coarse levels);
 * ``spectral_norm=True`` (discriminator): spectral normalisation of every convolution (Miyato et
   al. 2018), which keeps the critic's gradients tame; ``PatchDiscriminator(..., features=True)``
   also returns its intermediate activations for pix2pixHD's feature-matching loss.

@@ -71,6 +71,8 @@ def train_models(dataset, model_dir, run_name, settings, classes=CLASS_NAMES, re
     for flag in ("epochs", "batch_size", "ngf", "ndf", "latent_dim"):
         if getattr(settings, flag) < 1:
             raise ValueError(f"--{flag}={getattr(settings, flag)}: must be at least 1")
+    if settings.l1_best_of_two and settings.diversity_weight <= 0:
+        raise ValueError("--l1_best_of_two=True needs --diversity_weight > 0 (the two latents per mask it chooses from)")
     attrs = read_attrs(dataset)
     if int(attrs.get("image_size", -1)) != settings.image_size:
         raise ValueError(f"{dataset}: holds {attrs.get('image_size')} px slices, "
@@ -259,8 +261,7 @@ def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scale
         else:
             logits = discriminator(mask, fake, labels)
         loss_gan = criterion(logits, True)
-        best_of_two = settings.l1_best_of_two and settings.diversity_weight > 0
-        loss_l1 = reconstruction_l1(fake, real, best_of_two)
+        loss_l1 = reconstruction_l1(fake, real, settings.l1_best_of_two)
         loss_g = loss_gan + settings.l1_weight * loss_l1
         losses = {"loss_d": loss_d, "loss_g_gan": loss_gan, "loss_g_l1": loss_l1}
         if settings.feature_matching_weight > 0:

@@ -117,3 +117,12 @@ def test_compare_evaluations_tabulates_runs_and_names_a_missing_one(tmp_path):
     assert row.endswith("| 22 |") and (tmp_path / "t.md").read_text() == table
     with pytest.raises(ValueError, match="nope"):
         compare({"runs": [str(tmp_path / "nope")], "evaluation": "evaluation", "out": ""})
+    # newer evaluation.json files carry the recall themselves; no classifier folder is read then
+    newer = tmp_path / "variant_b" / "evaluation"
+    newer.mkdir(parents=True)
+    (newer / "evaluation.json").write_text(json.dumps({
+        "diversity": {c: {"pairwise_ssim": 0.7} for c in classes},
+        "classifier": {"synthetic_to_real": {"accuracy": 0.8, "macro_f1": 0.75,
+                                             "recall": dict(zip(classes, (0.6, 0.7, 0.9)))}}}))
+    row = compare({"runs": [str(newer.parent)], "evaluation": "evaluation", "out": ""}).splitlines()[2]
+    assert row == "| variant_b | not run | not run | not run | 0.800 / 0.750 | 0.60 / 0.70 / 0.90 | 0.70 / 0.70 / 0.70 |  |"

@@ -196,6 +196,13 @@ def test_tensorboard_logs_beside_the_csv(trained_run, holdout_run):
     assert "confusion_validation" in images.Tags()["images"]
 
 
+def test_best_of_two_l1_needs_the_two_latents_of_the_diversity_term(blob_dataset, tmp_path):
+    settings = GanSettings(**{**TINY, "diversity_weight": 0.0, "l1_best_of_two": True})
+    with pytest.raises(ValueError, match="diversity_weight"):
+        train_models(blob_dataset, tmp_path, "refused", settings)
+    assert not (tmp_path / "refused").exists()
+
+
 def test_best_of_two_l1_counts_only_the_closer_fake_per_mask():
     from generative_model.trainer import reconstruction_l1
     real = torch.zeros(4, 1, 4, 4)                      # masks A, B, then A, B again (batch.repeat(2))
