@@ -1,12 +1,16 @@
 """Benchmark of the GAN stage: training-step throughput and generation speed.
 
-    python bench/bench_gan.py --sizes=128,256,512 --steps=5 --ngf=64
+    python bench/bench_gan.py --sizes=128 --steps=20 --generation=False
+    python bench/bench_gan.py --sizes=128,256,512 --steps=5 --ngf=64 --ndf=64
     python bench/bench_gan.py --train=False --masks=data/masks_aug_128.h5 --run=checkpoints/gan/gan_128
 
 1. Training step (generator + discriminator forward, backward and Adam step, as train.py does it)
-   at each size: real slices per second (what sets the epoch time; with the diversity term each
-   slice is generated twice) and peak memory (CUDA: max allocated; CPU: growth of the peak
-   resident set size, so only the first, largest-so-far size is meaningful).
+   at each size, for train.py's defaults (one class-conditional model, resize upsampling, mask
+   norm, spectral norm, feature matching) and the study's generator and loss (per class,
+   transposed convolutions, none of those), side by side in one process: real slices per second
+   (what sets the epoch time; with the diversity term each slice is generated twice) and peak
+   memory (CUDA: max allocated; CPU: growth of the peak resident set size, so only the first,
+   largest-so-far measurement is meaningful).
 2. Generation: generate.py's synthesis (masks file in, dataset file out, end to end) against the
    generator's bare batched forward pass over the same masks already in memory, in the same run.
    Target: end to end >= 80% of the bare forward pass. Without --run, untrained generators of the
@@ -17,9 +21,10 @@ from pathlib import Path
 # ----------------------------------------------------------------------------- flags
 sizes = [128, 256, 512]          # training-step benchmark sizes
 steps = 5                        # timed steps per size (after one warm-up step)
+variants = ["defaults", "study"]  # train.py's defaults and the study's generator and loss (see VARIANTS)
 batch_size = 4
-ngf = 64
-ndf = 64
+ngf = 16                         # train.py's defaults; 64 / 64 = pix2pix's widths
+ndf = 32
 latent_mode = "inject"
 diversity_weight = 20.0          # as train.py: each mask with two latents (2x generator work)
 train = True                     # run the training-step benchmark
@@ -34,6 +39,13 @@ device = "auto"
 threads = 2
 out = "bench/results/bench_gan.json"
 # -----------------------------------------------------------------------------
+
+
+VARIANTS = {   # changes to train.py's defaults
+    "defaults": {},
+    "study": dict(conditional=False, upsample="transpose", mask_norm=False, spectral_norm=False,
+                  feature_matching_weight=0.0),
+}
 
 
 def peak_memory_reset(device):
@@ -54,18 +66,18 @@ def peak_memory_mib(device, rss_before):
 
 def bench_train_step(size, settings, device, n_steps):
     """Images per second and peak memory of train_step at one image size."""
+    import dataclasses
     import resource
     import time
 
     import torch
 
     from generative_model.image_pool import ImagePool
-    from generative_model.networks import build_networks
-    from generative_model.trainer import gan_criterion, train_step
+    from generative_model.trainer import gan_criterion, networks_of, train_step
 
     torch.manual_seed(0)
-    generator, discriminator = build_networks(size, settings.ngf, settings.ndf, settings.latent_dim,
-                                              settings.latent_mode, settings.norm, 0)
+    settings = dataclasses.replace(settings, image_size=size)
+    generator, discriminator = networks_of(settings)
     generator.to(device)
     discriminator.to(device)
     opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
@@ -74,7 +86,7 @@ def bench_train_step(size, settings, device, n_steps):
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     mask = (torch.rand(settings.batch_size, 1, size, size, device=device) > 0.97).float() * 2 - 1
     real = torch.rand(settings.batch_size, 1, size, size, device=device) * 2 - 1
-    labels = torch.zeros(settings.batch_size, dtype=torch.long, device=device)
+    labels = torch.arange(settings.batch_size, device=device) % 3
     parts = dict(generator=generator, discriminator=discriminator, opt_g=opt_g, opt_d=opt_d, scaler=scaler,
                  pool=ImagePool(settings.pool_size), criterion=gan_criterion(settings.gan_loss),
                  settings=settings, use_amp=use_amp)
@@ -90,7 +102,9 @@ def bench_train_step(size, settings, device, n_steps):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     images = n_steps * settings.batch_size
-    return {"image_size": size, "ngf": settings.ngf, "ndf": settings.ndf, "batch_size": settings.batch_size,
+    return {"image_size": size, "conditional": settings.conditional, "upsample": settings.upsample,
+            "mask_norm": settings.mask_norm, "spectral_norm": settings.spectral_norm,
+            "feature_matching_weight": settings.feature_matching_weight, "ngf": settings.ngf, "ndf": settings.ndf, "batch_size": settings.batch_size,
             "diversity_weight": settings.diversity_weight, "steps": n_steps,
             "images_per_s": round(images / seconds, 2), "seconds_per_step": round(seconds / n_steps, 3),
             "peak_memory_mib": round(peak_memory_mib(device, rss_before), 1),
@@ -148,21 +162,21 @@ def bench_generation(masks_path, run_dir, device, work_dir):
 
 
 def make_untrained_run(run_dir, size, width, mode):
-    """A run folder with three untrained per-class generators (same cost as trained ones)."""
+    """A run folder with an untrained generator of train.py's defaults (same cost as a trained one)."""
     import torch
 
+    from generative_model.saved_runs import CHECKPOINT, CONDITIONAL_FOLDER, write_run_index
+    from generative_model.settings import GanSettings
+    from generative_model.trainer import networks_of
     from preprocess.checkpoint_io import save_checkpoint
-    from generative_model.networks import UNetGenerator
-    from generative_model.saved_runs import CHECKPOINT, write_run_index
-    from preprocess.dataset import CLASS_NAMES
     torch.manual_seed(0)
-    models = {}
-    for name in CLASS_NAMES:
-        generator = UNetGenerator(size, width, latent_mode=mode)
-        save_checkpoint({"generator": generator.state_dict(), "generator_config": generator.config},
-                        Path(run_dir) / name / CHECKPOINT)
-        models[name] = f"{name}/{CHECKPOINT}"
-    write_run_index(run_dir, models, False, size, note="untrained, for benchmarking")
+    settings = GanSettings(image_size=size, ngf=width, latent_mode=mode)
+    generator, _ = networks_of(settings)
+    folder = CONDITIONAL_FOLDER if settings.conditional else "meningioma"
+    save_checkpoint({"generator": generator.state_dict(), "generator_config": generator.config},
+                    Path(run_dir) / folder / CHECKPOINT)
+    write_run_index(run_dir, {folder: f"{folder}/{CHECKPOINT}"}, settings.conditional, size,
+                    note="untrained, for benchmarking")
     return run_dir
 
 
@@ -185,6 +199,7 @@ def write_benchmark_masks(path, size, count_per_class):
 
 
 if __name__ == "__main__":
+    import dataclasses
     import json
     import os
     import platform
@@ -201,13 +216,16 @@ if __name__ == "__main__":
     dev = resolve_device(device)
     report = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
               "threads": torch.get_num_threads(), "flags": flags, "train_step": [], "generation": None}
-    if train:
-        settings = GanSettings(batch_size=batch_size, ngf=ngf, ndf=ndf, latent_mode=latent_mode,
-                               diversity_weight=diversity_weight)
-        for size in sizes:
-            row = bench_train_step(size, settings, dev, steps)
+    unknown = [name for name in variants if name not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"error: unknown --variants {unknown}; known: {list(VARIANTS)}")
+    for size in sizes if train else ():
+        for name in variants:
+            settings = GanSettings(batch_size=batch_size, ngf=ngf, ndf=ndf, latent_mode=latent_mode,
+                                   diversity_weight=diversity_weight, **VARIANTS[name])
+            row = {"variant": name, **bench_train_step(size, settings, dev, steps)}
             report["train_step"].append(row)
-            print(f"train step {size:4d} px ngf {ngf} ndf {ndf} batch {batch_size}: "
+            print(f"train step {name:>8s} {size:4d} px ngf {ngf} ndf {ndf} batch {batch_size}: "
                   f"{row['images_per_s']:8.2f} images/s, {row['seconds_per_step']:.3f} s/step, "
                   f"peak memory {row['peak_memory_mib']:.0f} MiB", flush=True)
     if generation:

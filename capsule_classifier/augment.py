@@ -9,6 +9,10 @@ Modes:
                 rotation +-15 degrees, scale +-10 %, shift +-8 %
   ``"mri"``     ``"affine"`` plus intensity changes between scanners and patients: a random gamma
                 (x ** g, g in [e^-0.4, e^0.4]) and contrast (x 0.9-1.1), clipped to [0, 1]
+  ``"scanner"`` ``"mri"`` plus what differs between scanners and acquisitions: a smooth
+                multiplicative bias field (log-gain from a 4 x 4 grid of N(0, 0.2^2), bicubic),
+                a random blur (Gaussian, sigma up to 0.5 % of the image side: resolution and
+                reconstruction filters) and noise (Gaussian, std up to 0.03), clipped to [0, 1]
   ``"study"``   the study's rotated copies: each sample appears 4 times, rotated by 0/90/180/270
                 degrees, plus random flips (the batch grows 4x)
   ``"none"``    no change
@@ -18,13 +22,17 @@ import math
 import torch
 import torch.nn.functional as F
 
-MODES = ("affine", "mri", "study", "none")
+MODES = ("affine", "mri", "scanner", "study", "none")
 MAX_ROTATION_DEG = 15.0
 MAX_SCALE = 0.10
 MAX_SHIFT = 0.08
 MAX_LOG_GAMMA = 0.4
 MAX_CONTRAST = 0.10
 STUDY_ROTATIONS = 4
+BIAS_GRID = 4             # the bias field's control points per side
+BIAS_LOG_STD = 0.2        # std of its log-gain at the control points
+MAX_BLUR_FRACTION = 0.005  # largest blur sigma, as a fraction of the image side (1.3 px at 256 px)
+MAX_NOISE_STD = 0.03      # largest noise std on [0, 1] intensities
 
 
 def _uniform(n, low, high, generator, device):
@@ -62,6 +70,37 @@ def random_intensity(images, generator, max_log_gamma=MAX_LOG_GAMMA, max_contras
     return (images.clamp(0, 1).pow(gamma.to(images.dtype)) * contrast.to(images.dtype)).clamp(0, 1)
 
 
+def random_bias_field(images, generator, grid=BIAS_GRID, log_std=BIAS_LOG_STD):
+    """Multiply each image by its own smooth gain field, exp of a bicubically upsampled random grid."""
+    n, device = images.shape[0], images.device
+    log_gain = torch.randn(n, 1, grid, grid, generator=generator, device=device) * log_std
+    gain = torch.exp(F.interpolate(log_gain, size=images.shape[-2:], mode="bicubic", align_corners=True))
+    return (images * gain.to(images.dtype)).clamp(0, 1)
+
+
+def random_blur(images, generator, max_fraction=MAX_BLUR_FRACTION):
+    """Blur each image with its own Gaussian (sigma uniform in [0, max_fraction x side])."""
+    n, device, side = images.shape[0], images.device, images.shape[-1]
+    max_sigma = max_fraction * side
+    radius = max(1, math.ceil(3 * max_sigma))
+    sigma = _uniform(n, 0.0, max_sigma, generator, device).clamp_min(1e-3).view(n, 1)
+    offsets = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32).view(1, -1)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum(1, keepdim=True)).to(images.dtype)        # (n, 2r + 1)
+    x = images.transpose(0, 1)                                              # (1, n, S, S): one group per image
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(n, 1, 1, -1), groups=n)
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(n, 1, -1, 1), groups=n)
+    return x.transpose(0, 1)
+
+
+def random_noise(images, generator, max_std=MAX_NOISE_STD):
+    """Add Gaussian noise of a random std (uniform in [0, max_std]) per image, clipped to [0, 1]."""
+    n, device = images.shape[0], images.device
+    std = _uniform(n, 0.0, max_std, generator, device).view(-1, 1, 1, 1)
+    noise = torch.randn(images.shape, generator=generator, device=device) * std
+    return (images + noise.to(images.dtype)).clamp(0, 1)
+
+
 def rotated_copies(images, labels, copies=STUDY_ROTATIONS):
     """The study's augmentation: each sample followed by its rotations by k * 360/copies degrees."""
     rotated = [torch.rot90(images, k, dims=(-2, -1)) for k in range(copies)]
@@ -87,6 +126,8 @@ def augment_batch(images, labels, mode, generator, vertical_flips=True, masks=No
     else:
         stack = random_affine(random_flips(stack, generator, vertical_flips), generator)
     images, masks = (stack, None) if masks is None else (stack[:, :1], stack[:, 1:])
-    if mode == "mri":
+    if mode in ("mri", "scanner"):
         images = random_intensity(images, generator)
+    if mode == "scanner":
+        images = random_noise(random_blur(random_bias_field(images, generator), generator), generator)
     return images, labels, masks

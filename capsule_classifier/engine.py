@@ -48,6 +48,7 @@ class TrainConfig:
     seed: int = 0
     ema_decay: float = 0.998         # > 0: evaluate and save an exponential moving average of the weights
     mask_weight: float = 0.5         # > 0: add this times the tumour-mask loss (models with a mask head)
+    mixup: float = 0.0               # > 0: mix each batch with a shuffled copy, weight ~ Beta(mixup, mixup)
 
 
 def mask_loss_problem(has_mask_head, has_masks):
@@ -144,6 +145,16 @@ def _epoch_seed(seed, epoch):
     return int(seed) * 1_000_003 + int(epoch)
 
 
+def mix_batch(images, masks, weight, generator):
+    """Mixup (Zhang et al. 2018): each image (and tumour mask) blended with a partner from the same
+    batch, ``weight`` x own + (1 - weight) x partner's; returns (images, masks, partner indices)."""
+    partner = torch.randperm(images.shape[0], generator=generator, device=images.device)
+    images = weight * images + (1 - weight) * images[partner]
+    if masks is not None:
+        masks = weight * masks + (1 - weight) * masks[partner]
+    return images, masks, partner
+
+
 def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch, description, average=None):
     """One pass over ``data`` (LabelledImages); returns (mean loss, accuracy, images per second).
     ``average`` (an ``AveragedModel``) is updated after every step."""
@@ -158,6 +169,7 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
         batches = batches[:-1]
     batches = [rows[distributed.rank()::distributed.world_size()] for rows in batches]
     labels_all = torch.as_tensor(data.labels)
+    mixup_rng = np.random.default_rng([seed, distributed.rank()])
     total_loss, correct, seen, started = 0.0, 0, 0, time.time()
     bar = tqdm(batches, desc=description, unit="batch", leave=False, dynamic_ncols=True,
                disable=not distributed.is_main())
@@ -168,12 +180,19 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
         masks = data.masks[index].to(device).unsqueeze(1) if config.mask_weight else None
         images, labels, masks = augment_batch(images, labels, config.augmentation, generator,
                                               config.vertical_flips, masks)
+        partner, weight = None, 1.0
+        if config.mixup > 0:
+            weight = float(mixup_rng.beta(config.mixup, config.mixup))
+            images, masks, partner = mix_batch(images, masks, weight, generator)
         with _autocast(device, config.amp):
             if masks is None:
                 logits = model(images)
             else:
                 logits, mask_logits = model(images, with_mask=True)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+            loss = weight * F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+            if partner is not None:
+                loss = loss + (1 - weight) * F.cross_entropy(logits.float(), labels[partner],
+                                                             label_smoothing=config.label_smoothing)
             if masks is not None:
                 loss = loss + config.mask_weight * mask_loss(mask_logits, masks)
         optimiser.zero_grad(set_to_none=True)

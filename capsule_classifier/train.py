@@ -41,8 +41,9 @@ model_dir = "checkpoints"
 data_path = []                # one or more .h5 dataset files or study .pkl files
 data_test_path = []
 check_name = ""               # checkpoint path, or run name inside model_dir, for LoadSavedModel / Test
-augmentation = "mri"          # "mri" (flips, small affine, gamma/contrast), "affine" (no intensity
-                              # change), "study" (rot90 copies + flips), "none"
+augmentation = "mri"          # "mri" (flips, small affine, gamma/contrast), "scanner" ("mri" + bias
+                              # field, blur, noise), "affine" (no intensity change), "study" (rot90
+                              # copies + flips), "none"
 # --- additions ---
 vertical_flips = False        # flips up-down as well as left-right (augmentation and test-time views);
                               # off: up-down flips turn sagittal and coronal slices upside down
@@ -64,6 +65,7 @@ ema_decay = 0.998             # > 0: validate and keep an exponential moving ave
 capsule_preset = "residual"   # "residual" (residual trunk + routed class capsules), "compact"
                               # (the study's network made small) or "study" (the paper's exact network)
 mask_weight = 0.5             # residual preset: weight of the tumour-mask loss (0: no mask head)
+mixup = 0.0                   # > 0: mixup of each batch, weight ~ Beta(mixup, mixup) (0: off)
 tumour_crop = False           # residual preset: add a second view centred on the predicted tumour
 routing = "fast"              # "fast" or "general" dynamic routing loop
 capsule_types = 1             # capsule types of the hidden capsule layers (study: 1)

@@ -51,7 +51,8 @@ def latent_diversity(run_dir, masks_path, n_masks=8, n_latents=4, seed=0, device
             latents = torch.randn(n_latents, generator.latent_dim,
                                   generator=torch.Generator().manual_seed(seed + 7)).to(device)
             label_t = torch.full((len(rows),), class_index, device=device)
-            samples = torch.stack([generator(mask, z.expand(len(rows), -1), label_t)[:, 0] for z in latents])
+            noise = torch.Generator(device=device).manual_seed(seed + 11)   # noise maps, if the generator has them
+            samples = torch.stack([generator(mask, z.expand(len(rows), -1), label_t, noise)[:, 0] for z in latents])
             samples = ((samples.float().cpu().numpy() + 1) / 2).clip(0, 1)  # (latents, masks, S, S)
             l1, ssim = [], []
             for a, b in itertools.combinations(range(n_latents), 2):

@@ -28,6 +28,13 @@ old checkpoints load unchanged; ``train.py`` picks the defaults):
   ``mask_resize="area"`` averages the mask down to each level instead of picking every n-th pixel
   (SPADE's nearest resizing suits filled label maps; a 1-px outline sampled that way breaks up or
   vanishes at the coarse levels);
+* ``noise_inputs=True``: after every decoder level but the last, one map of Gaussian noise per
+  sample, added to each channel with a learned per-channel strength that starts at zero (as
+  StyleGAN's noise inputs, Karras et al. 2019). In the wide regions that the outline leaves
+  blank (the brain, the face) the input is nearly constant, and a convolutional decoder without a
+  spatial source of randomness can only paint periodic texture there, set by its upsampling grid
+  (the lattice of the earlier runs); the noise gives it an aperiodic one. Pass a seeded
+  ``torch.Generator`` as ``noise_generator`` for reproducible slices;
 * ``spectral_norm=True`` (discriminator): spectral normalisation of every convolution (Miyato et
   al. 2018), which keeps the critic's gradients tame; ``PatchDiscriminator(..., features=True)``
   also returns its intermediate activations for pix2pixHD's feature-matching loss.
@@ -112,13 +119,16 @@ class UNetGenerator(nn.Module):
     """pix2pix U-Net from a condition mask and a latent vector to a one-channel image."""
 
     def __init__(self, image_size=128, ngf=64, latent_dim=100, latent_mode="inject",
-                 norm="batch", num_classes=0, upsample="transpose", mask_norm=False, mask_resize="nearest"):
+                 norm="batch", num_classes=0, upsample="transpose", mask_norm=False, mask_resize="nearest",
+                 noise_inputs=False):
         super().__init__()
         if latent_mode not in LATENT_MODES:
             raise ValueError(f"latent_mode must be one of {LATENT_MODES}, got {latent_mode!r}")
         self.config = dict(image_size=image_size, ngf=ngf, latent_dim=latent_dim,
                            latent_mode=latent_mode, norm=norm, num_classes=num_classes,
                            upsample=upsample, mask_norm=mask_norm, mask_resize=mask_resize)
+        if noise_inputs:              # only when on, so configs of older checkpoints stay as they were
+            self.config["noise_inputs"] = True
         self.image_size = image_size
         self.latent_dim = latent_dim
         self.latent_mode = latent_mode
@@ -155,9 +165,13 @@ class UNetGenerator(nn.Module):
                           MaskNorm(norm, out, 1 + num_classes, resize=mask_resize) if mask_norm
                           else norm_layer(norm, out)]
             self.up.append(nn.Sequential(*layers))
+        # per decoder level but the output one: the strength of its noise map in each channel
+        self.noise_strength = nn.ParameterList(
+            [nn.Parameter(torch.zeros(1, widths[level - 1], 1, 1)) for level in reversed(range(1, depth))]
+            if noise_inputs else [])
         init_weights(self)
 
-    def forward(self, mask, z, labels=None):
+    def forward(self, mask, z, labels=None, noise_generator=None):
         batch, size = mask.shape[0], self.image_size
         if mask.shape[-2:] != (size, size):
             raise ValueError(f"generator built for {size} px got masks of {tuple(mask.shape[-2:])}")
@@ -184,6 +198,10 @@ class UNetGenerator(nn.Module):
             x = torch.cat(parts, 1)
             for layer in block:
                 x = layer(x, condition) if isinstance(layer, MaskNorm) else layer(x)
+            if step < len(self.noise_strength):
+                noise = torch.randn((batch, 1) + tuple(x.shape[-2:]), generator=noise_generator,
+                                    device=x.device, dtype=torch.float32)
+                x = x + self.noise_strength[step].to(x.dtype) * noise.to(x.dtype)
         return x
 
 
@@ -249,9 +267,9 @@ def init_weights(module, std=0.02):
 
 
 def build_networks(image_size, ngf, ndf, latent_dim, latent_mode, norm, num_classes, upsample="transpose",
-                   mask_norm=False, spectral_norm=False, mask_resize="nearest"):
+                   mask_norm=False, spectral_norm=False, mask_resize="nearest", noise_inputs=False):
     """The generator and discriminator of one model, from plain settings."""
     generator = UNetGenerator(image_size, ngf, latent_dim, latent_mode, norm, num_classes, upsample, mask_norm,
-                              mask_resize)
+                              mask_resize, noise_inputs)
     discriminator = PatchDiscriminator(ndf, norm, num_classes, spectral_norm=spectral_norm)
     return generator, discriminator

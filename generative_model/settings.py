@@ -15,6 +15,7 @@ class GanSettings:
     gan_loss: str = "lsgan"      # "vanilla" (BCE) or "lsgan" (least squares)
     l1_weight: float = 100.0     # lambda of the L1 term (study 0.1, pix2pix 100)
     diversity_weight: float = 20.0  # mode-seeking term (-weight * min(|G(z1)-G(z2)| / |z1-z2|, cap)); 0 = off
+    diversity_grid: int = 0      # > 0: the mode-seeking term compares the fakes averaged down to grid x grid cells
     l1_best_of_two: bool = False  # with two latents per mask, L1 counts only the fake closer to the real slice
     pool_size: int = 50
     ngf: int = 16
@@ -24,6 +25,7 @@ class GanSettings:
     norm: str = "batch"
     upsample: str = "resize"     # "resize" (nearest + 3x3 conv) or "transpose" (study, pix2pix)
     mask_norm: bool = True       # SPADE-style mask-conditioned normalisation in the decoder
+    noise_inputs: bool = False   # per-pixel noise maps with learned strengths in the decoder (StyleGAN)
     mask_resize: str = "nearest"  # how mask norm shrinks the mask to coarse levels: "nearest" or "area"
     spectral_norm: bool = True   # spectral normalisation of the discriminator's convolutions
     feature_matching_weight: float = 10.0  # pix2pixHD feature-matching loss on the discriminator's layers

@@ -96,6 +96,7 @@ def synthesize(run_dir, masks_path, out_path, per_class=None, total=7000, batch_
             rows = plan_class(labels, class_index, per_class, seed)
             latents = torch.randn(per_class, generator.latent_dim,
                                   generator=torch.Generator().manual_seed(seed * 1000 + class_index))
+            noise = torch.Generator(device=device).manual_seed(seed * 1000 + class_index)   # for noise inputs
             starts = range(0, per_class, batch_size)
             next_read = reader.submit(read_mask_batch, masks, rows[:batch_size], image_fields)
             for start in starts:
@@ -107,7 +108,7 @@ def synthesize(run_dir, masks_path, out_path, per_class=None, total=7000, batch_
                 z = latents[start:stop].to(device)
                 label_t = torch.full((stop - start,), class_index, dtype=torch.long, device=device)
                 with torch.inference_mode(), torch.autocast(device.type, enabled=use_amp):
-                    fake = generator(mask, z, label_t)
+                    fake = generator(mask, z, label_t, noise)
                 images = ((fake.float()[:, 0] + 1) / 2).clamp_(0, 1).to(torch.float16).cpu().numpy()
                 columns = dict(images=images, labels=np.full(stop - start, class_index),
                                patient_ids=[f"synthetic-{name}-{k}" for k in range(start, stop)],

@@ -29,6 +29,8 @@ beta1 = 0.5
 gan_loss = "lsgan"                # "vanilla" (BCE, the study/pix2pix) or "lsgan"
 l1_weight = 100.0                 # lambda of the L1 term (study 0.1, pix2pix 100)
 diversity_weight = 20.0           # mode-seeking term (0 = off); each mask then gets 2 latents
+diversity_grid = 0                # > 0: the mode-seeking term compares the 2 fakes averaged down to
+                                  # grid x grid cells (speckle no longer pays); 0: pixel by pixel
 l1_best_of_two = False            # True: of the 2 fakes per mask, only the closer one pays the L1
                                   # term, so the other is free to differ (needs diversity_weight > 0)
 pool_size = 50                    # image pool for the discriminator (0 = off)
@@ -40,6 +42,8 @@ norm = "batch"                    # "batch" or "instance"
 upsample = "resize"               # "resize" (nearest + 3x3 conv: no checkerboards) or "transpose" (study)
 mask_norm = True                  # SPADE-style: the mask scales and shifts every decoder level
 mask_resize = "nearest"           # mask norm's mask at coarse levels: "nearest" (pick pixels) or "area" (average)
+noise_inputs = False              # per-pixel noise maps (learned strength) after each decoder level:
+                                  # aperiodic texture where the outline says nothing (StyleGAN)
 spectral_norm = True              # spectral normalisation in the discriminator
 feature_matching_weight = 10.0    # pix2pixHD feature-matching loss (0: off, as the study)
 # the study's generator and loss: --upsample=transpose --mask_norm=False --spectral_norm=False

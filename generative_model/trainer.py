@@ -71,6 +71,9 @@ def train_models(dataset, model_dir, run_name, settings, classes=CLASS_NAMES, re
     for flag in ("epochs", "batch_size", "ngf", "ndf", "latent_dim"):
         if getattr(settings, flag) < 1:
             raise ValueError(f"--{flag}={getattr(settings, flag)}: must be at least 1")
+    if settings.diversity_grid < 0 or settings.diversity_grid > settings.image_size:
+        raise ValueError(f"--diversity_grid={settings.diversity_grid}: must be 0 (pixel by pixel) "
+                         f"or 1..image_size ({settings.image_size})")
     if settings.l1_best_of_two and settings.diversity_weight <= 0:
         raise ValueError("--l1_best_of_two=True needs --diversity_weight > 0 (the two latents per mask it chooses from)")
     attrs = read_attrs(dataset)
@@ -104,15 +107,20 @@ def train_models(dataset, model_dir, run_name, settings, classes=CLASS_NAMES, re
     return summaries
 
 
+def networks_of(settings):
+    """The (untrained) generator and discriminator that a GanSettings describes."""
+    num_classes = len(CLASS_NAMES) if settings.conditional else 0
+    return build_networks(settings.image_size, settings.ngf, settings.ndf, settings.latent_dim,
+                          settings.latent_mode, settings.norm, num_classes, settings.upsample,
+                          settings.mask_norm, settings.spectral_norm, settings.mask_resize,
+                          settings.noise_inputs)
+
+
 def train_one_model(dataset, indices, out_dir, settings, resume=False):
     """Train one generator/discriminator pair on the given rows of the dataset file."""
     device = distributed.setup(resolve_device(settings.device))
     torch.manual_seed(settings.seed)            # the same initial weights in every process
-    num_classes = len(CLASS_NAMES) if settings.conditional else 0
-    generator, discriminator = build_networks(settings.image_size, settings.ngf, settings.ndf,
-                                              settings.latent_dim, settings.latent_mode,
-                                              settings.norm, num_classes, settings.upsample,
-                                              settings.mask_norm, settings.spectral_norm, settings.mask_resize)
+    generator, discriminator = networks_of(settings)
     generator.to(device)
     discriminator.to(device)
     print(f"generator {_millions(generator)}M parameters ({settings.latent_mode} latent, ngf {settings.ngf}, "
@@ -221,6 +229,17 @@ def feature_matching(fake_features, real_features):
         / len(fake_features)
 
 
+def mode_seeking_distance(fake_a, fake_b, grid=0):
+    """Mean absolute difference of the two fakes of each mask that the mode-seeking term rewards.
+
+    ``grid`` > 0 first averages both down to grid x grid cells, so only changes of larger regions
+    count: at the pixel level the cheapest way to differ is speckle that moves with the latent."""
+    fake_a, fake_b = fake_a.float(), fake_b.float()
+    if grid > 0:
+        fake_a, fake_b = F.adaptive_avg_pool2d(fake_a, grid), F.adaptive_avg_pool2d(fake_b, grid)
+    return (fake_a - fake_b).abs().mean()
+
+
 def reconstruction_l1(fake, real, best_of_two=False):
     """L1 distance to the real slice. ``best_of_two``: the batch holds every mask twice (two latent
     vectors, first and second half); per mask only the closer fake counts, as in best-of-many
@@ -269,7 +288,7 @@ def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scale
             losses["loss_feature_matching"] = loss_fm
         if settings.diversity_weight > 0:
             half = mask.shape[0] // 2
-            ratio = ((fake[:half] - fake[half:]).float().abs().mean() /
+            ratio = (mode_seeking_distance(fake[:half], fake[half:], settings.diversity_grid) /
                      (z[:half] - z[half:]).abs().mean())
             loss_div = -torch.clamp(ratio, max=DIVERSITY_CAP)
             loss_g = loss_g + settings.diversity_weight * loss_div
@@ -297,7 +316,8 @@ def sample_grid(generator, examples, latents):
     mask, real, labels = examples
     was_training = generator.training
     generator.eval()
-    fakes = [generator(mask, z.expand(len(mask), -1), labels) for z in latents]
+    noise = torch.Generator(device=mask.device).manual_seed(0)   # the same noise maps every epoch
+    fakes = [generator(mask, z.expand(len(mask), -1), labels, noise) for z in latents]
     generator.train(was_training)
     to01 = lambda t: ((t.float().cpu().numpy() + 1) / 2)[:, 0]  # noqa: E731
     columns = [to01(mask), to01(real)] + [to01(f) for f in fakes]

@@ -64,7 +64,7 @@ def test_study_pickle_is_read(tmp_path):
     assert len(set(data.patient_ids)) == 6
 
 
-@pytest.mark.parametrize("mode", ["affine", "mri"])
+@pytest.mark.parametrize("mode", ["affine", "mri", "scanner"])
 def test_augmentation_is_seeded_and_keeps_shapes(mode):
     images, labels = torch.rand(4, 1, 32, 32), torch.arange(4)
     one = augment_batch(images, labels, mode, torch.Generator().manual_seed(1))[0]
@@ -96,6 +96,29 @@ def test_intensity_augmentation_keeps_black_and_order_of_intensities():
     out = random_intensity(ramp, torch.Generator().manual_seed(0))
     assert torch.all(out[..., 0] == 0) and not torch.equal(out, ramp)
     assert torch.all(out[..., 1:] >= out[..., :-1])      # monotone: anatomy keeps its contrast order
+
+
+def test_scanner_augmentation_pieces_do_what_they_say():
+    from capsule_classifier.augment import random_bias_field, random_blur, random_noise
+    flat = torch.full((16, 1, 64, 64), 0.5)
+    field = random_bias_field(flat, torch.Generator().manual_seed(0))
+    assert field.std() > 0.02 and torch.all(field > 0)            # a gain that varies over the slice...
+    assert (field[..., 1:, :] - field[..., :-1, :]).abs().max() < 0.05   # ...smoothly, not pixel by pixel
+    edge = torch.zeros(16, 1, 64, 64)
+    edge[..., 32:] = 1
+    blurred = random_blur(edge, torch.Generator().manual_seed(0), max_fraction=0.05)
+    assert torch.allclose(blurred.sum((-2, -1)), edge.sum((-2, -1)), rtol=1e-4)   # brightness kept
+    assert (blurred[..., 31] > 0.01).any() and (blurred[..., 31] < 0.5).all()   # the edge softened
+    noisy = random_noise(flat, torch.Generator().manual_seed(0))
+    assert 0 < (noisy - flat).std() < 0.03 and noisy.min() >= 0
+
+
+def test_mixup_blends_images_and_masks_with_the_same_partner():
+    from capsule_classifier.engine import mix_batch
+    images = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 1, 4, 4)
+    mixed, masks, partner = mix_batch(images, images.clone(), 0.7, torch.Generator().manual_seed(0))
+    assert sorted(partner.tolist()) == list(range(6))
+    assert torch.allclose(mixed, 0.7 * images + 0.3 * images[partner]) and torch.allclose(masks, mixed)
 
 
 def _numbered_dataset(sizes, labels_of_patient):

@@ -241,11 +241,12 @@ def test_mask_loss_trains_the_residual_network_and_is_refused_politely_elsewhere
     said = []
     common = dict(data_path=[str(blob_dataset)], model_dir=str(tmp_path), cross_validation=False,
                   device="cpu", capsule_options={"widths": (8, 8, 16, 16), "stem_channels": 4})
-    config = TrainConfig(epochs=1, batch_size=8, mask_weight=0.5)
+    config = TrainConfig(epochs=1, batch_size=8, mask_weight=0.5, mixup=0.4, augmentation="scanner")
     run_experiment(Experiment(run_name="masked", config=config, **common), log=said.append)
     record = load_checkpoint(tmp_path / "masked" / "last.pt")
     assert record["model_config"]["mask_head"] and "mask_head.weight" in record["state_dict"]
-    assert record["train_config"]["mask_weight"] == 0.5
+    assert record["train_config"]["mask_weight"] == 0.5 and record["train_config"]["mixup"] == 0.4
+    assert all(np.isfinite(row["train_loss"]) for row in record["history"])   # mixed masks and labels
     compact = TrainConfig(epochs=1, batch_size=8, mask_weight=0.5)
     run_experiment(Experiment(run_name="compact", config=compact, capsule_preset="compact",
                               **{**common, "capsule_options": TINY}), log=said.append)

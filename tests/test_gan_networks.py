@@ -126,3 +126,24 @@ def test_spectral_norm_and_discriminator_features():
     assert all(hasattr(c, "parametrizations") for c in convs)
     rebuilt = PatchDiscriminator(**discriminator.config)
     rebuilt.load_state_dict(discriminator.state_dict())
+
+
+def test_noise_inputs_start_silent_then_vary_the_slice_reproducibly():
+    torch.manual_seed(0)
+    generator = UNetGenerator(64, 4, num_classes=3, upsample="resize", mask_norm=True, noise_inputs=True).eval()
+    mask, z, labels = torch.rand(2, 1, 64, 64) * 2 - 1, torch.randn(2, 100), torch.tensor([0, 2])
+    seeded = lambda seed: torch.Generator().manual_seed(seed)   # noqa: E731
+    with torch.no_grad():
+        torch.testing.assert_close(generator(mask, z, labels, seeded(1)), generator(mask, z, labels, seeded(2)))
+        for strength in generator.noise_strength:          # zero at the start, as StyleGAN's
+            assert not strength.any()
+            strength.fill_(0.5)
+        one, again, other = (generator(mask, z, labels, seeded(s)) for s in (1, 1, 2))
+    torch.testing.assert_close(one, again)
+    assert (one - other).abs().mean() > 1e-3
+    assert len(generator.noise_strength) == 5 and generator.config["noise_inputs"]   # every level but the output
+    rebuilt = UNetGenerator(**generator.config).eval()
+    rebuilt.load_state_dict(generator.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(mask, z, labels, seeded(1)), one)
+    assert "noise_inputs" not in UNetGenerator(64, 4).config          # older checkpoints' configs unchanged

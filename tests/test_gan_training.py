@@ -168,7 +168,7 @@ def test_generate_splits_a_total_evenly(trained_run, masks_file, tmp_path):
 
 def test_artefact_options_train_resume_and_generate(blob_dataset, masks_file, tmp_path):
     options = dict(TINY, upsample="resize", mask_norm=True, spectral_norm=True, feature_matching_weight=10.0,
-                   conditional=True)
+                   conditional=True, noise_inputs=True, diversity_grid=8)
     train_models(blob_dataset, tmp_path, "new", GanSettings(**options))
     folder = tmp_path / "new" / "all"
     rows = list(csv.DictReader(open(folder / "losses.csv")))
@@ -178,7 +178,11 @@ def test_artefact_options_train_resume_and_generate(blob_dataset, masks_file, tm
     summary = synthesize(tmp_path / "new", masks_file, tmp_path / "s.h5", per_class=2, batch_size=4,
                          device="cpu", progress=False)
     assert summary["per_class"] == [2, 2, 2]
-    assert load_checkpoint(folder / "checkpoint.pt")["generator_config"]["upsample"] == "resize"
+    state = load_checkpoint(folder / "checkpoint.pt")
+    assert state["generator_config"]["upsample"] == "resize" and state["generator_config"]["noise_inputs"]
+    again = synthesize(tmp_path / "new", masks_file, tmp_path / "s2.h5", per_class=2, batch_size=4,
+                       device="cpu", progress=False)
+    assert np.array_equal(read_images(tmp_path / "s.h5"), read_images(again["out"]))   # seeded noise maps
 
 
 def test_tensorboard_logs_beside_the_csv(trained_run, holdout_run):
@@ -210,3 +214,20 @@ def test_best_of_two_l1_counts_only_the_closer_fake_per_mask():
     assert reconstruction_l1(fake, real) == pytest.approx((0.5 + 0.2 + 0.9 + 0.1) / 4)
     # A: min(0.5, 0.9), B: min(0.2, 0.1); pairing neighbours instead would give (0.2 + 0.1) / 2
     assert reconstruction_l1(fake, real, best_of_two=True) == pytest.approx((0.5 + 0.1) / 2)
+
+
+def test_mode_seeking_on_a_coarse_grid_pays_for_regions_not_speckle():
+    from generative_model.trainer import mode_seeking_distance
+    speckle = torch.ones(2, 1, 16, 16)
+    speckle[..., ::2, ::2] = -1                         # a pixel pattern and its inverse
+    speckle[..., 1::2, 1::2] = -1
+    assert mode_seeking_distance(speckle[:1], -speckle[1:]) == pytest.approx(2.0)
+    assert mode_seeking_distance(speckle[:1], -speckle[1:], grid=4) == pytest.approx(0.0)
+    brighter = torch.zeros(1, 1, 16, 16)
+    brighter[..., :8, :] = 0.5                          # the upper half brighter: a change of a region
+    assert mode_seeking_distance(brighter, torch.zeros_like(brighter), grid=4) == pytest.approx(0.25)
+
+
+def test_diversity_grid_outside_the_image_is_refused(blob_dataset, tmp_path):
+    with pytest.raises(ValueError, match="diversity_grid"):
+        train_models(blob_dataset, tmp_path, "refused", GanSettings(**{**TINY, "diversity_grid": 65}))
