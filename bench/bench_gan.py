@@ -199,7 +199,6 @@ def write_benchmark_masks(path, size, count_per_class):
 
 
 if __name__ == "__main__":
-    import dataclasses
     import json
     import os
     import platform
