@@ -21,7 +21,7 @@ old checkpoints load unchanged; ``train.py`` picks the defaults):
 
 * ``upsample="resize"``: nearest-neighbour upsampling then a 3x3 convolution instead of 4x4
   stride-2 transposed convolutions, whose uneven kernel overlap paints checkerboards
-  (Odena et al. 2016);
+  (Odena et al. 2016); ``"bilinear"``: the same with bilinear upsampling (no 2 x 2 blocks);
 * ``mask_norm=True``: every decoder level is normalised without a learned scale and then scaled
   and shifted per pixel by maps computed from the condition mask (and class planes) at that
   level's size, SPADE-style (Park et al. 2019), so the mask shapes every scale, not only the input;
@@ -35,6 +35,10 @@ old checkpoints load unchanged; ``train.py`` picks the defaults):
   spatial source of randomness can only paint periodic texture there, set by its upsampling grid
   (the lattice of the earlier runs); the noise gives it an aperiodic one. Pass a seeded
   ``torch.Generator`` as ``noise_generator`` for reproducible slices;
+* ``blur_downsampling=True`` (discriminator): a fixed [1, 2, 1] x [1, 2, 1] / 16 blur before
+  every stride-2 convolution (anti-aliased downsampling, Zhang 2019). A strided critic sees each
+  pixel through a pattern that repeats every 2^k pixels, so its gradients can reward a generator
+  for texture on that grid;
 * ``spectral_norm=True`` (discriminator): spectral normalisation of every convolution (Miyato et
   al. 2018), which keeps the critic's gradients tame; ``PatchDiscriminator(..., features=True)``
   also returns its intermediate activations for pix2pixHD's feature-matching loss.
@@ -50,7 +54,7 @@ from torch.nn import functional as F
 
 LATENT_MODES = ("inject", "study")
 NORMS = ("batch", "instance")
-UPSAMPLES = ("transpose", "resize")
+UPSAMPLES = ("transpose", "resize", "bilinear")
 MASK_NORM_HIDDEN = 32   # channels of the small network that turns the mask into scale and shift maps
 SEED_PLANE = 8          # side of the small latent plane of the "inject" mode
 MASK_RESIZES = ("nearest", "area")   # how MaskNorm brings the condition to a coarser level (see MaskNorm)
@@ -70,9 +74,10 @@ def upsampling(in_channels, out_channels, mode, bias=True):
     """Double the resolution: a 4x4 stride-2 transposed convolution, or resize + 3x3 convolution."""
     if mode == "transpose":
         return nn.ConvTranspose2d(in_channels, out_channels, 4, 2, 1, bias=bias)
-    if mode == "resize":
-        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                             nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=bias))
+    if mode in ("resize", "bilinear"):
+        resize = nn.Upsample(scale_factor=2, mode="nearest") if mode == "resize" else \
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        return nn.Sequential(resize, nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=bias))
     raise ValueError(f"upsample must be one of {UPSAMPLES}, got {mode!r}")
 
 
@@ -205,22 +210,39 @@ class UNetGenerator(nn.Module):
         return x
 
 
+class Blur(nn.Module):
+    """A fixed [1, 2, 1] x [1, 2, 1] / 16 low-pass filter per channel, same size out (reflect padding)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        taps = torch.tensor([1.0, 2.0, 1.0])
+        kernel = (taps[:, None] * taps[None, :]) / 16
+        self.register_buffer("kernel", kernel.expand(channels, 1, 3, 3).clone(), persistent=False)
+
+    def forward(self, x):
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.kernel.to(x.dtype), groups=x.shape[1])
+
+
 class PatchDiscriminator(nn.Module):
     """70 x 70 PatchGAN over the (mask, image) pair: a map of real/fake logits."""
 
-    def __init__(self, ndf=64, norm="batch", num_classes=0, n_layers=3, spectral_norm=False):
+    def __init__(self, ndf=64, norm="batch", num_classes=0, n_layers=3, spectral_norm=False,
+                 blur_downsampling=False):
         super().__init__()
         self.config = dict(ndf=ndf, norm=norm, num_classes=num_classes, n_layers=n_layers,
                            spectral_norm=spectral_norm)
+        if blur_downsampling:         # only when on, so configs of older checkpoints stay as they were
+            self.config["blur_downsampling"] = True
         self.num_classes = num_classes
         use_bias = norm == "instance"
-        layers = [nn.Conv2d(2 + num_classes, ndf, 4, 2, 1), nn.LeakyReLU(0.2)]
+        blur = (lambda channels: [Blur(channels)]) if blur_downsampling else (lambda channels: [])
+        layers = blur(2 + num_classes) + [nn.Conv2d(2 + num_classes, ndf, 4, 2, 1), nn.LeakyReLU(0.2)]
         width = ndf
         for layer in range(1, n_layers + 1):
             out = ndf * min(2 ** layer, 8)
             stride = 2 if layer < n_layers else 1
-            layers += [nn.Conv2d(width, out, 4, stride, 1, bias=use_bias), norm_layer(norm, out),
-                       nn.LeakyReLU(0.2)]
+            layers += (blur(width) if stride == 2 else []) + [
+                nn.Conv2d(width, out, 4, stride, 1, bias=use_bias), norm_layer(norm, out), nn.LeakyReLU(0.2)]
             width = out
         layers.append(nn.Conv2d(width, 1, 4, 1, 1))
         self.model = nn.Sequential(*layers)
@@ -267,9 +289,11 @@ def init_weights(module, std=0.02):
 
 
 def build_networks(image_size, ngf, ndf, latent_dim, latent_mode, norm, num_classes, upsample="transpose",
-                   mask_norm=False, spectral_norm=False, mask_resize="nearest", noise_inputs=False):
+                   mask_norm=False, spectral_norm=False, mask_resize="nearest", noise_inputs=False,
+                   blur_downsampling=False):
     """The generator and discriminator of one model, from plain settings."""
     generator = UNetGenerator(image_size, ngf, latent_dim, latent_mode, norm, num_classes, upsample, mask_norm,
                               mask_resize, noise_inputs)
-    discriminator = PatchDiscriminator(ndf, norm, num_classes, spectral_norm=spectral_norm)
+    discriminator = PatchDiscriminator(ndf, norm, num_classes, spectral_norm=spectral_norm,
+                                       blur_downsampling=blur_downsampling)
     return generator, discriminator

@@ -23,10 +23,11 @@ class GanSettings:
     latent_dim: int = 100
     latent_mode: str = "inject"
     norm: str = "batch"
-    upsample: str = "resize"     # "resize" (nearest + 3x3 conv) or "transpose" (study, pix2pix)
+    upsample: str = "resize"     # "resize" (nearest + 3x3 conv), "bilinear" (bilinear + 3x3) or "transpose" (study)
     mask_norm: bool = True       # SPADE-style mask-conditioned normalisation in the decoder
     noise_inputs: bool = False   # per-pixel noise maps with learned strengths in the decoder (StyleGAN)
     mask_resize: str = "nearest"  # how mask norm shrinks the mask to coarse levels: "nearest" or "area"
+    blur_downsampling: bool = False  # blur before each stride-2 convolution of the discriminator
     spectral_norm: bool = True   # spectral normalisation of the discriminator's convolutions
     feature_matching_weight: float = 10.0  # pix2pixHD feature-matching loss on the discriminator's layers
     conditional: bool = True     # one class-conditional model; False: one model per class (the study)

@@ -39,11 +39,13 @@ ndf = 32                          # discriminator width (64 = pix2pix)
 latent_dim = 100                  # the study's 100-d latent vector
 latent_mode = "inject"            # "inject" (small plane + every decoder level) or "study" (FC to S*S)
 norm = "batch"                    # "batch" or "instance"
-upsample = "resize"               # "resize" (nearest + 3x3 conv: no checkerboards) or "transpose" (study)
+upsample = "resize"               # "resize" (nearest + 3x3 conv: no checkerboards), "bilinear"
+                                  # (bilinear + 3x3 conv) or "transpose" (study)
 mask_norm = True                  # SPADE-style: the mask scales and shifts every decoder level
 mask_resize = "nearest"           # mask norm's mask at coarse levels: "nearest" (pick pixels) or "area" (average)
 noise_inputs = False              # per-pixel noise maps (learned strength) after each decoder level:
                                   # aperiodic texture where the outline says nothing (StyleGAN)
+blur_downsampling = False         # discriminator: [1,2,1] blur before each stride-2 convolution
 spectral_norm = True              # spectral normalisation in the discriminator
 feature_matching_weight = 10.0    # pix2pixHD feature-matching loss (0: off, as the study)
 # the study's generator and loss: --upsample=transpose --mask_norm=False --spectral_norm=False

@@ -113,7 +113,7 @@ def networks_of(settings):
     return build_networks(settings.image_size, settings.ngf, settings.ndf, settings.latent_dim,
                           settings.latent_mode, settings.norm, num_classes, settings.upsample,
                           settings.mask_norm, settings.spectral_norm, settings.mask_resize,
-                          settings.noise_inputs)
+                          settings.noise_inputs, settings.blur_downsampling)
 
 
 def train_one_model(dataset, indices, out_dir, settings, resume=False):

@@ -147,3 +147,21 @@ def test_noise_inputs_start_silent_then_vary_the_slice_reproducibly():
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(mask, z, labels, seeded(1)), one)
     assert "noise_inputs" not in UNetGenerator(64, 4).config          # older checkpoints' configs unchanged
+
+
+def test_bilinear_upsampling_and_blurred_discriminator_rebuild_from_config():
+    generator = UNetGenerator(64, 4, upsample="bilinear").eval()
+    assert any(getattr(m, "mode", None) == "bilinear" for m in generator.modules())
+    critic = PatchDiscriminator(8, blur_downsampling=True, spectral_norm=True).eval()
+    assert sum(type(m).__name__ == "Blur" for m in critic.modules()) == 3      # before the three stride-2 convs
+    mask, image = torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64)
+    logits = critic(mask, image)
+    rebuilt = PatchDiscriminator(**critic.config).eval()
+    rebuilt.load_state_dict(critic.state_dict())
+    assert logits.shape == PatchDiscriminator(8)(mask, image).shape
+    torch.testing.assert_close(rebuilt(mask, image), logits)
+    from generative_model.networks import Blur
+    flat = torch.full((1, 2, 8, 8), 0.3)
+    torch.testing.assert_close(Blur(2)(flat), flat)                         # a low-pass: flat stays flat
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 2.0 - 1
+    assert Blur(1)(checker.view(1, 1, 8, 8))[..., 1:-1, 1:-1].abs().max() < 1e-6   # and the finest grid vanishes
