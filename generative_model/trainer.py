@@ -138,6 +138,14 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
     history, start_epoch = [], 0
     if resume and os.path.exists(checkpoint_path):
         state = load_checkpoint_file(checkpoint_path)
+        for name, network in (("generator", generator), ("discriminator", discriminator)):
+            saved = state.get(f"{name}_config", network.config)
+            changed = sorted(key for key in set(saved) | set(network.config)
+                             if saved.get(key) != network.config.get(key))
+            if changed:   # e.g. the discriminator's blur has no weights, so load_state_dict would not notice
+                raise ValueError(f"{checkpoint_path}: its {name} was built with "
+                                 f"{ {k: saved.get(k) for k in changed} }, these settings give "
+                                 f"{ {k: network.config.get(k) for k in changed} }; resume with the same flags")
         generator.load_state_dict(state["generator"])
         discriminator.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
