@@ -30,15 +30,14 @@ old checkpoints load unchanged; ``train.py`` picks the defaults):
   vanishes at the coarse levels);
 * ``noise_inputs=True``: after every decoder level but the last, one map of Gaussian noise per
   sample, added to each channel with a learned per-channel strength that starts at zero (as
-  StyleGAN's noise inputs, Karras et al. 2019). In the wide regions that the outline leaves
-  blank (the brain, the face) the input is nearly constant, and a convolutional decoder without a
-  spatial source of randomness can only paint periodic texture there, set by its upsampling grid
-  (the lattice of the earlier runs); the noise gives it an aperiodic one. Pass a seeded
-  ``torch.Generator`` as ``noise_generator`` for reproducible slices;
+  StyleGAN's noise inputs, Karras et al. 2019): a spatial source of randomness for texture where
+  the outline says nothing. Measured at 128 px (generative_model/RESULTS.md) the generator left
+  it nearly unused and the lattice stayed. Pass a seeded ``torch.Generator`` as
+  ``noise_generator`` for reproducible slices;
 * ``blur_downsampling=True`` (discriminator): a fixed [1, 2, 1] x [1, 2, 1] / 16 blur before
   every stride-2 convolution (anti-aliased downsampling, Zhang 2019). A strided critic sees each
   pixel through a pattern that repeats every 2^k pixels, so its gradients can reward a generator
-  for texture on that grid;
+  for texture on that grid (measured: it removes the lattice, but the slices get much softer);
 * ``spectral_norm=True`` (discriminator): spectral normalisation of every convolution (Miyato et
   al. 2018), which keeps the critic's gradients tame; ``PatchDiscriminator(..., features=True)``
   also returns its intermediate activations for pix2pixHD's feature-matching loss.

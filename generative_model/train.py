@@ -44,7 +44,7 @@ upsample = "resize"               # "resize" (nearest + 3x3 conv: no checkerboar
 mask_norm = True                  # SPADE-style: the mask scales and shifts every decoder level
 mask_resize = "nearest"           # mask norm's mask at coarse levels: "nearest" (pick pixels) or "area" (average)
 noise_inputs = False              # per-pixel noise maps (learned strength) after each decoder level:
-                                  # aperiodic texture where the outline says nothing (StyleGAN)
+                                  # randomness for texture where the outline says nothing (StyleGAN; measured: left unused)
 blur_downsampling = False         # discriminator: [1,2,1] blur before each stride-2 convolution
 spectral_norm = True              # spectral normalisation in the discriminator
 feature_matching_weight = 10.0    # pix2pixHD feature-matching loss (0: off, as the study)
