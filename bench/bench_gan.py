@@ -45,6 +45,7 @@ VARIANTS = {   # changes to train.py's defaults
     "defaults": {},
     "study": dict(conditional=False, upsample="transpose", mask_norm=False, spectral_norm=False,
                   feature_matching_weight=0.0),
+    "pixel_critic": dict(pixel_critic=True),      # + the full-resolution stride-free critic
 }
 
 

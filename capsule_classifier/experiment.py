@@ -52,7 +52,8 @@ class Experiment:
     cross_validation: bool = True
     k_folds: int = 7
     fold: int = 0                   # 1..k_folds: cross-validate that fold only (0: every fold)
-    val_fraction: float = 0.2
+    val_fraction: float = 0.0       # hold-out runs: validation part (0: every slice trains)
+    train_fraction: float = 1.0     # cross-validation: keep about this share of each fold's training patients
     group_by: str = "patient"       # split by "patient" or by "stretch" of figshare numbering
     split_seed: int = 0             # the folds / hold-out part, the same for every training seed
     load_saved_model: bool = False
@@ -165,8 +166,10 @@ def check_settings(exp):
     if not 0 <= exp.val_fraction < 1:
         raise ValueError(f"--val_fraction={exp.val_fraction}: must lie in [0, 1) (0: train on every slice, "
                          f"no validation part)")
-    if exp.val_fraction == 0 and exp.cross_validation:
-        raise ValueError("--val_fraction=0 (no validation part) applies to --CrossValidation=False runs")
+    if not 0 < exp.train_fraction <= 1:
+        raise ValueError(f"--train_fraction={exp.train_fraction}: must lie in (0, 1] (1: every training patient)")
+    if exp.train_fraction < 1 and not exp.cross_validation:
+        raise ValueError("--train_fraction < 1 (a learning-curve point) applies to cross-validation runs")
 
 
 def run_experiment(exp, log=print):
@@ -255,6 +258,7 @@ def _cross_validate(exp, real, start_state, run_dir, device, histories, log):
     for k, (train_rows, val_rows) in enumerate(folds, start=1):
         if exp.fold and k != exp.fold:
             continue
+        train_rows = _training_share(exp, real, train_rows)
         shared = set(real.patient_ids[train_rows]) & set(real.patient_ids[val_rows])
         assert not shared, f"fold {k} shares patients {sorted(shared)[:5]}"
         log(f"fold {k}/{exp.k_folds}: train {len(train_rows)}, validation {len(val_rows)} slices "
@@ -291,6 +295,18 @@ def _cross_validate(exp, real, start_state, run_dir, device, histories, log):
     log(f"cross-validation: accuracy {cv['accuracy_mean']:.4f} +- {cv['accuracy_std']:.4f}, "
         f"macro-F1 {cv['macro_f1_mean']:.4f} +- {cv['macro_f1_std']:.4f}")
     return cv
+
+
+def _training_share(exp, real, train_rows):
+    """The rows of ``train_rows`` that ``train_fraction`` keeps: whole patient groups, stratified by
+    class, fixed by ``split_seed`` (the same for every training seed); a point of a learning curve.
+    The share is about the one asked for: ``1 - train_fraction`` is left out as one of
+    ``round(1 / (1 - train_fraction))`` patient-wise folds."""
+    if exp.train_fraction >= 1:
+        return train_rows
+    kept, _ = holdout_split(real.labels[train_rows], real.patient_ids[train_rows], 1 - exp.train_fraction,
+                            exp.split_seed, real.source_ids[train_rows], "patient")
+    return train_rows[np.sort(kept)]
 
 
 def sources_fingerprint(source_ids):

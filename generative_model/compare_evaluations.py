@@ -4,8 +4,8 @@
 
 Each run folder holds the GAN's model folders (``<class or all>/losses.csv``) and the output of
 evaluate.py (``evaluation/evaluation.json``, with ``--heldout`` and ``--feature_checkpoint``).
-Prints a markdown table (KID, Fréchet distance, precision/recall, train-on-synthetic/test-on-real,
-its per-class recall, latent diversity, GAN training time); ``--out=FILE.md`` also writes it.
+Prints a markdown table (KID, Fréchet distance, precision/recall, train-on-synthetic/test-on-real
+(with evaluate.py --classifier_seeds also its mean +- std over the seeds), its per-class recall, latent diversity, GAN training time); ``--out=FILE.md`` also writes it.
 """
 import csv
 import json
@@ -63,7 +63,12 @@ def run_row(run_dir, evaluation_dir):
     tstr = result.get("classifier", {}).get("synthetic_to_real", {})
     if "accuracy" in tstr:
         recall = synthetic_to_real_recall(tstr, evaluation_dir, classes)
-        cells += [f"{tstr['accuracy']:.3f} / {tstr['macro_f1']:.3f}", " / ".join(f"{recall[c]:.2f}" for c in classes)]
+        score = f"{tstr['accuracy']:.3f} / {tstr['macro_f1']:.3f}"
+        seeds = tstr.get("over_seeds")
+        if seeds:   # evaluate.py --classifier_seeds: the spread over classifier seeds beside the first
+            score += (f"; {seeds['runs']} seeds: {seeds['accuracy_mean']:.3f} +- {seeds['accuracy_std']:.3f}"
+                      f" / {seeds['macro_f1_mean']:.3f} +- {seeds['macro_f1_std']:.3f}")
+        cells += [score, " / ".join(f"{recall[c]:.2f}" for c in classes)]
     else:
         cells += ["not run", ""]
     cells.append(" / ".join(f"{result['diversity'][c]['pairwise_ssim']:.2f}" for c in classes))

@@ -10,7 +10,8 @@ FD, precision/recall and memorisation in that classifier's feature space). With 
 slices of patients the GAN never saw, from preprocess/split_dataset.py), train-on-synthetic is
 tested on those patients. The classifier part calls capsule_classifier/train.py as a
 subprocess (--classifier=False skips it; --classifier_runs=synthetic_to_real keeps only the quick
-train-on-synthetic / test-on-real run; --classifier_args passes more flags, e.g. "--epochs=5").
+train-on-synthetic / test-on-real run; --classifier_args passes more flags, e.g. "--epochs=5";
+--classifier_seeds=0,1,2 repeats the tested runs with those seeds and reports mean +- std).
 Classifier runs that already finished with the same command are reused, so several evaluate.py
 processes with different --classifier_runs can run side by side and a last one collects them.
 """
@@ -38,6 +39,9 @@ classifier_runs = ["synthetic_to_real", "real_only", "synthetic_pretrained"]   #
                                         # "real_to_heldout" (needs --heldout) is the TSTR reference
 k_folds = 5
 classifier_args = ""                    # extra flags for capsule_classifier/train.py, space separated
+classifier_seeds = []                   # seeds of the train-on-synthetic (and real_to_heldout) runs
+                                        # ([] = [seed]); with several, evaluation.json adds their
+                                        # accuracy and macro-F1 as mean +- std over the seeds
 seed = 0
 device = "auto"
 threads = 2
@@ -81,9 +85,10 @@ if __name__ == "__main__":
             report["feature_space"] = quality
             print(json.dumps(quality["against_train"], indent=1))
         if classifier:
+            first_seed, *more_seeds = [int(s) for s in classifier_seeds] or [seed]
             report["classifier"] = classifier_comparison(
-                real, synthetic, int(read_attrs(real)["image_size"]), out / "classifier", k_folds, seed,
-                classifier_args.split(), classifier_runs, heldout or None)
+                real, synthetic, int(read_attrs(real)["image_size"]), out / "classifier", k_folds, first_seed,
+                classifier_args.split(), classifier_runs, heldout or None, more_seeds)
             print(json.dumps(report["classifier"], indent=1))
         report["seconds"] = round(time.perf_counter() - started, 1)
     except (OSError, KeyError, ValueError, RuntimeError) as error:

@@ -38,6 +38,11 @@ old checkpoints load unchanged; ``train.py`` picks the defaults):
   every stride-2 convolution (anti-aliased downsampling, Zhang 2019). A strided critic sees each
   pixel through a pattern that repeats every 2^k pixels, so its gradients can reward a generator
   for texture on that grid (measured: it removes the lattice, but the slices get much softer);
+* ``pixel_critic=True`` (discriminator): a second critic beside the PatchGAN that runs at full
+  resolution without strides (three 3x3 convolutions, a 7 x 7 field, one logit per pixel), so
+  fine texture is judged on no grid: a periodic pattern is as visible to it as any other, and its
+  gradients repeat nowhere. The discriminator then returns both logit maps (a list); the GAN
+  losses sum over them, and feature matching uses the PatchGAN's layers only;
 * ``spectral_norm=True`` (discriminator): spectral normalisation of every convolution (Miyato et
   al. 2018), which keeps the critic's gradients tame; ``PatchDiscriminator(..., features=True)``
   also returns its intermediate activations for pix2pixHD's feature-matching loss.
@@ -58,6 +63,7 @@ MASK_NORM_HIDDEN = 32   # channels of the small network that turns the mask into
 SEED_PLANE = 8          # side of the small latent plane of the "inject" mode
 MASK_RESIZES = ("nearest", "area")   # how MaskNorm brings the condition to a coarser level (see MaskNorm)
 INJECT_CHANNELS = 4     # latent feature planes added to each decoder level in "inject" mode
+PIXEL_CRITIC_SHARE = 4  # the pixel critic is ndf / 4 channels wide (8 at the CPU default ndf 32)
 
 
 def norm_layer(norm, channels):
@@ -226,12 +232,13 @@ class PatchDiscriminator(nn.Module):
     """70 x 70 PatchGAN over the (mask, image) pair: a map of real/fake logits."""
 
     def __init__(self, ndf=64, norm="batch", num_classes=0, n_layers=3, spectral_norm=False,
-                 blur_downsampling=False):
+                 blur_downsampling=False, pixel_critic=False):
         super().__init__()
         self.config = dict(ndf=ndf, norm=norm, num_classes=num_classes, n_layers=n_layers,
                            spectral_norm=spectral_norm)
-        if blur_downsampling:         # only when on, so configs of older checkpoints stay as they were
-            self.config["blur_downsampling"] = True
+        for name, on in (("blur_downsampling", blur_downsampling), ("pixel_critic", pixel_critic)):
+            if on:                    # only when on, so configs of older checkpoints stay as they were
+                self.config[name] = True
         self.num_classes = num_classes
         use_bias = norm == "instance"
         blur = (lambda channels: [Blur(channels)]) if blur_downsampling else (lambda channels: [])
@@ -245,30 +252,47 @@ class PatchDiscriminator(nn.Module):
             width = out
         layers.append(nn.Conv2d(width, 1, 4, 1, 1))
         self.model = nn.Sequential(*layers)
+        self.pixel = None
+        if pixel_critic:   # full resolution, stride 1: three 3x3 convolutions, a 7 x 7 field
+            width = max(ndf // PIXEL_CRITIC_SHARE, 4)     # full-resolution maps are dear on a CPU
+            self.pixel = nn.Sequential(nn.Conv2d(2 + num_classes, width, 3, 1, 1), nn.LeakyReLU(0.2),
+                                       nn.Conv2d(width, width, 3, 1, 1), nn.LeakyReLU(0.2),
+                                       nn.Conv2d(width, 1, 3, 1, 1))
         init_weights(self)
         if spectral_norm:
-            for layer in self.model:
+            for layer in self.modules():
                 if isinstance(layer, nn.Conv2d):
                     nn.utils.parametrizations.spectral_norm(layer)
 
-    def forward(self, mask, image, labels=None, features=False):
-        """The logit map; with ``features=True`` also the activations after every LeakyReLU."""
+    def _pair(self, mask, image, labels):
         inputs = [mask, image]
         if self.num_classes:
             inputs.append(class_planes(labels, self.num_classes, mask.shape[-1]).to(mask.dtype))
-        x = torch.cat(inputs, 1)
-        if not features:
-            return self.model(x)
-        activations = []
+        return torch.cat(inputs, 1)
+
+    def _patch(self, pair, features):
+        x, activations = pair, []
         for layer in self.model:
             x = layer(x)
-            if isinstance(layer, nn.LeakyReLU):
+            if features and isinstance(layer, nn.LeakyReLU):
                 activations.append(x)
         return x, activations
 
+    def forward(self, mask, image, labels=None, features=False):
+        """The logit map (with the pixel critic: [PatchGAN map, pixel map]); with ``features=True``
+        also the PatchGAN's activations after every LeakyReLU."""
+        pair = self._pair(mask, image, labels)
+        x, activations = self._patch(pair, features)
+        logits = x if self.pixel is None else [x, self.pixel(pair)]
+        return (logits, activations) if features else logits
+
+    def patch_features(self, mask, image, labels=None):
+        """The PatchGAN's activations only (feature matching's real side: no logits needed)."""
+        return self._patch(self._pair(mask, image, labels), True)[1]
+
 
 def receptive_field(discriminator):
-    """Receptive field in pixels of one output logit of a PatchDiscriminator."""
+    """Receptive field in pixels of one output logit of a PatchDiscriminator's PatchGAN map."""
     field = 1
     for layer in reversed([m for m in discriminator.model if isinstance(m, nn.Conv2d)]):
         field = (field - 1) * layer.stride[0] + layer.kernel_size[0]
@@ -289,10 +313,10 @@ def init_weights(module, std=0.02):
 
 def build_networks(image_size, ngf, ndf, latent_dim, latent_mode, norm, num_classes, upsample="transpose",
                    mask_norm=False, spectral_norm=False, mask_resize="nearest", noise_inputs=False,
-                   blur_downsampling=False):
+                   blur_downsampling=False, pixel_critic=False):
     """The generator and discriminator of one model, from plain settings."""
     generator = UNetGenerator(image_size, ngf, latent_dim, latent_mode, norm, num_classes, upsample, mask_norm,
                               mask_resize, noise_inputs)
     discriminator = PatchDiscriminator(ndf, norm, num_classes, spectral_norm=spectral_norm,
-                                       blur_downsampling=blur_downsampling)
+                                       blur_downsampling=blur_downsampling, pixel_critic=pixel_critic)
     return generator, discriminator

@@ -46,6 +46,8 @@ mask_resize = "nearest"           # mask norm's mask at coarse levels: "nearest"
 noise_inputs = False              # per-pixel noise maps (learned strength) after each decoder level:
                                   # randomness for texture where the outline says nothing (StyleGAN; measured: left unused)
 blur_downsampling = False         # discriminator: [1,2,1] blur before each stride-2 convolution
+pixel_critic = False              # discriminator: a second critic at full resolution, no strides
+                                  # (7 x 7 field): judges fine texture off any grid
 spectral_norm = True              # spectral normalisation in the discriminator
 feature_matching_weight = 10.0    # pix2pixHD feature-matching loss (0: off, as the study)
 # the study's generator and loss: --upsample=transpose --mask_norm=False --spectral_norm=False

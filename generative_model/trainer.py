@@ -49,13 +49,16 @@ def learning_rate(epoch, settings):
 
 
 def gan_criterion(kind):
-    """Loss of discriminator logits against an all-real or all-fake target."""
-    if kind == "vanilla":
-        return lambda logits, real: F.binary_cross_entropy_with_logits(
-            logits, torch.full_like(logits, float(real)))
-    if kind == "lsgan":
-        return lambda logits, real: F.mse_loss(logits, torch.full_like(logits, float(real)))
-    raise ValueError(f"gan_loss must be 'vanilla' or 'lsgan', got {kind!r}")
+    """Loss of discriminator logits (one map, or a list of maps summed over) against an all-real
+    or all-fake target."""
+    if kind not in ("vanilla", "lsgan"):
+        raise ValueError(f"gan_loss must be 'vanilla' or 'lsgan', got {kind!r}")
+    one_map = F.binary_cross_entropy_with_logits if kind == "vanilla" else F.mse_loss
+
+    def loss(logits, real):
+        maps = logits if isinstance(logits, list) else [logits]
+        return sum(one_map(m, torch.full_like(m, float(real))) for m in maps)
+    return loss
 
 
 def to_model_range(batch, device):
@@ -113,7 +116,7 @@ def networks_of(settings):
     return build_networks(settings.image_size, settings.ngf, settings.ndf, settings.latent_dim,
                           settings.latent_mode, settings.norm, num_classes, settings.upsample,
                           settings.mask_norm, settings.spectral_norm, settings.mask_resize,
-                          settings.noise_inputs, settings.blur_downsampling)
+                          settings.noise_inputs, settings.blur_downsampling, settings.pixel_critic)
 
 
 def train_one_model(dataset, indices, out_dir, settings, resume=False):
@@ -126,7 +129,8 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
     print(f"generator {_millions(generator)}M parameters ({settings.latent_mode} latent, ngf {settings.ngf}, "
           f"{settings.upsample} upsampling{', mask norm' if settings.mask_norm else ''}), "
           f"discriminator {_millions(discriminator)}M (ndf {settings.ndf}"
-          f"{', spectral norm' if settings.spectral_norm else ''}), {settings.norm} norm, on {device}")
+          f"{', spectral norm' if settings.spectral_norm else ''}"
+          f"{', full-resolution pixel critic' if settings.pixel_critic else ''}), {settings.norm} norm, on {device}")
     betas = (settings.beta1, 0.999)
     opt_g = torch.optim.Adam(generator.parameters(), lr=settings.lr, betas=betas)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=settings.lr, betas=betas)
@@ -283,7 +287,7 @@ def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scale
         if settings.feature_matching_weight > 0:
             logits, fake_features = discriminator(mask, fake, labels, features=True)
             with torch.no_grad():
-                _, real_features = discriminator(mask, real, labels, features=True)
+                real_features = discriminator.patch_features(mask, real, labels)
             loss_fm = feature_matching(fake_features, real_features)
         else:
             logits = discriminator(mask, fake, labels)

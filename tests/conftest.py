@@ -67,7 +67,7 @@ def holdout_run(blob_dataset, tmp_path_factory):
     import sys
     model_dir = tmp_path_factory.mktemp("models")
     command = [sys.executable, "capsule_classifier/train.py", "--model=capsule",
-               f"--data_path={blob_dataset}", "--image_size=64", "--CrossValidation=False",
+               f"--data_path={blob_dataset}", "--image_size=64", "--CrossValidation=False", "--val_fraction=0.2",
                "--Train=True", "--Test=False", f"--model_dir={model_dir}", "--run_name=tiny",
                "--epochs=2", "--batch_size=8"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)

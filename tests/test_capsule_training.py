@@ -314,12 +314,37 @@ def test_a_run_without_validation_part_trains_on_every_slice(blob_dataset, tmp_p
     common = dict(data_path=[str(blob_dataset)], model_dir=str(tmp_path), device="cpu", capsule_preset="compact",
                   capsule_options=TINY, config=TrainConfig(epochs=2, batch_size=8))
     said = []
-    metrics = run_experiment(Experiment(run_name="all", cross_validation=False, val_fraction=0, **common),
-                             log=said.append)
+    metrics = run_experiment(Experiment(run_name="all", cross_validation=False, **common), log=said.append)
     assert metrics["validation"]["validation_slices"] == 0
     assert any(f"train {len(load_sources([str(blob_dataset)]))}, validation 0 slices" in line for line in said)
     best, last = load_checkpoint(tmp_path / "all" / "best.pt"), load_checkpoint(tmp_path / "all" / "last.pt")
     assert best["epoch"] == 2 and all(torch.equal(best["state_dict"][k], last["state_dict"][k]) for k in best["state_dict"])
     assert (tmp_path / "all" / "curves.png").is_file()
-    with pytest.raises(ValueError, match="val_fraction=0"):
-        run_experiment(Experiment(run_name="cv", val_fraction=0, **common), log=said.append)
+    assert Experiment().val_fraction == 0          # the default: the model to use trains on every slice
+    held = run_experiment(Experiment(run_name="held", cross_validation=False, val_fraction=0.3, **common),
+                          log=said.append)
+    assert 0 < held["validation"]["count"] < len(load_sources([str(blob_dataset)]))
+
+
+def test_a_learning_curve_point_trains_on_whole_patients_of_the_fold(blob_dataset, tmp_path):
+    from preprocess.splits import patient_folds
+    common = dict(data_path=[str(blob_dataset)], model_dir=str(tmp_path), device="cpu", capsule_preset="compact",
+                  capsule_options=TINY, k_folds=3, fold=1, config=TrainConfig(epochs=1, batch_size=8))
+    run_experiment(Experiment(run_name="half", train_fraction=0.5, **common), log=lambda *a: None)
+    run_experiment(Experiment(run_name="all", **common), log=lambda *a: None)
+    half, full = (json.loads((tmp_path / name / "fold_1" / "fold.json").read_text()) for name in ("half", "all"))
+    assert half["val_sources_sha1"] == full["val_sources_sha1"]          # the same validation slices
+    assert 0.3 * full["train_slices"] <= half["train_slices"] <= 0.7 * full["train_slices"]
+    data = load_sources([str(blob_dataset)])
+    train_rows, _ = patient_folds(data.labels, data.patient_ids, 3, 0, data.source_ids, "patient")[0]
+    from capsule_classifier.experiment import _training_share
+    kept = _training_share(Experiment(train_fraction=0.5, **common), data, train_rows)
+    assert set(kept) < set(train_rows)
+    dropped = set(data.patient_ids[sorted(set(train_rows) - set(kept))])
+    assert dropped and not dropped & set(data.patient_ids[kept])           # whole patients left out
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="train_fraction"):
+            run_experiment(Experiment(run_name="bad", train_fraction=bad, **common), log=lambda *a: None)
+    with pytest.raises(ValueError, match="train_fraction"):
+        run_experiment(Experiment(run_name="bad", train_fraction=0.5, cross_validation=False,
+                                  **{k: v for k, v in common.items() if k != "fold"}), log=lambda *a: None)

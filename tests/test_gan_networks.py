@@ -165,3 +165,25 @@ def test_bilinear_upsampling_and_blurred_discriminator_rebuild_from_config():
     torch.testing.assert_close(Blur(2)(flat), flat)                         # a low-pass: flat stays flat
     checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 2.0 - 1
     assert Blur(1)(checker.view(1, 1, 8, 8))[..., 1:-1, 1:-1].abs().max() < 1e-6   # and the finest grid vanishes
+
+
+def test_pixel_critic_judges_every_pixel_and_leaves_feature_matching_to_the_patchgan():
+    critic = PatchDiscriminator(8, num_classes=3, spectral_norm=True, pixel_critic=True).eval()
+    mask, image, labels = torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64), torch.tensor([0, 2])
+    patch, pixel = critic(mask, image, labels)
+    assert pixel.shape == (2, 1, 64, 64) and patch.shape == (2, 1, 6, 6)
+    (logits, activations) = critic(mask, image, labels, features=True)
+    torch.testing.assert_close(logits[1], pixel)
+    assert len(activations) == 4                                  # the PatchGAN's layers only
+    for ours, theirs in zip(critic.patch_features(mask, image, labels), activations):
+        torch.testing.assert_close(ours, theirs)
+    # a change of one pixel reaches only the pixel logits within the 7 x 7 field around it
+    moved = image.clone()
+    moved[:, :, 30, 30] += 1.0
+    changed = (critic(mask, moved, labels)[1] - pixel).abs()[0, 0] > 0
+    rows, cols = changed.nonzero(as_tuple=True)
+    assert changed.any() and rows.min() >= 27 and rows.max() <= 33 and cols.min() >= 27 and cols.max() <= 33
+    rebuilt = PatchDiscriminator(**critic.config).eval()
+    rebuilt.load_state_dict(critic.state_dict())
+    torch.testing.assert_close(rebuilt(mask, image, labels)[1], pixel)
+    assert "pixel_critic" not in PatchDiscriminator(8).config     # older checkpoints' configs unchanged

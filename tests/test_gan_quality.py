@@ -123,6 +123,31 @@ def test_compare_evaluations_tabulates_runs_and_names_a_missing_one(tmp_path):
     (newer / "evaluation.json").write_text(json.dumps({
         "diversity": {c: {"pairwise_ssim": 0.7} for c in classes},
         "classifier": {"synthetic_to_real": {"accuracy": 0.8, "macro_f1": 0.75,
-                                             "recall": dict(zip(classes, (0.6, 0.7, 0.9)))}}}))
+                                             "recall": dict(zip(classes, (0.6, 0.7, 0.9))),
+                                             "over_seeds": {"runs": 3, "accuracy_mean": 0.79, "accuracy_std": 0.012,
+                                                            "macro_f1_mean": 0.74, "macro_f1_std": 0.02}}}}))
     row = compare({"runs": [str(newer.parent)], "evaluation": "evaluation", "out": ""}).splitlines()[2]
-    assert row == "| variant_b | not run | not run | not run | 0.800 / 0.750 | 0.60 / 0.70 / 0.90 | 0.70 / 0.70 / 0.70 |  |"
+    assert row == ("| variant_b | not run | not run | not run | 0.800 / 0.750; 3 seeds: 0.790 +- 0.012 / 0.740 +- 0.020 "
+                   "| 0.60 / 0.70 / 0.90 | 0.70 / 0.70 / 0.70 |  |")
+
+
+def test_train_on_synthetic_over_classifier_seeds(tmp_path, monkeypatch):
+    from generative_model import evaluation
+    calls = []
+
+    def fake_run(args, model_dir, run_name, log_path):          # accuracy 0.7 + seed / 100
+        seed = int([a for a in args if a.startswith("--seed=")][-1].split("=")[1])
+        calls.append((run_name, seed))
+        per_class = {c: {"recall": 0.5} for c in ("meningioma", "glioma", "pituitary")}
+        return {"test": {"accuracy": 0.7 + seed / 100, "macro_f1": 0.6 + seed / 100, "per_class": per_class}}, 1.0, ""
+    monkeypatch.setattr(evaluation, "run_classifier", fake_run)
+    results = evaluation.classifier_comparison("real.h5", "synthetic.h5", 64, tmp_path, seed=0,
+                                               runs=("synthetic_to_real",), heldout_path="heldout.h5",
+                                               more_seeds=(1, 2))
+    assert calls == [("synthetic_to_real", 0), ("synthetic_to_real_seed1", 1), ("synthetic_to_real_seed2", 2)]
+    tstr = results["synthetic_to_real"]
+    assert tstr["accuracy"] == pytest.approx(0.70)                          # the first seed, as before
+    assert tstr["over_seeds"]["runs"] == 3 and tstr["over_seeds"]["accuracy_mean"] == pytest.approx(0.71)
+    assert tstr["over_seeds"]["accuracy_std"] == pytest.approx(0.01)
+    assert "over_seeds" not in evaluation.classifier_comparison(
+        "real.h5", "synthetic.h5", 64, tmp_path, runs=("synthetic_to_real",), heldout_path="heldout.h5")["synthetic_to_real"]

@@ -168,7 +168,7 @@ def test_generate_splits_a_total_evenly(trained_run, masks_file, tmp_path):
 
 def test_artefact_options_train_resume_and_generate(blob_dataset, masks_file, tmp_path):
     options = dict(TINY, upsample="resize", mask_norm=True, spectral_norm=True, feature_matching_weight=10.0,
-                   conditional=True, noise_inputs=True, diversity_grid=8)
+                   conditional=True, noise_inputs=True, diversity_grid=8, pixel_critic=True)
     train_models(blob_dataset, tmp_path, "new", GanSettings(**options))
     folder = tmp_path / "new" / "all"
     rows = list(csv.DictReader(open(folder / "losses.csv")))
@@ -183,6 +183,7 @@ def test_artefact_options_train_resume_and_generate(blob_dataset, masks_file, tm
     assert summary["per_class"] == [2, 2, 2]
     state = load_checkpoint(folder / "checkpoint.pt")
     assert state["generator_config"]["upsample"] == "resize" and state["generator_config"]["noise_inputs"]
+    assert state["discriminator_config"]["pixel_critic"]
     again = synthesize(tmp_path / "new", masks_file, tmp_path / "s2.h5", per_class=2, batch_size=4,
                        device="cpu", progress=False)
     assert np.array_equal(read_images(tmp_path / "s.h5"), read_images(again["out"]))   # seeded noise maps
@@ -234,3 +235,12 @@ def test_mode_seeking_on_a_coarse_grid_pays_for_regions_not_speckle():
 def test_diversity_grid_outside_the_image_is_refused(blob_dataset, tmp_path):
     with pytest.raises(ValueError, match="diversity_grid"):
         train_models(blob_dataset, tmp_path, "refused", GanSettings(**{**TINY, "diversity_grid": 65}))
+
+
+def test_gan_losses_sum_over_the_critics_maps():
+    from generative_model.trainer import gan_criterion
+    patch, pixel = torch.full((2, 1, 6, 6), 0.5), torch.zeros(2, 1, 64, 64)
+    for kind in ("lsgan", "vanilla"):
+        criterion = gan_criterion(kind)
+        torch.testing.assert_close(criterion([patch, pixel], True), criterion(patch, True) + criterion(pixel, True))
+    assert float(gan_criterion("lsgan")([patch, pixel], True)) == pytest.approx(0.25 + 1.0)
