@@ -39,10 +39,10 @@ old checkpoints load unchanged; ``train.py`` picks the defaults):
   pixel through a pattern that repeats every 2^k pixels, so its gradients can reward a generator
   for texture on that grid (measured: it removes the lattice, but the slices get much softer);
 * ``pixel_critic=True`` (discriminator): a second critic beside the PatchGAN that runs at full
-  resolution without strides (three 3x3 convolutions, a 7 x 7 field, one logit per pixel), so
-  fine texture is judged on no grid: a periodic pattern is as visible to it as any other, and its
-  gradients repeat nowhere. The discriminator then returns both logit maps (a list); the GAN
-  losses sum over them, and feature matching uses the PatchGAN's layers only;
+  resolution without strides (three 3x3 convolutions of ndf / 4 channels, a 7 x 7 field, one
+  logit per pixel), so fine texture is judged on no grid and its gradients repeat nowhere. The
+  discriminator then returns both logit maps (a list); the GAN losses sum over them, and feature
+  matching uses the PatchGAN's layers only (measured alone: the lattice came back by epoch 5);
 * ``spectral_norm=True`` (discriminator): spectral normalisation of every convolution (Miyato et
   al. 2018), which keeps the critic's gradients tame; ``PatchDiscriminator(..., features=True)``
   also returns its intermediate activations for pix2pixHD's feature-matching loss.
