@@ -3,7 +3,8 @@
 Layout of ``model_dir/<run name>/``:
     pretrain/{best,last}.pt       when synthetic dataset files are given (attribute synthetic)
     fold_<k>/{best,last}.pt, fold.json     patient-wise cross-validation, one fresh model per fold
-    best.pt, last.pt              single patient-wise hold-out run (CrossValidation=False)
+    best.pt, last.pt              single run (CrossValidation=False): every slice trains, or with
+                                  val_fraction > 0 a patient-wise part validates and picks best.pt
     metrics.json, report.txt, confusion_cv.png / confusion_validation.png / confusion_test.png,
     curves.png
 """
@@ -300,13 +301,15 @@ def _cross_validate(exp, real, start_state, run_dir, device, histories, log):
 def _training_share(exp, real, train_rows):
     """The rows of ``train_rows`` that ``train_fraction`` keeps: whole patient groups, stratified by
     class, fixed by ``split_seed`` (the same for every training seed); a point of a learning curve.
-    The share is about the one asked for: ``1 - train_fraction`` is left out as one of
-    ``round(1 / (1 - train_fraction))`` patient-wise folds."""
+    The share is about the one asked for, in whole patient-wise folds of the training part: above
+    one half, one of ``round(1 / (1 - train_fraction))`` folds is left out; at or below one half,
+    one of ``round(1 / train_fraction)`` folds is kept. The fold log says how many slices train."""
     if exp.train_fraction >= 1:
         return train_rows
-    kept, _ = holdout_split(real.labels[train_rows], real.patient_ids[train_rows], 1 - exp.train_fraction,
-                            exp.split_seed, real.source_ids[train_rows], "patient")
-    return train_rows[np.sort(kept)]
+    share = exp.train_fraction
+    rest, one_fold = holdout_split(real.labels[train_rows], real.patient_ids[train_rows], min(share, 1 - share),
+                                   exp.split_seed, real.source_ids[train_rows], "patient")
+    return train_rows[np.sort(rest if share > 0.5 else one_fold)]
 
 
 def sources_fingerprint(source_ids):

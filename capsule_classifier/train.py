@@ -9,7 +9,8 @@ leaving whole stretches of the figshare numbering out (--group_by=stretch).
     python capsule_classifier/train.py --data_path=data/figshare_dev_256.h5 --k_folds=5 --group_by=stretch
 
 Dataset files whose attribute ``synthetic`` is true are used to pre-train; the real ones are then
-split patient-wise (k folds, or one hold-out part with --CrossValidation=False) and fine-tuned on,
+split patient-wise (k folds; with --CrossValidation=False all of them train, or a --val_fraction
+part validates) and fine-tuned on,
 starting from the pre-trained weights. Study-format pickles (.pkl, a list of [image, label]) are
 read through a restricted unpickler; they carry no patient ids, so their splits are slice-wise.
 
@@ -55,7 +56,8 @@ run_name = None               # None: <model>_<image size>
 resume = False                # continue an interrupted run from its last.pt files
 val_fraction = 0.0            # CrossValidation=False: part of the patients held out to validate and
                               # pick best.pt (e.g. 0.2); 0: train on every slice, the model to use
-                              # (training on ~70 % of the patients cost 4 points leave-stretch-out).
+                              # (training on ~75 % of the patients cost 3.7 points leave-stretch-out,
+                              # one seed; capsule_classifier/RESULTS.md)
                               # Also the validation part of synthetic pre-training
 train_fraction = 1.0          # cross-validation: train on about this share of each fold's training
                               # patients (whole groups, by class; a learning-curve point)

@@ -5,7 +5,8 @@
 Each run folder holds the GAN's model folders (``<class or all>/losses.csv``) and the output of
 evaluate.py (``evaluation/evaluation.json``, with ``--heldout`` and ``--feature_checkpoint``).
 Prints a markdown table (KID, Fréchet distance, precision/recall, train-on-synthetic/test-on-real
-(with evaluate.py --classifier_seeds also its mean +- std over the seeds), its per-class recall, latent diversity, GAN training time); ``--out=FILE.md`` also writes it.
+(with evaluate.py --classifier_seeds also its mean +- std over the seeds), its per-class recall,
+latent diversity, GAN training time); ``--out=FILE.md`` also writes it.
 """
 import csv
 import json

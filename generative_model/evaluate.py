@@ -39,9 +39,10 @@ classifier_runs = ["synthetic_to_real", "real_only", "synthetic_pretrained"]   #
                                         # "real_to_heldout" (needs --heldout) is the TSTR reference
 k_folds = 5
 classifier_args = ""                    # extra flags for capsule_classifier/train.py, space separated
-classifier_seeds = []                   # seeds of the train-on-synthetic (and real_to_heldout) runs
-                                        # ([] = [seed]); with several, evaluation.json adds their
-                                        # accuracy and macro-F1 as mean +- std over the seeds
+classifier_seeds = []                   # classifier seeds ([] = [seed]): the first is the seed of every
+                                        # classifier run; the others repeat the tested runs
+                                        # (synthetic_to_real, real_to_heldout), and evaluation.json adds
+                                        # their accuracy and macro-F1 as mean +- std (ddof 1)
 seed = 0
 device = "auto"
 threads = 2
@@ -85,7 +86,10 @@ if __name__ == "__main__":
             report["feature_space"] = quality
             print(json.dumps(quality["against_train"], indent=1))
         if classifier:
-            first_seed, *more_seeds = [int(s) for s in classifier_seeds] or [seed]
+            seeds = [int(s) for s in classifier_seeds] or [seed]
+            if len(set(seeds)) < len(seeds):
+                raise ValueError(f"--classifier_seeds={classifier_seeds}: each seed once")
+            first_seed, *more_seeds = seeds
             report["classifier"] = classifier_comparison(
                 real, synthetic, int(read_attrs(real)["image_size"]), out / "classifier", k_folds, first_seed,
                 classifier_args.split(), classifier_runs, heldout or None, more_seeds)

@@ -186,8 +186,9 @@ def _over_seeds(first, args, more_seeds, work_dir, name):
             "macro_f1_mean": float(macro_f1.mean()), "macro_f1_std": float(macro_f1.std(ddof=1))}
 
 
-# the tested runs keep a fifth of their training slices to pick the epoch, as every measured row
-# of generative_model/RESULTS.md did (train.py's own default became 0 later)
+# the tested runs keep a fifth of their training slices to pick the epoch, and pre-training in the
+# cross-validation runs a fifth of the synthetic slices, as every measured row of
+# generative_model/RESULTS.md did (train.py's own default became 0 later)
 TESTED_RUN_VAL_FRACTION = 0.2
 CLASSIFIER_RUNS = ("synthetic_to_real", "real_to_heldout", "real_only", "synthetic_pretrained")
 DEFAULT_CLASSIFIER_RUNS = ("synthetic_to_real", "real_only", "synthetic_pretrained")
@@ -218,7 +219,8 @@ def classifier_comparison(real_path, synthetic_path, image_size, work_dir, k_fol
     real_path, synthetic_path = os.path.abspath(real_path), os.path.abspath(synthetic_path)
     test_path = os.path.abspath(heldout_path) if heldout_path else real_path
     common = [f"--image_size={image_size}", f"--seed={seed}", *extra_args]
-    cv = [f"--k_folds={k_folds}", "--CrossValidation=True", "--Train=True", "--Test=False", *common]
+    cv = [f"--k_folds={k_folds}", "--CrossValidation=True", "--Train=True", "--Test=False",
+          f"--val_fraction={TESTED_RUN_VAL_FRACTION}", *common]       # pre-training's validation part
     tested = ["--CrossValidation=False", "--Train=True", "--Test=True", f"--data_test_path={test_path}",
               f"--val_fraction={TESTED_RUN_VAL_FRACTION}", *common]
     results = {}

@@ -42,7 +42,8 @@ old checkpoints load unchanged; ``train.py`` picks the defaults):
   resolution without strides (three 3x3 convolutions of ndf / 4 channels, a 7 x 7 field, one
   logit per pixel), so fine texture is judged on no grid and its gradients repeat nowhere. The
   discriminator then returns both logit maps (a list); the GAN losses sum over them, and feature
-  matching uses the PatchGAN's layers only (measured alone: the lattice came back by epoch 5);
+  matching uses the PatchGAN's layers only (measured alone, judged by eye in a run stopped at
+  epoch 5: the lattice came back);
 * ``spectral_norm=True`` (discriminator): spectral normalisation of every convolution (Miyato et
   al. 2018), which keeps the critic's gradients tame; ``PatchDiscriminator(..., features=True)``
   also returns its intermediate activations for pix2pixHD's feature-matching loss.
@@ -229,7 +230,8 @@ class Blur(nn.Module):
 
 
 class PatchDiscriminator(nn.Module):
-    """70 x 70 PatchGAN over the (mask, image) pair: a map of real/fake logits."""
+    """70 x 70 PatchGAN over the (mask, image) pair: a map of real/fake logits (with
+    ``pixel_critic``, a list: that map and the full-resolution critic's)."""
 
     def __init__(self, ndf=64, norm="batch", num_classes=0, n_layers=3, spectral_norm=False,
                  blur_downsampling=False, pixel_critic=False):

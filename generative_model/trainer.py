@@ -49,14 +49,15 @@ def learning_rate(epoch, settings):
 
 
 def gan_criterion(kind):
-    """Loss of discriminator logits (one map, or a list of maps summed over) against an all-real
-    or all-fake target."""
+    """Loss of discriminator logits (one map, or a list of maps summed over: with the pixel critic
+    the adversarial term thus weighs about twice as much against L1 and feature matching) against
+    an all-real or all-fake target."""
     if kind not in ("vanilla", "lsgan"):
         raise ValueError(f"gan_loss must be 'vanilla' or 'lsgan', got {kind!r}")
     one_map = F.binary_cross_entropy_with_logits if kind == "vanilla" else F.mse_loss
 
     def loss(logits, real):
-        maps = logits if isinstance(logits, list) else [logits]
+        maps = logits if isinstance(logits, (list, tuple)) else [logits]
         return sum(one_map(m, torch.full_like(m, float(real))) for m in maps)
     return loss
 

@@ -342,6 +342,9 @@ def test_a_learning_curve_point_trains_on_whole_patients_of_the_fold(blob_datase
     assert set(kept) < set(train_rows)
     dropped = set(data.patient_ids[sorted(set(train_rows) - set(kept))])
     assert dropped and not dropped & set(data.patient_ids[kept])           # whole patients left out
+    third = _training_share(Experiment(train_fraction=0.3, **common), data, train_rows)     # one of 3 folds kept
+    most = _training_share(Experiment(train_fraction=0.75, **common), data, train_rows)     # one of 4 left out
+    assert len(third) < len(kept) < len(most) < len(train_rows)
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="train_fraction"):
             run_experiment(Experiment(run_name="bad", train_fraction=bad, **common), log=lambda *a: None)
