@@ -46,6 +46,7 @@ VARIANTS = {   # changes to train.py's defaults
     "study": dict(conditional=False, upsample="transpose", mask_norm=False, spectral_norm=False,
                   feature_matching_weight=0.0),
     "pixel_critic": dict(pixel_critic=True),      # + the full-resolution stride-free critic
+    "blur_sharp_stem": dict(blur_downsampling=True, sharp_stem=True),   # anti-aliased critic, sharp first layer
 }
 
 

@@ -38,6 +38,10 @@ old checkpoints load unchanged; ``train.py`` picks the defaults):
   every stride-2 convolution (anti-aliased downsampling, Zhang 2019). A strided critic sees each
   pixel through a pattern that repeats every 2^k pixels, so its gradients can reward a generator
   for texture on that grid (measured: it removes the lattice, but the slices get much softer);
+* ``sharp_stem=True`` (discriminator, with ``blur_downsampling``): the first convolution runs at
+  stride 1 on the unblurred pair (3x3) and its output is blurred and subsampled (a BlurPool, as
+  Zhang 2019 places it: after the convolution, not before), so the critic still sees the finest
+  detail while no strided view aliases; the blur before the input alone made slices soft;
 * ``pixel_critic=True`` (discriminator): a second critic beside the PatchGAN that runs at full
   resolution without strides (three 3x3 convolutions of ndf / 4 channels, a 7 x 7 field, one
   logit per pixel), so fine texture is judged on no grid and its gradients repeat nowhere. The
@@ -217,16 +221,21 @@ class UNetGenerator(nn.Module):
 
 
 class Blur(nn.Module):
-    """A fixed [1, 2, 1] x [1, 2, 1] / 16 low-pass filter per channel, same size out (reflect padding)."""
+    """A fixed [1, 2, 1] x [1, 2, 1] / 16 low-pass filter per channel (reflect padding); with
+    ``stride=2`` it also keeps every second pixel (anti-aliased subsampling, a BlurPool)."""
 
-    def __init__(self, channels):
+    kernel_size = 3
+
+    def __init__(self, channels, stride=1):
         super().__init__()
         taps = torch.tensor([1.0, 2.0, 1.0])
         kernel = (taps[:, None] * taps[None, :]) / 16
         self.register_buffer("kernel", kernel.expand(channels, 1, 3, 3).clone(), persistent=False)
+        self.stride = stride
 
     def forward(self, x):
-        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.kernel.to(x.dtype), groups=x.shape[1])
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.kernel.to(x.dtype),
+                        stride=self.stride, groups=x.shape[1])
 
 
 class PatchDiscriminator(nn.Module):
@@ -234,17 +243,24 @@ class PatchDiscriminator(nn.Module):
     ``pixel_critic``, a list: that map and the full-resolution critic's)."""
 
     def __init__(self, ndf=64, norm="batch", num_classes=0, n_layers=3, spectral_norm=False,
-                 blur_downsampling=False, pixel_critic=False):
+                 blur_downsampling=False, pixel_critic=False, sharp_stem=False):
         super().__init__()
+        if sharp_stem and not blur_downsampling:
+            raise ValueError("sharp_stem=True replaces the blur before the first stride, so it needs "
+                             "blur_downsampling=True")
         self.config = dict(ndf=ndf, norm=norm, num_classes=num_classes, n_layers=n_layers,
                            spectral_norm=spectral_norm)
-        for name, on in (("blur_downsampling", blur_downsampling), ("pixel_critic", pixel_critic)):
+        for name, on in (("blur_downsampling", blur_downsampling), ("pixel_critic", pixel_critic),
+                         ("sharp_stem", sharp_stem)):
             if on:                    # only when on, so configs of older checkpoints stay as they were
                 self.config[name] = True
         self.num_classes = num_classes
         use_bias = norm == "instance"
         blur = (lambda channels: [Blur(channels)]) if blur_downsampling else (lambda channels: [])
-        layers = blur(2 + num_classes) + [nn.Conv2d(2 + num_classes, ndf, 4, 2, 1), nn.LeakyReLU(0.2)]
+        if sharp_stem:   # the first convolution sees the unblurred pair at full resolution, then a BlurPool
+            layers = [nn.Conv2d(2 + num_classes, ndf, 3, 1, 1), nn.LeakyReLU(0.2), Blur(ndf, stride=2)]
+        else:
+            layers = blur(2 + num_classes) + [nn.Conv2d(2 + num_classes, ndf, 4, 2, 1), nn.LeakyReLU(0.2)]
         width = ndf
         for layer in range(1, n_layers + 1):
             out = ndf * min(2 ** layer, 8)
@@ -296,8 +312,10 @@ class PatchDiscriminator(nn.Module):
 def receptive_field(discriminator):
     """Receptive field in pixels of one output logit of a PatchDiscriminator's PatchGAN map."""
     field = 1
-    for layer in reversed([m for m in discriminator.model if isinstance(m, nn.Conv2d)]):
-        field = (field - 1) * layer.stride[0] + layer.kernel_size[0]
+    for layer in reversed([m for m in discriminator.model if isinstance(m, (nn.Conv2d, Blur))]):
+        stride, kernel = (layer.stride, layer.kernel_size) if isinstance(layer, Blur) else \
+            (layer.stride[0], layer.kernel_size[0])
+        field = (field - 1) * stride + kernel
     return field
 
 
@@ -315,10 +333,11 @@ def init_weights(module, std=0.02):
 
 def build_networks(image_size, ngf, ndf, latent_dim, latent_mode, norm, num_classes, upsample="transpose",
                    mask_norm=False, spectral_norm=False, mask_resize="nearest", noise_inputs=False,
-                   blur_downsampling=False, pixel_critic=False):
+                   blur_downsampling=False, pixel_critic=False, sharp_stem=False):
     """The generator and discriminator of one model, from plain settings."""
     generator = UNetGenerator(image_size, ngf, latent_dim, latent_mode, norm, num_classes, upsample, mask_norm,
                               mask_resize, noise_inputs)
     discriminator = PatchDiscriminator(ndf, norm, num_classes, spectral_norm=spectral_norm,
-                                       blur_downsampling=blur_downsampling, pixel_critic=pixel_critic)
+                                       blur_downsampling=blur_downsampling, pixel_critic=pixel_critic,
+                                       sharp_stem=sharp_stem)
     return generator, discriminator

@@ -28,6 +28,7 @@ class GanSettings:
     noise_inputs: bool = False   # per-pixel noise maps with learned strengths in the decoder (StyleGAN)
     mask_resize: str = "nearest"  # how mask norm shrinks the mask to coarse levels: "nearest" or "area"
     blur_downsampling: bool = False  # blur before each stride-2 convolution of the discriminator
+    sharp_stem: bool = False     # with blur_downsampling: first critic conv at stride 1, unblurred, then a BlurPool
     pixel_critic: bool = False   # a second, stride-free critic at full resolution (7 x 7 field)
     spectral_norm: bool = True   # spectral normalisation of the discriminator's convolutions
     feature_matching_weight: float = 10.0  # pix2pixHD feature-matching loss on the discriminator's layers

@@ -46,6 +46,8 @@ mask_resize = "nearest"           # mask norm's mask at coarse levels: "nearest"
 noise_inputs = False              # per-pixel noise maps (learned strength) after each decoder level:
                                   # randomness for texture where the outline says nothing (StyleGAN; measured: left unused)
 blur_downsampling = False         # discriminator: [1,2,1] blur before each stride-2 convolution
+sharp_stem = False                # with blur_downsampling: the critic's first convolution at stride 1 on
+                                  # the unblurred pair, then blur + subsample (a BlurPool): sharp, not aliased
 pixel_critic = False              # discriminator: a second critic at full resolution, no strides
                                   # (7 x 7 field): judges fine texture off any grid
 spectral_norm = True              # spectral normalisation in the discriminator

@@ -117,7 +117,8 @@ def networks_of(settings):
     return build_networks(settings.image_size, settings.ngf, settings.ndf, settings.latent_dim,
                           settings.latent_mode, settings.norm, num_classes, settings.upsample,
                           settings.mask_norm, settings.spectral_norm, settings.mask_resize,
-                          settings.noise_inputs, settings.blur_downsampling, settings.pixel_critic)
+                          settings.noise_inputs, settings.blur_downsampling, settings.pixel_critic,
+                          settings.sharp_stem)
 
 
 def train_one_model(dataset, indices, out_dir, settings, resume=False):
@@ -131,6 +132,8 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
           f"{settings.upsample} upsampling{', mask norm' if settings.mask_norm else ''}), "
           f"discriminator {_millions(discriminator)}M (ndf {settings.ndf}"
           f"{', spectral norm' if settings.spectral_norm else ''}"
+          f"{', blurred downsampling' if settings.blur_downsampling else ''}"
+          f"{', sharp stem' if settings.sharp_stem else ''}"
           f"{', full-resolution pixel critic' if settings.pixel_critic else ''}), {settings.norm} norm, on {device}")
     betas = (settings.beta1, 0.999)
     opt_g = torch.optim.Adam(generator.parameters(), lr=settings.lr, betas=betas)

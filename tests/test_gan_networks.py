@@ -167,6 +167,27 @@ def test_bilinear_upsampling_and_blurred_discriminator_rebuild_from_config():
     assert Blur(1)(checker.view(1, 1, 8, 8))[..., 1:-1, 1:-1].abs().max() < 1e-6   # and the finest grid vanishes
 
 
+def test_sharp_stem_sees_the_finest_grid_that_the_blurred_input_hides():
+    from generative_model.networks import Blur
+    blurred = PatchDiscriminator(8, num_classes=3, blur_downsampling=True, spectral_norm=True).eval()
+    sharp = PatchDiscriminator(8, num_classes=3, blur_downsampling=True, spectral_norm=True, sharp_stem=True).eval()
+    first = sharp.model[0]
+    assert isinstance(first, torch.nn.Conv2d) and first.stride == (1, 1)       # no blur before it, no stride
+    assert isinstance(sharp.model[2], Blur) and sharp.model[2].stride == 2     # then a BlurPool
+    mask, image, labels = torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64), torch.tensor([0, 2])
+    assert sharp(mask, image, labels).shape == blurred(mask, image, labels).shape == (2, 1, 6, 6)
+    assert receptive_field(sharp) == receptive_field(blurred) - 1 == 83         # 70 px plus the blurs' reach
+    checker = ((torch.arange(64)[:, None] + torch.arange(64)[None, :]) % 2 * 0.2 - 0.1).expand(2, 1, 64, 64)
+    torch.testing.assert_close(blurred(mask, image + checker, labels), blurred(mask, image, labels))
+    assert (sharp(mask, image + checker, labels) - sharp(mask, image, labels)).abs().max() > 1e-4
+    rebuilt = PatchDiscriminator(**sharp.config).eval()
+    rebuilt.load_state_dict(sharp.state_dict())
+    torch.testing.assert_close(rebuilt(mask, image, labels), sharp(mask, image, labels))
+    assert "sharp_stem" not in blurred.config                                  # older configs unchanged
+    with pytest.raises(ValueError, match="blur_downsampling"):
+        PatchDiscriminator(8, sharp_stem=True)
+
+
 def test_pixel_critic_judges_every_pixel_and_leaves_feature_matching_to_the_patchgan():
     critic = PatchDiscriminator(8, num_classes=3, spectral_norm=True, pixel_critic=True).eval()
     mask, image, labels = torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64), torch.tensor([0, 2])

@@ -173,9 +173,9 @@ def test_artefact_options_train_resume_and_generate(blob_dataset, masks_file, tm
     folder = tmp_path / "new" / "all"
     rows = list(csv.DictReader(open(folder / "losses.csv")))
     assert float(rows[0]["loss_feature_matching"]) > 0
-    with pytest.raises(ValueError, match="blur_downsampling"):    # no weights differ, the flags do
-        train_models(blob_dataset, tmp_path, "new", GanSettings(**{**options, "epochs": 2, "blur_downsampling": True}),
-                     resume=True)
+    with pytest.raises(ValueError, match="blur_downsampling.*sharp_stem"):    # no weights differ, the flags do
+        train_models(blob_dataset, tmp_path, "new", GanSettings(**{**options, "epochs": 2, "blur_downsampling": True,
+                                                                   "sharp_stem": True}), resume=True)
     train_models(blob_dataset, tmp_path, "new", GanSettings(**{**options, "epochs": 2}), resume=True)
     assert len(list(csv.DictReader(open(folder / "losses.csv")))) == 2
     summary = synthesize(tmp_path / "new", masks_file, tmp_path / "s.h5", per_class=2, batch_size=4,
