@@ -33,7 +33,7 @@ MIN_SCHEDULE_STEPS = 10   # one-cycle needs a few steps in each phase
 class TrainConfig:
     """How one model is trained. ``train.py`` builds it from its flags of the same names, and a test
     keeps these defaults equal to the script's."""
-    epochs: int = 30
+    epochs: int = 60
     batch_size: int = 32
     lr: float = 1e-3
     momentum: float = 0.9

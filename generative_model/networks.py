@@ -41,7 +41,9 @@ old checkpoints load unchanged; ``train.py`` picks the defaults):
 * ``sharp_stem=True`` (discriminator, with ``blur_downsampling``): the first convolution runs at
   stride 1 on the unblurred pair (3x3) and its output is blurred and subsampled (a BlurPool, as
   Zhang 2019 places it: after the convolution, not before), so the critic still sees the finest
-  detail while no strided view aliases; the blur before the input alone made slices soft;
+  detail while no strided view aliases; the blur before the input alone made slices soft
+  (measured at 128 px: the lattice came back by epoch 6, so the blur works by hiding the finest
+  scale from the critic);
 * ``pixel_critic=True`` (discriminator): a second critic beside the PatchGAN that runs at full
   resolution without strides (three 3x3 convolutions of ndf / 4 channels, a 7 x 7 field, one
   logit per pixel), so fine texture is judged on no grid and its gradients repeat nowhere. The

@@ -138,6 +138,7 @@ def test_train_on_synthetic_over_classifier_seeds(tmp_path, monkeypatch):
     def fake_run(args, model_dir, run_name, log_path):          # accuracy 0.7 + seed / 100
         seed = int([a for a in args if a.startswith("--seed=")][-1].split("=")[1])
         calls.append((run_name, seed))
+        assert [a for a in args if a.startswith("--epochs=")][-1] == "--epochs=30"   # as every measured row
         per_class = {c: {"recall": 0.5} for c in ("meningioma", "glioma", "pituitary")}
         return {"test": {"accuracy": 0.7 + seed / 100, "macro_f1": 0.6 + seed / 100, "per_class": per_class}}, 1.0, ""
     monkeypatch.setattr(evaluation, "run_classifier", fake_run)
