@@ -188,10 +188,17 @@ def _over_seeds(first, args, more_seeds, work_dir, name):
 
 # the tested runs keep a fifth of their training slices to pick the epoch, and pre-training in the
 # cross-validation runs a fifth of the synthetic slices, and every run trains 30 epochs, as every
-# measured row of generative_model/RESULTS.md did (train.py's own defaults became 0 and 60 later);
-# --classifier_args can still change the epochs
+# measured row of generative_model/RESULTS.md did (train.py's own defaults became 0 and 60 later).
+# --classifier_args with --epochs or a --preset (which sets its own epochs) replaces the 30. Runs of
+# evaluations started before the pin are not reused (their command differs) and train again.
 TESTED_RUN_VAL_FRACTION = 0.2
 CLASSIFIER_EPOCHS = 30
+
+
+def pinned_epochs(extra_args):
+    """``--epochs=30`` unless the user's classifier flags choose the epochs (directly or by preset)."""
+    chooses = any(arg.startswith(("--epochs=", "--preset=")) for arg in extra_args)
+    return [] if chooses else [f"--epochs={CLASSIFIER_EPOCHS}"]
 CLASSIFIER_RUNS = ("synthetic_to_real", "real_to_heldout", "real_only", "synthetic_pretrained")
 DEFAULT_CLASSIFIER_RUNS = ("synthetic_to_real", "real_only", "synthetic_pretrained")
 
@@ -220,7 +227,7 @@ def classifier_comparison(real_path, synthetic_path, image_size, work_dir, k_fol
     work_dir.mkdir(parents=True, exist_ok=True)
     real_path, synthetic_path = os.path.abspath(real_path), os.path.abspath(synthetic_path)
     test_path = os.path.abspath(heldout_path) if heldout_path else real_path
-    common = [f"--image_size={image_size}", f"--seed={seed}", f"--epochs={CLASSIFIER_EPOCHS}", *extra_args]
+    common = [f"--image_size={image_size}", f"--seed={seed}", *pinned_epochs(extra_args), *extra_args]
     cv = [f"--k_folds={k_folds}", "--CrossValidation=True", "--Train=True", "--Test=False",
           f"--val_fraction={TESTED_RUN_VAL_FRACTION}", *common]       # pre-training's validation part
     tested = ["--CrossValidation=False", "--Train=True", "--Test=True", f"--data_test_path={test_path}",

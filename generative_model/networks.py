@@ -36,14 +36,14 @@ old checkpoints load unchanged; ``train.py`` picks the defaults):
   ``noise_generator`` for reproducible slices;
 * ``blur_downsampling=True`` (discriminator): a fixed [1, 2, 1] x [1, 2, 1] / 16 blur before
   every stride-2 convolution (anti-aliased downsampling, Zhang 2019). A strided critic sees each
-  pixel through a pattern that repeats every 2^k pixels, so its gradients can reward a generator
+  pixel through a pattern that repeats every 2^k pixels, so its gradients might reward a generator
   for texture on that grid (measured: it removes the lattice, but the slices get much softer);
 * ``sharp_stem=True`` (discriminator, with ``blur_downsampling``): the first convolution runs at
   stride 1 on the unblurred pair (3x3) and its output is blurred and subsampled (a BlurPool, as
   Zhang 2019 places it: after the convolution, not before), so the critic still sees the finest
-  detail while no strided view aliases; the blur before the input alone made slices soft
-  (measured at 128 px: the lattice came back by epoch 6, so the blur works by hiding the finest
-  scale from the critic);
+  detail while every downsampling stays blurred (the blur before the input made slices soft).
+  Measured with the sharp stem at 128 px: the lattice came back by epoch 6, so the blur works by
+  hiding the finest scale from the critic;
 * ``pixel_critic=True`` (discriminator): a second critic beside the PatchGAN that runs at full
   resolution without strides (three 3x3 convolutions of ndf / 4 channels, a 7 x 7 field, one
   logit per pixel), so fine texture is judged on no grid and its gradients repeat nowhere. The
@@ -55,7 +55,8 @@ old checkpoints load unchanged; ``train.py`` picks the defaults):
   also returns its intermediate activations for pix2pixHD's feature-matching loss.
 
 Discriminator: pix2pix's 70 x 70 PatchGAN over the (mask, image) pair (plus class planes), giving
-one real/fake logit per overlapping 70 x 70 patch. Weights start from Normal(0, 0.02).
+one real/fake logit per overlapping 70 x 70 patch (the blurs of ``blur_downsampling`` widen the
+field to 84 px, 83 with ``sharp_stem``). Weights start from Normal(0, 0.02).
 """
 import math
 

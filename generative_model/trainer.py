@@ -80,6 +80,9 @@ def train_models(dataset, model_dir, run_name, settings, classes=CLASS_NAMES, re
                          f"or 1..image_size ({settings.image_size})")
     if settings.l1_best_of_two and settings.diversity_weight <= 0:
         raise ValueError("--l1_best_of_two=True needs --diversity_weight > 0 (the two latents per mask it chooses from)")
+    if settings.sharp_stem and not settings.blur_downsampling:
+        raise ValueError("--sharp_stem=True replaces the blur before the critic's first stride, so it needs "
+                         "--blur_downsampling=True")
     attrs = read_attrs(dataset)
     if int(attrs.get("image_size", -1)) != settings.image_size:
         raise ValueError(f"{dataset}: holds {attrs.get('image_size')} px slices, "

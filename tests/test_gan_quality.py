@@ -131,6 +131,13 @@ def test_compare_evaluations_tabulates_runs_and_names_a_missing_one(tmp_path):
                    "| 0.60 / 0.70 / 0.90 | 0.70 / 0.70 / 0.70 |  |")
 
 
+def test_classifier_runs_train_30_epochs_unless_the_flags_choose():
+    from generative_model.evaluation import pinned_epochs
+    assert pinned_epochs([]) == pinned_epochs(["--lr=1e-3"]) == ["--epochs=30"]
+    assert pinned_epochs(["--epochs=6"]) == []                       # the user's epochs
+    assert pinned_epochs(["--preset=resnet18_cpu"]) == []            # the preset's epochs (12)
+
+
 def test_train_on_synthetic_over_classifier_seeds(tmp_path, monkeypatch):
     from generative_model import evaluation
     calls = []

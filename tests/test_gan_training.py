@@ -211,6 +211,12 @@ def test_best_of_two_l1_needs_the_two_latents_of_the_diversity_term(blob_dataset
     assert not (tmp_path / "refused").exists()
 
 
+def test_sharp_stem_without_the_blur_is_refused_before_anything_is_written(blob_dataset, tmp_path):
+    with pytest.raises(ValueError, match="--sharp_stem=True .* --blur_downsampling=True"):
+        train_models(blob_dataset, tmp_path, "refused", GanSettings(**{**TINY, "sharp_stem": True}))
+    assert not (tmp_path / "refused").exists()
+
+
 def test_best_of_two_l1_counts_only_the_closer_fake_per_mask():
     from generative_model.trainer import reconstruction_l1
     real = torch.zeros(4, 1, 4, 4)                      # masks A, B, then A, B again (batch.repeat(2))
