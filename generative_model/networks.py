@@ -138,7 +138,7 @@ class UNetGenerator(nn.Module):
 
     def __init__(self, image_size=128, ngf=64, latent_dim=100, latent_mode="inject",
                  norm="batch", num_classes=0, upsample="transpose", mask_norm=False, mask_resize="nearest",
-                 noise_inputs=False):
+                 noise_inputs=False, output_upsample=""):
         super().__init__()
         if latent_mode not in LATENT_MODES:
             raise ValueError(f"latent_mode must be one of {LATENT_MODES}, got {latent_mode!r}")
@@ -147,6 +147,10 @@ class UNetGenerator(nn.Module):
                            upsample=upsample, mask_norm=mask_norm, mask_resize=mask_resize)
         if noise_inputs:              # only when on, so configs of older checkpoints stay as they were
             self.config["noise_inputs"] = True
+        if output_upsample:           # likewise only when set ("" = the output level upsamples like the others)
+            if output_upsample not in UPSAMPLES:
+                raise ValueError(f"output_upsample must be one of {UPSAMPLES} or empty, got {output_upsample!r}")
+            self.config["output_upsample"] = output_upsample
         self.image_size = image_size
         self.latent_dim = latent_dim
         self.latent_mode = latent_mode
@@ -176,7 +180,7 @@ class UNetGenerator(nn.Module):
             skip = 0 if level == depth - 1 else widths[level]
             in_channels = widths[level] + skip + inject
             if level == 0:
-                layers = [nn.ReLU(), upsampling(in_channels, 1, upsample), nn.Tanh()]
+                layers = [nn.ReLU(), upsampling(in_channels, 1, output_upsample or upsample), nn.Tanh()]
             else:
                 out = widths[level - 1]
                 layers = [nn.ReLU(), upsampling(in_channels, out, upsample, bias=use_bias),
@@ -336,10 +340,10 @@ def init_weights(module, std=0.02):
 
 def build_networks(image_size, ngf, ndf, latent_dim, latent_mode, norm, num_classes, upsample="transpose",
                    mask_norm=False, spectral_norm=False, mask_resize="nearest", noise_inputs=False,
-                   blur_downsampling=False, pixel_critic=False, sharp_stem=False):
+                   blur_downsampling=False, pixel_critic=False, sharp_stem=False, output_upsample=""):
     """The generator and discriminator of one model, from plain settings."""
     generator = UNetGenerator(image_size, ngf, latent_dim, latent_mode, norm, num_classes, upsample, mask_norm,
-                              mask_resize, noise_inputs)
+                              mask_resize, noise_inputs, output_upsample)
     discriminator = PatchDiscriminator(ndf, norm, num_classes, spectral_norm=spectral_norm,
                                        blur_downsampling=blur_downsampling, pixel_critic=pixel_critic,
                                        sharp_stem=sharp_stem)

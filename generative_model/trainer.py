@@ -121,7 +121,7 @@ def networks_of(settings):
                           settings.latent_mode, settings.norm, num_classes, settings.upsample,
                           settings.mask_norm, settings.spectral_norm, settings.mask_resize,
                           settings.noise_inputs, settings.blur_downsampling, settings.pixel_critic,
-                          settings.sharp_stem)
+                          settings.sharp_stem, settings.output_upsample)
 
 
 def train_one_model(dataset, indices, out_dir, settings, resume=False):
@@ -132,7 +132,9 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
     generator.to(device)
     discriminator.to(device)
     print(f"generator {_millions(generator)}M parameters ({settings.latent_mode} latent, ngf {settings.ngf}, "
-          f"{settings.upsample} upsampling{', mask norm' if settings.mask_norm else ''}), "
+          f"{settings.upsample} upsampling"
+          f"{f' ({settings.output_upsample} at the output)' if settings.output_upsample else ''}"
+          f"{', mask norm' if settings.mask_norm else ''}), "
           f"discriminator {_millions(discriminator)}M (ndf {settings.ndf}"
           f"{', spectral norm' if settings.spectral_norm else ''}"
           f"{', blurred downsampling' if settings.blur_downsampling else ''}"

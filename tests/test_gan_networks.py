@@ -149,6 +149,18 @@ def test_noise_inputs_start_silent_then_vary_the_slice_reproducibly():
     assert "noise_inputs" not in UNetGenerator(64, 4).config          # older checkpoints' configs unchanged
 
 
+def test_output_upsample_changes_only_the_last_doubling():
+    def modes(generator):
+        return [m.mode for m in generator.modules() if isinstance(m, torch.nn.Upsample)]
+    generator = UNetGenerator(64, 4, upsample="bilinear", output_upsample="resize")
+    assert modes(generator) == ["bilinear"] * 5 + ["nearest"]        # 6 doublings at 64 px, the output's last
+    assert modes(UNetGenerator(**generator.config)) == modes(generator)
+    assert modes(UNetGenerator(64, 4, upsample="resize", output_upsample="bilinear")) == ["nearest"] * 5 + ["bilinear"]
+    assert "output_upsample" not in UNetGenerator(64, 4, upsample="bilinear").config   # older configs unchanged
+    with pytest.raises(ValueError, match="output_upsample"):
+        UNetGenerator(64, 4, output_upsample="bicubic")
+
+
 def test_bilinear_upsampling_and_blurred_discriminator_rebuild_from_config():
     generator = UNetGenerator(64, 4, upsample="bilinear").eval()
     assert any(getattr(m, "mode", None) == "bilinear" for m in generator.modules())
