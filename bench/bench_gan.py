@@ -47,6 +47,8 @@ VARIANTS = {   # changes to train.py's defaults
                   feature_matching_weight=0.0),
     "pixel_critic": dict(pixel_critic=True),      # + the full-resolution stride-free critic
     "blur_sharp_stem": dict(blur_downsampling=True, sharp_stem=True),   # anti-aliased critic, sharp first layer
+    "bilinear": dict(upsample="bilinear"),        # bilinear resizing in every decoder level
+    "bilinear_nearest_output": dict(upsample="bilinear", output_upsample="resize"),   # ... but the last
 }
 
 
