@@ -228,7 +228,7 @@ if __name__ == "__main__":
                                    diversity_weight=diversity_weight, **VARIANTS[name])
             row = {"variant": name, **bench_train_step(size, settings, dev, steps)}
             report["train_step"].append(row)
-            print(f"train step {name:>8s} {size:4d} px ngf {ngf} ndf {ndf} batch {batch_size}: "
+            print(f"train step {name:>23s} {size:4d} px ngf {ngf} ndf {ndf} batch {batch_size}: "
                   f"{row['images_per_s']:8.2f} images/s, {row['seconds_per_step']:.3f} s/step, "
                   f"peak memory {row['peak_memory_mib']:.0f} MiB", flush=True)
     if generation:

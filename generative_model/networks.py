@@ -22,6 +22,7 @@ old checkpoints load unchanged; ``train.py`` picks the defaults):
 * ``upsample="resize"``: nearest-neighbour upsampling then a 3x3 convolution instead of 4x4
   stride-2 transposed convolutions, whose uneven kernel overlap paints checkerboards
   (Odena et al. 2016); ``"bilinear"``: the same with bilinear upsampling (no 2 x 2 blocks);
+  ``output_upsample`` sets the last doubling (to full resolution) apart from the others;
 * ``mask_norm=True``: every decoder level is normalised without a learned scale and then scaled
   and shifted per pixel by maps computed from the condition mask (and class planes) at that
   level's size, SPADE-style (Park et al. 2019), so the mask shapes every scale, not only the input;
@@ -147,9 +148,11 @@ class UNetGenerator(nn.Module):
                            upsample=upsample, mask_norm=mask_norm, mask_resize=mask_resize)
         if noise_inputs:              # only when on, so configs of older checkpoints stay as they were
             self.config["noise_inputs"] = True
-        if output_upsample:           # likewise only when set ("" = the output level upsamples like the others)
-            if output_upsample not in UPSAMPLES:
-                raise ValueError(f"output_upsample must be one of {UPSAMPLES} or empty, got {output_upsample!r}")
+        if output_upsample and output_upsample not in UPSAMPLES:
+            raise ValueError(f"output_upsample must be one of {UPSAMPLES} or empty, got {output_upsample!r}")
+        if output_upsample == upsample:
+            output_upsample = ""      # the same network; stored only when it differs, as older configs lack it
+        if output_upsample:
             self.config["output_upsample"] = output_upsample
         self.image_size = image_size
         self.latent_dim = latent_dim

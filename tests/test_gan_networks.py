@@ -157,6 +157,11 @@ def test_output_upsample_changes_only_the_last_doubling():
     assert modes(UNetGenerator(**generator.config)) == modes(generator)
     assert modes(UNetGenerator(64, 4, upsample="resize", output_upsample="bilinear")) == ["nearest"] * 5 + ["bilinear"]
     assert "output_upsample" not in UNetGenerator(64, 4, upsample="bilinear").config   # older configs unchanged
+    assert "output_upsample" not in UNetGenerator(64, 4, upsample="resize", output_upsample="resize").config
+    from generative_model.settings import GanSettings
+    from generative_model.trainer import networks_of
+    built, _ = networks_of(GanSettings(image_size=64, ngf=4, ndf=4, upsample="bilinear", output_upsample="resize"))
+    assert modes(built) == modes(generator)                          # the flag reaches train.py's networks
     with pytest.raises(ValueError, match="output_upsample"):
         UNetGenerator(64, 4, output_upsample="bicubic")
 
