@@ -33,7 +33,7 @@ LoadSavedModel = False        # start from the checkpoint named by check_name
 FreezeLayers = False          # ResNet50: freeze the first freeze_children children
 model = "capsule"             # "capsule", "resnet18" (CPU baseline) or "resnet50" (alias "resnet")
 epochs = 60                   # per fold or hold-out run (256 px, 2 CPU threads, bf16: about 15 s per epoch;
-                              # 60 against 30: +1.6 +- 0.9 points leave-stretch-out, 5 folds, 7 paired
+                              # 60 against 30: +1.5 +- 0.6 points leave-stretch-out, 5 folds, 10 paired
                               # fold runs of 2 seeds; 17 min 51 s for 2,350 slices; capsule_classifier/RESULTS.md)
 batch_size = 32               # the global batch: under torchrun each process takes its share
 lr = 1e-3                     # peak learning rate of the one-cycle recipe (study: 5e-5 with SGD)

@@ -193,14 +193,14 @@ def _over_seeds(first, args, more_seeds, work_dir, name):
 # evaluations started before the pin are not reused (their command differs) and train again.
 TESTED_RUN_VAL_FRACTION = 0.2
 CLASSIFIER_EPOCHS = 30
+CLASSIFIER_RUNS = ("synthetic_to_real", "real_to_heldout", "real_only", "synthetic_pretrained")
+DEFAULT_CLASSIFIER_RUNS = ("synthetic_to_real", "real_only", "synthetic_pretrained")
 
 
 def pinned_epochs(extra_args):
     """``--epochs=30`` unless the user's classifier flags choose the epochs (directly or by preset)."""
     chooses = any(arg.startswith(("--epochs=", "--preset=")) for arg in extra_args)
     return [] if chooses else [f"--epochs={CLASSIFIER_EPOCHS}"]
-CLASSIFIER_RUNS = ("synthetic_to_real", "real_to_heldout", "real_only", "synthetic_pretrained")
-DEFAULT_CLASSIFIER_RUNS = ("synthetic_to_real", "real_only", "synthetic_pretrained")
 
 
 def classifier_comparison(real_path, synthetic_path, image_size, work_dir, k_folds=5, seed=0,
