@@ -16,6 +16,10 @@ Modes:
   ``"study"``   the study's rotated copies: each sample appears 4 times, rotated by 0/90/180/270
                 degrees, plus random flips (the batch grows 4x)
   ``"none"``    no change
+
+Separately, ``paste_tumours`` (``--tumour_paste``): a tumour of one slice, with a margin, pasted
+over another slice's tumour, so that class and surroundings (imaging plane, skull shape, scanner)
+stop going together; the labels are shared by how much of each tumour shows.
 """
 import math
 
@@ -33,6 +37,8 @@ BIAS_GRID = 4             # the bias field's control points per side
 BIAS_LOG_STD = 0.2        # std of its log-gain at the control points
 MAX_BLUR_FRACTION = 0.005  # largest blur sigma, as a fraction of the image side (1.3 px at 256 px)
 MAX_NOISE_STD = 0.03      # largest noise std on [0, 1] intensities
+PASTE_MARGIN = 1 / 32     # a pasted tumour brings this share of the image side around it (8 px at 256)
+PASTE_FEATHER = 1 / 64    # and blends into its new surroundings over this share
 
 
 def _uniform(n, low, high, generator, device):
@@ -131,3 +137,51 @@ def augment_batch(images, labels, mode, generator, vertical_flips=True, masks=No
     if mode == "scanner":
         images = random_noise(random_blur(random_bias_field(images, generator), generator), generator)
     return images, labels, masks
+
+
+def _translate(stack, shift_yx):
+    """Shift every image of a stack (B, C, S, S) by its own (dy, dx) in pixels (bilinear, zero fill)."""
+    n, side = stack.shape[0], stack.shape[-1]
+    theta = torch.zeros(n, 2, 3, device=stack.device, dtype=stack.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, 0, 2] = -shift_yx[:, 1] * (2 / side)          # grid x: output pixel p samples p - shift
+    theta[:, 1, 2] = -shift_yx[:, 0] * (2 / side)
+    grid = F.affine_grid(theta, list(stack.shape), align_corners=False)
+    return F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def paste_tumours(images, masks, probability, generator, margin=PASTE_MARGIN, feather=PASTE_FEATHER):
+    """Paste, into about ``probability`` of the slices of a batch, the tumour of another slice of the
+    batch (the donor) centred on the slice's own tumour.
+
+    The pasted patch is the donor's tumour dilated by ``margin`` x the image side, its edge blended
+    over ``feather`` x the side. Returns (images, masks, donor index (B,), donor share (B,)): the
+    share of the label that goes to the donor, its tumour area over the tumour area that shows
+    (donor's plus what the patch leaves of the slice's own); 0 where nothing was pasted (no tumour
+    in the slice or in its donor, or the slice drew itself). ``masks`` (B, 1, S, S) become the
+    tumours that show."""
+    n, side, device = images.shape[0], images.shape[-1], images.device
+    donor = torch.randperm(n, generator=generator, device=device)
+    chosen = torch.rand(n, generator=generator, device=device) < probability
+    tumour = (masks >= 0.5).to(images.dtype)
+    area = tumour.sum((-3, -2, -1))
+    chosen &= (donor != torch.arange(n, device=device)) & (area > 0) & (area[donor] > 0)
+    if not chosen.any():
+        return images, masks, donor, torch.zeros(n, device=device)
+    rows = torch.arange(side, device=device, dtype=images.dtype)
+    centre = torch.stack([(tumour.sum(-1).squeeze(1) * rows).sum(-1),
+                          (tumour.sum(-2).squeeze(1) * rows).sum(-1)], 1) / area.clamp_min(1).view(n, 1)
+    reach, blend = round(margin * side), round(feather * side)
+    patch = F.max_pool2d(tumour, 2 * reach + 1, stride=1, padding=reach) if reach else tumour
+    if blend:
+        patch = F.avg_pool2d(patch, 2 * blend + 1, stride=1, padding=blend, count_include_pad=False)
+    moved = _translate(torch.cat([images, tumour, patch], 1)[donor], centre - centre[donor])
+    alpha = moved[:, 2:3] * chosen.view(n, 1, 1, 1).to(images.dtype)
+    own_left = tumour * (1 - alpha)
+    donor_tumour = moved[:, 1:2] * chosen.view(n, 1, 1, 1).to(images.dtype)
+    shown = donor_tumour.sum((-3, -2, -1))
+    share = torch.where(chosen, shown / (shown + own_left.sum((-3, -2, -1))).clamp_min(1e-6),
+                        torch.zeros_like(shown))
+    images = alpha * moved[:, :1] + (1 - alpha) * images
+    masks = torch.maximum(donor_tumour, masks * (1 - alpha)).to(masks.dtype)
+    return images, masks, donor, share

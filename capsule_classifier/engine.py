@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from capsule_classifier.augment import augment_batch
+from capsule_classifier.augment import augment_batch, paste_tumours
 from capsule_classifier.checkpoint import model_record
 from preprocess import distributed
 from preprocess.checkpoint_io import load_checkpoint_file, save_checkpoint
@@ -49,6 +49,17 @@ class TrainConfig:
     ema_decay: float = 0.998         # > 0: evaluate and save an exponential moving average of the weights
     mask_weight: float = 0.5         # > 0: add this times the tumour-mask loss (models with a mask head)
     mixup: float = 0.0               # > 0: mix each batch with a shuffled copy, weight ~ Beta(mixup, mixup)
+    tumour_paste: float = 0.0        # > 0: this share of each batch gets another slice's tumour pasted
+                                     # over its own (needs tumour masks; augment.paste_tumours)
+
+
+def tumour_paste_problem(config, has_masks):
+    """Why ``config.tumour_paste`` cannot be used (None: it can)."""
+    if config.tumour_paste and not has_masks:
+        return "--tumour_paste needs tumour masks, and a data file has no tumor_masks"
+    if not 0 <= config.tumour_paste <= 1:
+        return f"--tumour_paste is a share of each batch, 0 to 1, got {config.tumour_paste}"
+    return None
 
 
 def mask_loss_problem(has_mask_head, has_masks):
@@ -155,6 +166,13 @@ def mix_batch(images, masks, weight, generator):
     return images, masks, partner
 
 
+def blend_targets(targets, partner, partner_share):
+    """Per-sample class distributions (B, C) when slices are mixed: (1 - share) x a sample's own
+    distribution + share x its partner's; ``partner_share`` a number or one per sample."""
+    share = torch.as_tensor(partner_share, dtype=targets.dtype, device=targets.device).reshape(-1, 1)
+    return (1 - share) * targets + share * targets[partner]
+
+
 def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch, description, average=None):
     """One pass over ``data`` (LabelledImages); returns (mean loss, accuracy, images per second).
     ``average`` (an ``AveragedModel``) is updated after every step."""
@@ -169,6 +187,7 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
         batches = batches[:-1]
     batches = [rows[distributed.rank()::distributed.world_size()] for rows in batches]
     labels_all = torch.as_tensor(data.labels)
+    num_classes = getattr(model, "module", model).config["num_classes"]      # the bare model under DDP
     mixup_rng = np.random.default_rng([seed, distributed.rank()])
     total_loss, correct, seen, started = 0.0, 0, 0, time.time()
     bar = tqdm(batches, desc=description, unit="batch", leave=False, dynamic_ncols=True,
@@ -177,23 +196,27 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
         index = torch.as_tensor(rows)
         images = _to_device(data.images[index], device, config.channels_last)
         labels = labels_all[index].to(device)
-        masks = data.masks[index].to(device).unsqueeze(1) if config.mask_weight else None
+        masks = (data.masks[index].to(device).unsqueeze(1) if config.mask_weight or config.tumour_paste
+                 else None)
         images, labels, masks = augment_batch(images, labels, config.augmentation, generator,
                                               config.vertical_flips, masks)
-        partner, weight = None, 1.0
+        targets = labels                  # class indices, or (B, C) distributions once slices are mixed
+        if config.tumour_paste > 0 or config.mixup > 0:
+            targets = F.one_hot(labels, num_classes).float()
+        if config.tumour_paste > 0:
+            images, masks, donor, share = paste_tumours(images, masks, config.tumour_paste, generator)
+            targets = blend_targets(targets, donor, share)
         if config.mixup > 0:
             weight = float(mixup_rng.beta(config.mixup, config.mixup))
             images, masks, partner = mix_batch(images, masks, weight, generator)
+            targets = blend_targets(targets, partner, 1 - weight)
         with _autocast(device, config.amp):
-            if masks is None:
+            if not config.mask_weight:
                 logits = model(images)
             else:
                 logits, mask_logits = model(images, with_mask=True)
-            loss = weight * F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
-            if partner is not None:
-                loss = loss + (1 - weight) * F.cross_entropy(logits.float(), labels[partner],
-                                                             label_smoothing=config.label_smoothing)
-            if masks is not None:
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
+            if config.mask_weight:
                 loss = loss + config.mask_weight * mask_loss(mask_logits, masks)
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -204,7 +227,7 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
         if average is not None:
             average.update_parameters(getattr(model, "module", model))     # the bare model under DDP
         total_loss += loss.item() * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
+        correct += (logits.argmax(1) == (targets.argmax(1) if targets.dim() == 2 else targets)).sum().item()
         seen += len(labels)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{seen / (time.time() - started):.0f}")
     total_loss, correct, seen = distributed.sum_over_processes([total_loss, correct, seen], device)
@@ -291,6 +314,9 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
     best record ({"epoch", "macro_f1", "accuracy"}).
     """
     last_path, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
+    refused = tumour_paste_problem(config, train_data.masks is not None)
+    if refused:
+        raise ValueError(refused)
     problem = config.mask_weight and mask_loss_problem(getattr(model, "mask_head", None) is not None,
                                                        train_data.masks is not None)
     if problem:

@@ -22,7 +22,7 @@ from torchinfo import summary
 
 from capsule_classifier.checkpoint import load_checkpoint, load_model, trained_vertical_flips
 from capsule_classifier.data import load_sources
-from capsule_classifier.engine import TrainConfig, fit, mask_loss_problem, predict
+from capsule_classifier.engine import TrainConfig, fit, mask_loss_problem, predict, tumour_paste_problem
 from capsule_classifier.network import count_parameters, make_model
 from capsule_classifier.report import (classification_metrics, plot_confusion, plot_curves,
                                        summarise_folds, text_report, write_json_atomic)
@@ -111,9 +111,13 @@ def build_model(exp, image_size):
                       **options)
 
 
-def _check_mask_loss(exp, data, log):
-    """Switch the mask loss off, saying why, when the model or the data cannot use it (before the
-    network is built: the mask head exists only with the loss)."""
+def _check_masks(exp, data, log):
+    """Refuse tumour pasting without tumour masks; switch the mask loss off, saying why, when the
+    model or the data cannot use it (before the network is built: the mask head exists only with the
+    loss)."""
+    refused = tumour_paste_problem(exp.config, data.masks is not None)
+    if refused:
+        raise ValueError(f"{refused} ({', '.join(exp.data_path)})")
     problem = exp.config.mask_weight and mask_loss_problem(uses_mask_head(exp), data.masks is not None)
     if problem:
         log(f"mask_weight={exp.config.mask_weight} ignored: {problem}")
@@ -202,7 +206,7 @@ def run_experiment(exp, log=print):
     if exp.train:
         if data is None:
             raise ValueError("--Train=True needs --data_path")
-        _check_mask_loss(exp, data, log)
+        _check_masks(exp, data, log)
         describe_model(build_model(exp, image_size), image_size, log)
         real = data.subset(np.flatnonzero(~data.synthetic))
         if len(real) == 0:

@@ -121,6 +121,57 @@ def test_mixup_blends_images_and_masks_with_the_same_partner():
     assert torch.allclose(mixed, 0.7 * images + 0.3 * images[partner]) and torch.allclose(masks, mixed)
 
 
+def _square_tumours(corners, side=64, size=8):
+    """A batch with one bright square tumour per slice (top-left corners given; None: no tumour),
+    each tumour of brightness 0.1 * (its slice's number + 1) on a background of 0.05."""
+    images = torch.full((len(corners), 1, side, side), 0.05)
+    masks = torch.zeros_like(images)
+    for k, corner in enumerate(corners):
+        if corner is not None:
+            r, c = corner
+            images[k, 0, r:r + size, c:c + size] = 0.1 * (k + 1)
+            masks[k, 0, r:r + size, c:c + size] = 1
+    return images, masks
+
+
+def test_pasted_tumours_land_on_the_own_tumour_and_share_the_label():
+    from capsule_classifier.augment import paste_tumours
+    corners = [(8, 8), (40, 30), (20, 44), (30, 10), None, (50, 50)]
+    images, masks = _square_tumours(corners)
+    out, out_masks, donor, share = paste_tumours(images, masks, 1.0, torch.Generator().manual_seed(0))
+    pasted = [k for k in range(6) if share[k] > 0]
+    assert pasted and all(corners[k] is not None and corners[donor[k]] is not None and donor[k] != k
+                          for k in pasted)
+    for k in range(6):
+        if k not in pasted:                                        # untouched: image, mask, label
+            assert torch.equal(out[k], images[k]) and torch.equal(out_masks[k], masks[k]) and share[k] == 0
+            continue
+        r, c = corners[k]
+        middle = out[k, 0, r + 2:r + 6, c + 2:c + 6]               # the donor's tumour, moved onto this one
+        torch.testing.assert_close(middle, torch.full_like(middle, 0.1 * (int(donor[k]) + 1)))
+        assert out_masks[k, 0, r:r + 8, c:c + 8].min() > 0.99 and out_masks[k].sum() == pytest.approx(64, abs=1)
+        assert share[k] == pytest.approx(1.0)                      # same size: the own tumour is covered
+        assert out[k, 0, 0, 0] == pytest.approx(0.05) or (r, c) == (8, 8)   # far from the patch: unchanged
+    none = paste_tumours(images, masks, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(none[0], images) and not none[3].any()
+
+
+def test_a_small_pasted_tumour_leaves_part_of_the_label_to_the_slice():
+    from capsule_classifier.augment import paste_tumours
+    from capsule_classifier.engine import blend_targets
+    images, masks = _square_tumours([(20, 20), (20, 20)], size=24)
+    masks[1] = 0
+    masks[1, 0, 30:34, 30:34] = 1                                  # slice 1's tumour: 16 px
+    out, out_masks, donor, share = paste_tumours(images, masks, 1.0, torch.Generator().manual_seed(1),
+                                                 margin=0, feather=0)
+    assert donor.tolist() == [1, 0] and share[1] == pytest.approx(1.0)   # the big one covers the small one
+    shown = out_masks[0].sum() - 16                                # what is left of slice 0's own tumour
+    assert share[0] == pytest.approx(16 / (16 + shown.item()), rel=1e-4) and 0 < share[0] < 0.05
+    targets = blend_targets(torch.eye(3)[[0, 2]], donor, share)
+    torch.testing.assert_close(targets[0], torch.tensor([1 - share[0].item(), 0, share[0].item()]))
+    torch.testing.assert_close(targets.sum(1), torch.ones(2))
+
+
 def _numbered_dataset(sizes, labels_of_patient):
     """Slices numbered 1..N in patient order, with the given slices per patient and patient labels."""
     patients, labels = [], []

@@ -3,6 +3,7 @@ predict.py and tsne.py on a tiny checkpoint."""
 import argparse
 import csv
 import json
+import pickle
 import shutil
 import subprocess
 import sys
@@ -251,6 +252,26 @@ def test_mask_loss_trains_the_residual_network_and_is_refused_politely_elsewhere
     run_experiment(Experiment(run_name="compact", config=compact, capsule_preset="compact",
                               **{**common, "capsule_options": TINY}), log=said.append)
     assert any("mask_weight=0.5 ignored" in line for line in said) and compact.mask_weight == 0
+
+
+def test_tumour_pasting_trains_with_or_without_the_mask_loss_and_needs_masks(blob_dataset, tmp_path):
+    common = dict(data_path=[str(blob_dataset)], model_dir=str(tmp_path), cross_validation=False,
+                  device="cpu", capsule_options={"widths": (8, 8, 16, 16), "stem_channels": 4})
+    for name, mask_weight, mixup in (("pasted", 0.0, 0.0), ("pasted_mixed", 0.5, 0.4)):
+        config = TrainConfig(epochs=1, batch_size=8, mask_weight=mask_weight, mixup=mixup, tumour_paste=0.5)
+        run_experiment(Experiment(run_name=name, config=config, **common), log=lambda *a: None)
+        record = load_checkpoint(tmp_path / name / "last.pt")
+        assert record["train_config"]["tumour_paste"] == 0.5
+        assert record["model_config"]["mask_head"] == bool(mask_weight)
+        assert all(np.isfinite(row["train_loss"]) for row in record["history"])
+    pickled = tmp_path / "no_masks.pkl"
+    with open(pickled, "wb") as out:
+        pickle.dump([[np.random.rand(32, 32).astype(np.float32), k % 3] for k in range(12)], out)
+    refused = dict(common, data_path=[str(pickled)])
+    with pytest.raises(ValueError, match="tumour_paste needs tumour masks.*no_masks.pkl"):
+        run_experiment(Experiment(run_name="refused", config=TrainConfig(epochs=1, tumour_paste=0.5), **refused),
+                       log=lambda *a: None)
+    assert not any((tmp_path / "refused").iterdir())                      # refused before writing anything
 
 
 def test_one_fold_at_a_time(blob_dataset, tmp_path):
