@@ -39,6 +39,7 @@ MAX_BLUR_FRACTION = 0.005  # largest blur sigma, as a fraction of the image side
 MAX_NOISE_STD = 0.03      # largest noise std on [0, 1] intensities
 PASTE_MARGIN = 1 / 32     # a pasted tumour brings this share of the image side around it (8 px at 256)
 PASTE_FEATHER = 1 / 64    # and blends into its new surroundings over this share
+PASTE_COARSE = 4          # the patch's margin and edge are drawn at 1/4 of the resolution
 
 
 def _uniform(n, low, high, generator, device):
@@ -155,7 +156,8 @@ def paste_tumours(images, masks, probability, generator, margin=PASTE_MARGIN, fe
     batch (the donor) centred on the slice's own tumour.
 
     The pasted patch is the donor's tumour dilated by ``margin`` x the image side, its edge blended
-    over ``feather`` x the side. Returns (images, masks, donor index (B,), donor share (B,)): the
+    over ``feather`` x the side (both drawn at 1 / ``PASTE_COARSE`` of the resolution and resized:
+    the edge is a soft ramp of a few pixels either way). Returns (images, masks, donor index (B,), donor share (B,)): the
     share of the label that goes to the donor, its tumour area over the tumour area that shows
     (donor's plus what the patch leaves of the slice's own); 0 where nothing was pasted (no tumour
     in the slice or in its donor, or the slice drew itself). ``masks`` (B, 1, S, S) become the
@@ -168,20 +170,25 @@ def paste_tumours(images, masks, probability, generator, margin=PASTE_MARGIN, fe
     chosen &= (donor != torch.arange(n, device=device)) & (area > 0) & (area[donor] > 0)
     if not chosen.any():
         return images, masks, donor, torch.zeros(n, device=device)
+    hosts = chosen.nonzero().flatten()          # the work is done for the chosen slices only
+    givers = donor[hosts]
     rows = torch.arange(side, device=device, dtype=images.dtype)
     centre = torch.stack([(tumour.sum(-1).squeeze(1) * rows).sum(-1),
                           (tumour.sum(-2).squeeze(1) * rows).sum(-1)], 1) / area.clamp_min(1).view(n, 1)
-    reach, blend = round(margin * side), round(feather * side)
-    patch = F.max_pool2d(tumour, 2 * reach + 1, stride=1, padding=reach) if reach else tumour
-    if blend:
+    patch = tumour[givers]
+    reach, blend = round(margin * side / PASTE_COARSE), round(feather * side / PASTE_COARSE)
+    if reach or blend:                          # dilate and soften at a coarser scale: cheap, and
+        patch = F.avg_pool2d(patch, PASTE_COARSE, ceil_mode=True)       # the edge is soft anyway
+        patch = F.max_pool2d((patch > 0).to(images.dtype), 2 * reach + 1, stride=1, padding=reach)
         patch = F.avg_pool2d(patch, 2 * blend + 1, stride=1, padding=blend, count_include_pad=False)
-    moved = _translate(torch.cat([images, tumour, patch], 1)[donor], centre - centre[donor])
-    alpha = moved[:, 2:3] * chosen.view(n, 1, 1, 1).to(images.dtype)
-    own_left = tumour * (1 - alpha)
-    donor_tumour = moved[:, 1:2] * chosen.view(n, 1, 1, 1).to(images.dtype)
+        patch = F.interpolate(patch, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    moved = _translate(torch.cat([images[givers], tumour[givers], patch], 1), centre[hosts] - centre[givers])
+    alpha, donor_tumour = moved[:, 2:3], moved[:, 1:2]
+    own_left = tumour[hosts] * (1 - alpha)
     shown = donor_tumour.sum((-3, -2, -1))
-    share = torch.where(chosen, shown / (shown + own_left.sum((-3, -2, -1))).clamp_min(1e-6),
-                        torch.zeros_like(shown))
-    images = alpha * moved[:, :1] + (1 - alpha) * images
-    masks = torch.maximum(donor_tumour, masks * (1 - alpha)).to(masks.dtype)
+    share = torch.zeros(n, device=device, dtype=images.dtype)
+    share[hosts] = shown / (shown + own_left.sum((-3, -2, -1))).clamp_min(1e-6)
+    images, masks = images.clone(), masks.clone()
+    images[hosts] = alpha * moved[:, :1] + (1 - alpha) * images[hosts]
+    masks[hosts] = torch.maximum(donor_tumour, masks[hosts] * (1 - alpha)).to(masks.dtype)
     return images, masks, donor, share

@@ -6,7 +6,10 @@ Each run folder holds the GAN's model folders (``<class or all>/losses.csv``) an
 evaluate.py (``evaluation/evaluation.json``, with ``--heldout`` and ``--feature_checkpoint``).
 Prints a markdown table (KID, Fréchet distance, precision/recall, train-on-synthetic/test-on-real
 (with evaluate.py --classifier_seeds also its mean +- std over the seeds), its per-class recall,
-latent diversity, GAN training time); ``--out=FILE.md`` also writes it.
+latent diversity, the strongest periodic artefact (``spectrum.py``: peak excess of the synthetic
+over the real mean log spectrum, its period, and the level real slices of other patients reach),
+GAN training time); ``--out=FILE.md`` also writes it. Evaluations from before ``spectrum.py`` get
+their spectrum computed here from the files named in their flags.
 """
 import csv
 import json
@@ -21,7 +24,8 @@ out = ""                          # also write the table to this markdown file (
 
 COLUMNS = ("run", "KID (+- std over subsets)", "FD", "precision / recall",
            "train on synthetic, test on real: acc. / macro-F1", "its recall men. / gli. / pit.",
-           "latent diversity, SSIM men. / gli. / pit. (lower = more diverse)", "GAN training, s")
+           "latent diversity, SSIM men. / gli. / pit. (lower = more diverse)",
+           "periodic artefact: spectral peak excess (period, px); held-out real", "GAN training, s")
 
 
 def training_seconds(run_dir):
@@ -44,6 +48,24 @@ def synthetic_to_real_recall(tstr, evaluation_dir, classes):
     with open(os.path.join(evaluation_dir, "classifier", "synthetic_to_real", "metrics.json")) as handle:
         per_class = json.load(handle)["test"]["per_class"]
     return {name: per_class[name]["recall"] for name in classes}
+
+
+def spectrum_of(result, path):
+    """evaluate.py's spectrum section; for an earlier evaluation, computed from its flags' files."""
+    if "spectrum" in result:
+        return result["spectrum"]
+    from generative_model.spectrum import spectral_artefacts
+    flags = result.get("flags", {})
+    files = [flags.get("real"), flags.get("synthetic")]
+    if not all(files) or not all(os.path.isfile(f) for f in files):
+        raise ValueError(f"{path}: no 'spectrum' section, and the files of its flags are not there ({files})")
+    return spectral_artefacts(*files, flags.get("heldout") or None)
+
+
+def spectrum_cell(spectrum):
+    cell = f"{spectrum['peak_excess']:.2f} ({spectrum['peak_period_px']:.1f})"
+    floor = spectrum.get("real_floor")
+    return cell + (f"; {floor['peak_excess']:.2f} ({floor['peak_period_px']:.1f})" if floor else "")
 
 
 def run_row(run_dir, evaluation_dir):
@@ -73,6 +95,7 @@ def run_row(run_dir, evaluation_dir):
     else:
         cells += ["not run", ""]
     cells.append(" / ".join(f"{result['diversity'][c]['pairwise_ssim']:.2f}" for c in classes))
+    cells.append(spectrum_cell(spectrum_of(result, path)))
     seconds = training_seconds(run_dir)
     cells.append(f"{seconds:.0f}" if seconds is not None else "")
     return cells

@@ -5,7 +5,8 @@
         --synthetic=data/synthetic_128.h5 --out_dir=checkpoints/gan/gan_128/evaluation
 
 Writes <out_dir>/evaluation.json (every number, with the commands of the classifier runs),
-<out_dir>/real_vs_synthetic.png and, with --feature_checkpoint, quality.json and quality.png (KID,
+<out_dir>/real_vs_synthetic.png, spectrum.png (periodic artefacts: synthetic minus real mean log
+amplitude spectra, generative_model/spectrum.py) and, with --feature_checkpoint, quality.json and quality.png (KID,
 FD, precision/recall and memorisation in that classifier's feature space). With --heldout (real
 slices of patients the GAN never saw, from preprocess/split_dataset.py), train-on-synthetic is
 tested on those patients. The classifier part calls capsule_classifier/train.py as a
@@ -58,6 +59,7 @@ if __name__ == "__main__":
     from generative_model.evaluation import (classifier_comparison, comparison_grid, heldout_leakage,
                                              histogram_distances, latent_diversity)
     from generative_model.quality_report import quality_report
+    from generative_model.spectrum import spectral_artefacts
     from preprocess.dataset import read_attrs
     from preprocess.flags import apply_cli_flags
 
@@ -75,7 +77,8 @@ if __name__ == "__main__":
         report["diversity"] = latent_diversity(run_dir, masks, diversity_masks, diversity_latents, seed, device)
         report["histogram_distance"] = histogram_distances(real, synthetic)
         report["grid"] = comparison_grid(real, synthetic, out / "real_vs_synthetic.png", seed=seed)
-        print(json.dumps({k: report[k] for k in ("diversity", "histogram_distance")}, indent=1))
+        report["spectrum"] = spectral_artefacts(real, synthetic, heldout or None, out / "spectrum.png")
+        print(json.dumps({k: report[k] for k in ("diversity", "histogram_distance", "spectrum")}, indent=1))
         if heldout:
             report["heldout_leakage"] = leakage = heldout_leakage(run_dir, synthetic, heldout)
             if leakage["heldout_patients_the_gan_saw"] or leakage["synthetic_slices_from_heldout_masks"]:

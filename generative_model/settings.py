@@ -33,6 +33,7 @@ class GanSettings:
     pixel_critic: bool = False   # a second, stride-free critic at full resolution (7 x 7 field)
     spectral_norm: bool = True   # spectral normalisation of the discriminator's convolutions
     feature_matching_weight: float = 10.0  # pix2pixHD feature-matching loss on the discriminator's layers
+    spectrum_weight: float = 0.0  # L1 between log amplitude spectra of each fake and its real slice
     conditional: bool = True     # one class-conditional model; False: one model per class (the study)
     seed: int = 0
     device: str = "auto"

@@ -34,6 +34,7 @@ from preprocess.tensorboard_log import log_scalars, tensorboard_writer
 GRID_ROWS = 4
 GRID_FAKES = 3
 DIVERSITY_CAP = 0.2  # mode-seeking term stops rewarding beyond this image/latent distance ratio
+SPECTRUM_FLOOR = 1e-3  # added to amplitudes before the log (orthonormal FFT of [-1, 1] slices)
 
 
 def learning_rate(epoch, settings):
@@ -272,6 +273,16 @@ def reconstruction_l1(fake, real, best_of_two=False):
     return per_slice.mean()
 
 
+def spectrum_l1(fake, real, floor=SPECTRUM_FLOOR):
+    """Mean L1 between the log amplitude spectra (orthonormal 2-d FFT) of each fake and its real
+    slice. A periodic pattern (a lattice) is a few sharp peaks in the spectrum where real slices have
+    none, which pixel losses barely see and this term does (after Durall et al., CVPR 2020, "Watch
+    your up-convolution"); ``floor`` keeps the log finite where a spectrum is empty."""
+    fake_amplitude = torch.fft.rfft2(fake.float(), norm="ortho").abs()
+    real_amplitude = torch.fft.rfft2(real.float(), norm="ortho").abs()
+    return (torch.log(fake_amplitude + floor) - torch.log(real_amplitude + floor)).abs().mean()
+
+
 def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scaler, pool, criterion,
                settings, use_amp):
     """One discriminator and one generator update; returns the losses as floats."""
@@ -307,6 +318,10 @@ def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scale
         if settings.feature_matching_weight > 0:
             loss_g = loss_g + settings.feature_matching_weight * loss_fm
             losses["loss_feature_matching"] = loss_fm
+        if settings.spectrum_weight > 0:
+            loss_spectrum = spectrum_l1(fake, real)
+            loss_g = loss_g + settings.spectrum_weight * loss_spectrum
+            losses["loss_spectrum"] = loss_spectrum
         if settings.diversity_weight > 0:
             half = mask.shape[0] // 2
             ratio = (mode_seeking_distance(fake[:half], fake[half:], settings.diversity_grid) /

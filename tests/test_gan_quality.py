@@ -1,14 +1,18 @@
 """Feature-space quality metrics of synthetic slices: KID, FD, precision/recall, memorisation, the
 held-out leakage check, and the report of evaluate.py end to end on tiny data."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
+from conftest import write_blob_dataset
 
 from generative_model.quality import (frechet_distance, kernel_distance, nearest_neighbours, precision_recall)
+from preprocess.dataset import read_images
 from preprocess.splits import write_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +100,31 @@ def test_quality_report_and_leakage_check(blob_dataset, tmp_path):
     assert saved["against_train"]["synthetic"]["slices"] == 18
 
 
+def _images_file(path, images):
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("images", data=np.asarray(images, np.float16))
+    return str(path)
+
+
+def _blob_images(tmp_path, seed):
+    return read_images(write_blob_dataset(tmp_path / f"blob_{seed}.h5", n=60, seed=seed))
+
+
+def test_spectrum_finds_a_faint_lattice_and_its_period(tmp_path):
+    from generative_model.spectrum import spectral_artefacts
+    real = _images_file(tmp_path / "real.h5", _blob_images(tmp_path, 0))
+    heldout = _images_file(tmp_path / "heldout.h5", _blob_images(tmp_path, 1))
+    columns = np.arange(64)
+    lattice = 0.03 * np.cos(2 * np.pi * columns / 4)[None, None, :]      # stripes every 4 px
+    synthetic = _images_file(tmp_path / "synthetic.h5", np.clip(_blob_images(tmp_path, 2) + lattice, 0, 1))
+    report = spectral_artefacts(real, synthetic, heldout, tmp_path / "spectrum.png")
+    assert report["peak_period_px"] == 4.0 and abs(report["peak_cycles_per_image"][1]) == 16
+    assert report["peak_excess"] > 1.0 > 0.5 > report["real_floor"]["peak_excess"]
+    assert (tmp_path / "spectrum.png").stat().st_size > 10_000
+    clean = spectral_artefacts(real, heldout)
+    assert clean["peak_excess"] == report["real_floor"]["peak_excess"] and "real_floor" not in clean
+
+
 def test_compare_evaluations_tabulates_runs_and_names_a_missing_one(tmp_path):
     from generative_model.compare_evaluations import run as compare
     run_dir = tmp_path / "variant_a"
@@ -110,17 +139,22 @@ def test_compare_evaluations_tabulates_runs_and_names_a_missing_one(tmp_path):
         "diversity": {c: {"pairwise_ssim": 0.9} for c in classes},
         "feature_space": {"against_train": {"synthetic": {"kid_mean": 0.0812, "kid_std": 0.01, "fd": 13.2,
                                                           "precision": 0.9, "recall": 0.8}}},
-        "classifier": {"synthetic_to_real": {"accuracy": 0.701, "macro_f1": 0.65}}}))
+        "classifier": {"synthetic_to_real": {"accuracy": 0.701, "macro_f1": 0.65}},
+        "spectrum": {"peak_excess": 0.593, "peak_period_px": 2.03,
+                     "real_floor": {"peak_excess": 0.215, "peak_period_px": 5.84}}}))
     table = compare({"runs": [str(run_dir)], "evaluation": "evaluation", "out": str(tmp_path / "t.md")})
     row = table.splitlines()[2]
     assert row.startswith("| variant_a | 0.081 +- 0.010 | 13.2 | 0.90 / 0.80 | 0.701 / 0.650 | 0.25 / 0.50 / 0.75")
-    assert row.endswith("| 22 |") and (tmp_path / "t.md").read_text() == table
+    assert row.endswith("| 0.59 (2.0); 0.21 (5.8) | 22 |") and (tmp_path / "t.md").read_text() == table
     with pytest.raises(ValueError, match="nope"):
         compare({"runs": [str(tmp_path / "nope")], "evaluation": "evaluation", "out": ""})
     # newer evaluation.json files carry the recall themselves; no classifier folder is read then
     newer = tmp_path / "variant_b" / "evaluation"
     newer.mkdir(parents=True)
+    # ... and an evaluation from before spectrum.py gets its spectrum from the files of its flags
+    real = _images_file(tmp_path / "real.h5", _blob_images(tmp_path, 0))
     (newer / "evaluation.json").write_text(json.dumps({
+        "flags": {"real": real, "synthetic": real, "heldout": ""},
         "diversity": {c: {"pairwise_ssim": 0.7} for c in classes},
         "classifier": {"synthetic_to_real": {"accuracy": 0.8, "macro_f1": 0.75,
                                              "recall": dict(zip(classes, (0.6, 0.7, 0.9))),
@@ -128,7 +162,10 @@ def test_compare_evaluations_tabulates_runs_and_names_a_missing_one(tmp_path):
                                                             "macro_f1_mean": 0.74, "macro_f1_std": 0.02}}}}))
     row = compare({"runs": [str(newer.parent)], "evaluation": "evaluation", "out": ""}).splitlines()[2]
     assert row == ("| variant_b | not run | not run | not run | 0.800 / 0.750; 3 seeds: 0.790 +- 0.012 / 0.740 +- 0.020 "
-                   "| 0.60 / 0.70 / 0.90 | 0.70 / 0.70 / 0.70 |  |")
+                   "| 0.60 / 0.70 / 0.90 | 0.70 / 0.70 / 0.70 | 0.00 (1.4) |  |")   # a file against itself
+    os.remove(real)
+    with pytest.raises(ValueError, match="no 'spectrum' section"):
+        compare({"runs": [str(newer.parent)], "evaluation": "evaluation", "out": ""})
 
 
 def test_classifier_runs_train_30_epochs_unless_the_flags_choose():

@@ -166,13 +166,28 @@ def test_generate_splits_a_total_evenly(trained_run, masks_file, tmp_path):
     assert np.bincount(read_column(tmp_path / "t.h5", "labels")).tolist() == [4, 3, 3]
 
 
+def test_the_spectrum_term_pushes_a_faint_lattice_out_and_ignores_where_things_are():
+    from generative_model.trainer import spectrum_l1
+    rows = torch.linspace(-1, 1, 64)
+    smooth = (torch.outer(rows, rows) * 0.8).expand(2, 1, 64, 64).contiguous()
+    lattice = torch.zeros(64, 64)
+    lattice[::4, :] = lattice[:, ::4] = 0.03                          # faint lines every 4 px
+    moved = torch.roll(smooth, shifts=(5, 9), dims=(-2, -1))      # the same content elsewhere
+    assert spectrum_l1(smooth, smooth) == 0
+    assert spectrum_l1(moved, smooth) < 1e-4 < (moved - smooth).abs().mean()   # amplitudes ignore position
+    latticed = (smooth + lattice).requires_grad_(True)
+    loss = spectrum_l1(latticed, smooth)
+    loss.backward()
+    assert loss > 0.01 and (latticed.grad * lattice).sum() > 0     # the gradient points along it: a step down removes it
+
+
 def test_artefact_options_train_resume_and_generate(blob_dataset, masks_file, tmp_path):
     options = dict(TINY, upsample="resize", mask_norm=True, spectral_norm=True, feature_matching_weight=10.0,
-                   conditional=True, noise_inputs=True, diversity_grid=8, pixel_critic=True)
+                   conditional=True, noise_inputs=True, diversity_grid=8, pixel_critic=True, spectrum_weight=1.0)
     train_models(blob_dataset, tmp_path, "new", GanSettings(**options))
     folder = tmp_path / "new" / "all"
     rows = list(csv.DictReader(open(folder / "losses.csv")))
-    assert float(rows[0]["loss_feature_matching"]) > 0
+    assert float(rows[0]["loss_feature_matching"]) > 0 and float(rows[0]["loss_spectrum"]) > 0
     with pytest.raises(ValueError, match="blur_downsampling.*sharp_stem"):    # no weights differ, the flags do
         train_models(blob_dataset, tmp_path, "new", GanSettings(**{**options, "epochs": 2, "blur_downsampling": True,
                                                                    "sharp_stem": True}), resume=True)
