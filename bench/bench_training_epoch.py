@@ -7,6 +7,7 @@ In this one process, for each image size, each model and each precision, it time
 average; the tumour-mask loss for the residual capsule network) over ``slices`` random slices, after
 a warm-up pass:
   residual     the default capsule network (capsule_preset=residual, mask head on)
+  residual_paste  the same with --tumour_paste=0.5 (half of each batch gets another slice's tumour)
   compact      the previous default (capsule_preset=compact)
   resnet18     the CPU baseline (--model=resnet18)
 Printed: images per second and the bfloat16 speed-up per model, and each model's speed against the
@@ -36,7 +37,11 @@ def _data(size, count):
 
     from capsule_classifier.data import LabelledImages
     generator = torch.Generator().manual_seed(0)
-    masks = (torch.rand(count, size, size, generator=generator) > 0.97).to(torch.uint8)
+    rows = torch.arange(size).view(1, size, 1)
+    top = torch.randint(0, size // 2, (count, 1, 1), generator=generator)
+    left = torch.randint(0, size // 2, (count, 1, 1), generator=generator).transpose(1, 2)
+    masks = ((rows >= top) & (rows < top + size // 8) & (rows.transpose(1, 2) >= left)
+             & (rows.transpose(1, 2) < left + size // 8)).to(torch.uint8)     # one square tumour per slice
     ids = np.array([str(k) for k in range(count)], dtype=object)
     return LabelledImages(torch.rand(count, size, size, generator=generator).half(),
                           np.arange(count) % 3, ids, ids, np.zeros(count, bool), masks)
@@ -46,7 +51,7 @@ def _model(kind, size):
     from capsule_classifier.network import make_model
     if kind == "resnet18":
         return make_model("resnet18")
-    return make_model("capsule", image_size=size, preset=kind)
+    return make_model("capsule", image_size=size, preset=kind.removesuffix("_paste"))
 
 
 def measure(kind, size, precision, data, device, batch):
@@ -57,7 +62,8 @@ def measure(kind, size, precision, data, device, batch):
     torch.manual_seed(0)
     model = _model(kind, size).to(device)
     config = TrainConfig(epochs=2, batch_size=batch, amp=precision == "bf16",
-                         mask_weight=0.5 if kind == "residual" else 0.0, vertical_flips=False)
+                         mask_weight=0.5 if kind.startswith("residual") else 0.0, vertical_flips=False,
+                         tumour_paste=0.5 if kind.endswith("_paste") else 0.0)
     steps = -(-len(data) // batch)
     optimiser, scheduler = make_optimiser(model, config, steps)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
@@ -85,9 +91,9 @@ def run(flags):
                 speed[kind, precision] = measure(kind, int(size), precision, data, device, flags["batch_size"])
                 results.append({"size": int(size), "model": kind, "precision": precision,
                                 "images_per_s": round(speed[kind, precision], 1)})
-                print(f"{size:>4} px  {kind:9} {precision:5} {speed[kind, precision]:7.1f} img/s", flush=True)
+                print(f"{size:>4} px  {kind:14} {precision:5} {speed[kind, precision]:7.1f} img/s", flush=True)
             if (kind, "fp32") in speed and (kind, "bf16") in speed:
-                print(f"{size:>4} px  {kind:9} bf16 / fp32: {speed[kind, 'bf16'] / speed[kind, 'fp32']:.2f}x")
+                print(f"{size:>4} px  {kind:14} bf16 / fp32: {speed[kind, 'bf16'] / speed[kind, 'fp32']:.2f}x")
         if BASELINE in speed:
             for (kind, precision), value in speed.items():
                 print(f"{size:>4} px  {kind} {precision} against the previous default "
