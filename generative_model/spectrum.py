@@ -46,7 +46,7 @@ def peak_of(difference):
     y, x = np.unravel_index(int(np.argmax(difference)), difference.shape)
     fy, fx = int(y) - side // 2, int(x) - side // 2
     return {"peak_excess": round(float(difference[y, x]), 3), "peak_cycles_per_image": [fy, fx],
-            "peak_period_px": round(side / max(np.hypot(fy, fx), 1e-9), 2),
+            "peak_period_px": round(float(side / max(np.hypot(fy, fx), 1e-9)), 2),
             "mean_log_ratio": round(float(difference.mean()), 3)}
 
 
