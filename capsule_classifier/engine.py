@@ -53,13 +53,9 @@ class TrainConfig:
                                      # over its own (needs tumour masks; augment.paste_tumours)
 
 
-def tumour_paste_problem(config, has_masks):
-    """Why ``config.tumour_paste`` cannot be used (None: it can)."""
-    if config.tumour_paste and not has_masks:
-        return "--tumour_paste needs tumour masks, and a data file has no tumor_masks"
-    if not 0 <= config.tumour_paste <= 1:
-        return f"--tumour_paste is a share of each batch, 0 to 1, got {config.tumour_paste}"
-    return None
+def tumour_paste_problem(has_masks):
+    """Why ``--tumour_paste`` cannot be used (None: it can)."""
+    return None if has_masks else "a data file has no tumor_masks"
 
 
 def mask_loss_problem(has_mask_head, has_masks):
@@ -314,14 +310,15 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
     best record ({"epoch", "macro_f1", "accuracy"}).
     """
     last_path, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
-    refused = tumour_paste_problem(config, train_data.masks is not None)
-    if refused:
-        raise ValueError(refused)
     problem = config.mask_weight and mask_loss_problem(getattr(model, "mask_head", None) is not None,
                                                        train_data.masks is not None)
     if problem:
         log(f"mask_weight={config.mask_weight} ignored: {problem}")
-    config = replace(config, amp=resolve_amp(config.amp, device), mask_weight=0.0 if problem else config.mask_weight)
+    no_paste = config.tumour_paste and tumour_paste_problem(train_data.masks is not None)
+    if no_paste:
+        log(f"tumour_paste={config.tumour_paste} ignored: {no_paste}")
+    config = replace(config, amp=resolve_amp(config.amp, device), mask_weight=0.0 if problem else config.mask_weight,
+                     tumour_paste=0.0 if no_paste else config.tumour_paste)
     if distributed.is_distributed() and device.type == "cuda":
         # batch statistics over the global batch; PyTorch has no synchronised batch norm on CPUs,
         # where each process normalises over its share of the batch

@@ -112,12 +112,12 @@ def build_model(exp, image_size):
 
 
 def _check_masks(exp, data, log):
-    """Refuse tumour pasting without tumour masks; switch the mask loss off, saying why, when the
-    model or the data cannot use it (before the network is built: the mask head exists only with the
-    loss)."""
-    refused = tumour_paste_problem(exp.config, data.masks is not None)
-    if refused:
-        raise ValueError(f"{refused} ({', '.join(exp.data_path)})")
+    """Switch tumour pasting and the mask loss off, saying why, when the model or the data cannot use
+    them (before the network is built: the mask head exists only with the loss)."""
+    no_paste = exp.config.tumour_paste and tumour_paste_problem(data.masks is not None)
+    if no_paste:
+        log(f"tumour_paste={exp.config.tumour_paste} ignored: {no_paste} ({', '.join(exp.data_path)})")
+        exp.config.tumour_paste = 0.0
     problem = exp.config.mask_weight and mask_loss_problem(uses_mask_head(exp), data.masks is not None)
     if problem:
         log(f"mask_weight={exp.config.mask_weight} ignored: {problem}")
@@ -173,6 +173,8 @@ def check_settings(exp):
                          f"no validation part)")
     if not 0 < exp.train_fraction <= 1:
         raise ValueError(f"--train_fraction={exp.train_fraction}: must lie in (0, 1] (1: every training patient)")
+    if not 0 <= config.tumour_paste <= 1:
+        raise ValueError(f"--tumour_paste={config.tumour_paste}: a share of each batch, 0 to 1")
     if exp.train_fraction < 1 and not exp.cross_validation:
         raise ValueError("--train_fraction < 1 (a learning-curve point) applies to cross-validation runs")
 

@@ -254,7 +254,7 @@ def test_mask_loss_trains_the_residual_network_and_is_refused_politely_elsewhere
     assert any("mask_weight=0.5 ignored" in line for line in said) and compact.mask_weight == 0
 
 
-def test_tumour_pasting_trains_with_or_without_the_mask_loss_and_needs_masks(blob_dataset, tmp_path):
+def test_tumour_pasting_trains_with_or_without_the_mask_loss_and_is_skipped_without_masks(blob_dataset, tmp_path):
     common = dict(data_path=[str(blob_dataset)], model_dir=str(tmp_path), cross_validation=False,
                   device="cpu", capsule_options={"widths": (8, 8, 16, 16), "stem_channels": 4})
     for name, mask_weight, mixup in (("pasted", 0.0, 0.0), ("pasted_mixed", 0.5, 0.4)):
@@ -267,11 +267,15 @@ def test_tumour_pasting_trains_with_or_without_the_mask_loss_and_needs_masks(blo
     pickled = tmp_path / "no_masks.pkl"
     with open(pickled, "wb") as out:
         pickle.dump([[np.random.rand(32, 32).astype(np.float32), k % 3] for k in range(12)], out)
-    refused = dict(common, data_path=[str(pickled)])
-    with pytest.raises(ValueError, match="tumour_paste needs tumour masks.*no_masks.pkl"):
-        run_experiment(Experiment(run_name="refused", config=TrainConfig(epochs=1, tumour_paste=0.5), **refused),
+    said = []
+    run_experiment(Experiment(run_name="unmasked", config=TrainConfig(epochs=1, batch_size=4, tumour_paste=0.5),
+                              **dict(common, data_path=[str(pickled)])), log=said.append)
+    assert any(line.startswith("tumour_paste=0.5 ignored: a data file has no tumor_masks") and "no_masks.pkl" in line
+               for line in said)
+    assert load_checkpoint(tmp_path / "unmasked" / "last.pt")["train_config"]["tumour_paste"] == 0
+    with pytest.raises(ValueError, match="tumour_paste=1.5"):
+        run_experiment(Experiment(run_name="refused", config=TrainConfig(tumour_paste=1.5), **common),
                        log=lambda *a: None)
-    assert not any((tmp_path / "refused").iterdir())                      # refused before writing anything
 
 
 def test_one_fold_at_a_time(blob_dataset, tmp_path):
