@@ -22,7 +22,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")     # the per-batch progress bars wou
 sizes = [256]
 slices = 320                  # slices per timed pass (batches of batch_size)
 batch_size = 32
-models = ["residual", "compact", "resnet18"]
+models = ["residual", "residual_paste", "compact", "resnet18"]
 precisions = ["fp32", "bf16"]
 threads = 2
 device = "cpu"

@@ -39,7 +39,8 @@ MAX_BLUR_FRACTION = 0.005  # largest blur sigma, as a fraction of the image side
 MAX_NOISE_STD = 0.03      # largest noise std on [0, 1] intensities
 PASTE_MARGIN = 1 / 32     # a pasted tumour brings this share of the image side around it (8 px at 256)
 PASTE_FEATHER = 1 / 64    # and blends into its new surroundings over this share
-PASTE_COARSE = 4          # the patch's margin and edge are drawn at 1/4 of the resolution
+PASTE_COARSE = 4          # the patch's margin and edge are drawn at 1/4 of the resolution (at least
+                          # one coarse pixel each when > 0)
 
 
 def _uniform(n, low, high, generator, device):
@@ -161,8 +162,9 @@ def paste_tumours(images, masks, probability, generator, margin=PASTE_MARGIN, fe
     share of the label that goes to the donor, its tumour area over the tumour area that shows
     (donor's plus what the patch leaves of the slice's own); 0 where nothing was pasted (no tumour
     in the slice or in its donor, or the slice drew itself). ``masks`` (B, 1, S, S) become the
-    tumours that show."""
+    tumours that show, as fractions."""
     n, side, device = images.shape[0], images.shape[-1], images.device
+    masks = masks.to(images.dtype)              # soft edges need fractions (uint8 without augmentation)
     donor = torch.randperm(n, generator=generator, device=device)
     chosen = torch.rand(n, generator=generator, device=device) < probability
     tumour = (masks >= 0.5).to(images.dtype)
@@ -176,7 +178,7 @@ def paste_tumours(images, masks, probability, generator, margin=PASTE_MARGIN, fe
     centre = torch.stack([(tumour.sum(-1).squeeze(1) * rows).sum(-1),
                           (tumour.sum(-2).squeeze(1) * rows).sum(-1)], 1) / area.clamp_min(1).view(n, 1)
     patch = tumour[givers]
-    reach, blend = round(margin * side / PASTE_COARSE), round(feather * side / PASTE_COARSE)
+    reach, blend = math.ceil(margin * side / PASTE_COARSE), math.ceil(feather * side / PASTE_COARSE)
     if reach or blend:                          # dilate and soften at a coarser scale: cheap, and
         patch = F.avg_pool2d(patch, PASTE_COARSE, ceil_mode=True)       # the edge is soft anyway
         patch = F.max_pool2d((patch > 0).to(images.dtype), 2 * reach + 1, stride=1, padding=reach)
@@ -190,5 +192,5 @@ def paste_tumours(images, masks, probability, generator, margin=PASTE_MARGIN, fe
     share[hosts] = shown / (shown + own_left.sum((-3, -2, -1))).clamp_min(1e-6)
     images, masks = images.clone(), masks.clone()
     images[hosts] = alpha * moved[:, :1] + (1 - alpha) * images[hosts]
-    masks[hosts] = torch.maximum(donor_tumour, masks[hosts] * (1 - alpha)).to(masks.dtype)
+    masks[hosts] = torch.maximum(donor_tumour, masks[hosts] * (1 - alpha))
     return images, masks, donor, share

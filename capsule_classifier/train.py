@@ -74,8 +74,8 @@ capsule_preset = "residual"   # "residual" (residual trunk + routed class capsul
                               # (the study's network made small) or "study" (the paper's exact network)
 mask_weight = 0.5             # residual preset: weight of the tumour-mask loss (0: no mask head)
 mixup = 0.0                   # > 0: mixup of each batch, weight ~ Beta(mixup, mixup) (0: off)
-tumour_paste = 0.0            # > 0: share of each batch whose tumour is covered by another slice's
-                              # tumour (with a margin), labels shared by the tumour area that shows
+tumour_paste = 0.0            # > 0: about this share of each batch gets another slice's tumour (with a
+                              # margin) pasted onto its own; labels shared by the tumour area that shows
 tumour_crop = False           # residual preset: add a second view centred on the predicted tumour
 routing = "fast"              # "fast" or "general" dynamic routing loop
 capsule_types = 1             # capsule types of the hidden capsule layers (study: 1)

@@ -63,9 +63,11 @@ def spectrum_of(result, path):
 
 
 def spectrum_cell(spectrum):
-    cell = f"{spectrum['peak_excess']:.2f} ({spectrum['peak_period_px']:.1f})"
+    def peak(report):
+        period = report["peak_period_px"]
+        return f"{report['peak_excess']:.2f} ({period:.1f})" if period else f"{report['peak_excess']:.2f} (no excess)"
     floor = spectrum.get("real_floor")
-    return cell + (f"; {floor['peak_excess']:.2f} ({floor['peak_period_px']:.1f})" if floor else "")
+    return peak(spectrum) + (f"; {peak(floor)}" if floor else "")
 
 
 def run_row(run_dir, evaluation_dir):

@@ -26,16 +26,16 @@ def write_loss_table(history, csv_path, png_path):
     """The per-epoch losses as CSV and as a curve plot."""
     if not history:
         return
-    columns = list(history[0])
+    columns = list(dict.fromkeys(name for row in history for name in row))   # a resumed run may add a loss
     with open(csv_path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(history)
     epochs = [row["epoch"] for row in history]
     fig, ax = plt.subplots(figsize=(7, 4))
     for name in columns:
         if name.startswith("loss_"):
-            ax.plot(epochs, [row[name] for row in history], marker="o", ms=3, label=name[5:])
+            ax.plot(epochs, [row.get(name, float("nan")) for row in history], marker="o", ms=3, label=name[5:])
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (epoch mean)")
     ax.legend()

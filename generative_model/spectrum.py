@@ -21,8 +21,14 @@ import torch  # noqa: E402
 from preprocess.dataset import read_images  # noqa: E402
 
 SPECTRUM_SLICES = 2000        # at most this many slices per file, evenly spread over it
-AMPLITUDE_FLOOR = 1e-3        # added before the log (orthonormal FFT of [0, 1] slices)
+AMPLITUDE_FLOOR = 1e-3        # added to amplitudes of the orthonormal FFT before the log: far below
+                              # what the noise of a real slice puts into any frequency
 BATCH = 256
+
+
+def log_amplitude(images, floor=AMPLITUDE_FLOOR):
+    """log(|FFT| + floor) of each image of a (..., S, S) tensor (orthonormal 2-d FFT, float32)."""
+    return torch.log(torch.fft.fft2(images.float(), norm="ortho").abs() + floor)
 
 
 def mean_log_spectrum(path, max_slices=SPECTRUM_SLICES, floor=AMPLITUDE_FLOOR):
@@ -34,20 +40,24 @@ def mean_log_spectrum(path, max_slices=SPECTRUM_SLICES, floor=AMPLITUDE_FLOOR):
     total = None
     for start in range(0, len(rows), BATCH):
         batch = torch.as_tensor(read_images(path, indices=rows[start:start + BATCH]))
-        spectrum = torch.log(torch.fft.fft2(batch, norm="ortho").abs() + floor).sum(0)
+        spectrum = log_amplitude(batch, floor).sum(0)
         total = spectrum if total is None else total + spectrum
     return torch.fft.fftshift(total / len(rows)).numpy()
 
 
 def peak_of(difference):
     """Largest value of a centred spectrum difference, its frequency (cycles per image, y and x) and
-    the period in pixels that frequency repeats at."""
+    the period in pixels that frequency repeats at (frequency and period None when no frequency
+    has more energy than the real slices)."""
     side = difference.shape[-1]
     y, x = np.unravel_index(int(np.argmax(difference)), difference.shape)
     fy, fx = int(y) - side // 2, int(x) - side // 2
-    return {"peak_excess": round(float(difference[y, x]), 3), "peak_cycles_per_image": [fy, fx],
-            "peak_period_px": round(float(side / max(np.hypot(fy, fx), 1e-9)), 2),
-            "mean_log_ratio": round(float(difference.mean()), 3)}
+    excess = float(difference[y, x])
+    report = {"peak_excess": round(excess, 3), "peak_cycles_per_image": None, "peak_period_px": None,
+              "mean_log_ratio": round(float(difference.mean()), 3)}
+    if excess > 0:
+        report.update(peak_cycles_per_image=[fy, fx], peak_period_px=round(float(side / max(np.hypot(fy, fx), 1e-9)), 2))
+    return report
 
 
 def spectral_artefacts(real_path, synthetic_path, heldout_path=None, png_path=None):
@@ -78,8 +88,9 @@ def plot_spectrum_differences(maps, png_path):
         image = axis.imshow(difference, cmap="RdBu_r", vmin=-limit, vmax=limit,
                             extent=(-side / 2, side / 2, side / 2, -side / 2))
         peak = peak_of(difference)
-        axis.set_title(f"{title}\npeak {peak['peak_excess']:+.2f} at {peak['peak_cycles_per_image']} "
-                       f"({peak['peak_period_px']} px)", fontsize=9)
+        where = (f" at {peak['peak_cycles_per_image']} ({peak['peak_period_px']} px)"
+                 if peak["peak_period_px"] else "")
+        axis.set_title(f"{title}\npeak {peak['peak_excess']:+.2f}{where}", fontsize=9)
         axis.set_xlabel("cycles per image, x")
         axis.set_ylabel("cycles per image, y")
     figure.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="mean log amplitude difference")

@@ -25,6 +25,7 @@ from generative_model.figures import save_image_grid, write_loss_table
 from generative_model.image_pool import ImagePool
 from generative_model.networks import build_networks
 from generative_model.saved_runs import CHECKPOINT, CONDITIONAL_FOLDER, models_already_in, write_run_index
+from generative_model.spectrum import AMPLITUDE_FLOOR, log_amplitude
 from preprocess import distributed
 from preprocess.checkpoint_io import load_checkpoint_file, save_checkpoint
 from preprocess.devices import resolve_device
@@ -34,7 +35,6 @@ from preprocess.tensorboard_log import log_scalars, tensorboard_writer
 GRID_ROWS = 4
 GRID_FAKES = 3
 DIVERSITY_CAP = 0.2  # mode-seeking term stops rewarding beyond this image/latent distance ratio
-SPECTRUM_FLOOR = 1e-3  # added to amplitudes before the log (orthonormal FFT of [-1, 1] slices)
 
 
 def learning_rate(epoch, settings):
@@ -273,14 +273,12 @@ def reconstruction_l1(fake, real, best_of_two=False):
     return per_slice.mean()
 
 
-def spectrum_l1(fake, real, floor=SPECTRUM_FLOOR):
+def spectrum_l1(fake, real, floor=AMPLITUDE_FLOOR):
     """Mean L1 between the log amplitude spectra (orthonormal 2-d FFT) of each fake and its real
     slice. A periodic pattern (a lattice) is a few sharp peaks in the spectrum where real slices have
     none, which pixel losses barely see and this term does (after Durall et al., CVPR 2020, "Watch
     your up-convolution"); ``floor`` keeps the log finite where a spectrum is empty."""
-    fake_amplitude = torch.fft.rfft2(fake.float(), norm="ortho").abs()
-    real_amplitude = torch.fft.rfft2(real.float(), norm="ortho").abs()
-    return (torch.log(fake_amplitude + floor) - torch.log(real_amplitude + floor)).abs().mean()
+    return (log_amplitude(fake, floor) - log_amplitude(real, floor)).abs().mean()
 
 
 def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scaler, pool, criterion,

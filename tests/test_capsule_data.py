@@ -138,7 +138,8 @@ def test_pasted_tumours_land_on_the_own_tumour_and_share_the_label():
     from capsule_classifier.augment import paste_tumours
     corners = [(8, 8), (40, 30), (20, 44), (30, 10), None, (50, 50)]
     images, masks = _square_tumours(corners)
-    out, out_masks, donor, share = paste_tumours(images, masks, 1.0, torch.Generator().manual_seed(0))
+    # margin 1/8 at 64 px: two coarse pixels around the tumour, one of soft edge (as the defaults at 256 px)
+    out, out_masks, donor, share = paste_tumours(images, masks, 1.0, torch.Generator().manual_seed(0), margin=1 / 8)
     pasted = [k for k in range(6) if share[k] > 0]
     assert pasted and all(corners[k] is not None and corners[donor[k]] is not None and donor[k] != k
                           for k in pasted)

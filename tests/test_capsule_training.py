@@ -254,7 +254,17 @@ def test_mask_loss_trains_the_residual_network_and_is_refused_politely_elsewhere
     assert any("mask_weight=0.5 ignored" in line for line in said) and compact.mask_weight == 0
 
 
-def test_tumour_pasting_trains_with_or_without_the_mask_loss_and_is_skipped_without_masks(blob_dataset, tmp_path):
+def test_tumour_pasting_trains_with_or_without_the_mask_loss_and_is_skipped_without_masks(blob_dataset, tmp_path,
+                                                                                          monkeypatch):
+    from capsule_classifier import engine
+    shares = []
+
+    def spy(*args, **kwargs):
+        result = engine_paste(*args, **kwargs)
+        shares.append(result[3])
+        return result
+    engine_paste = engine.paste_tumours
+    monkeypatch.setattr(engine, "paste_tumours", spy)
     common = dict(data_path=[str(blob_dataset)], model_dir=str(tmp_path), cross_validation=False,
                   device="cpu", capsule_options={"widths": (8, 8, 16, 16), "stem_channels": 4})
     for name, mask_weight, mixup in (("pasted", 0.0, 0.0), ("pasted_mixed", 0.5, 0.4)):
@@ -264,6 +274,8 @@ def test_tumour_pasting_trains_with_or_without_the_mask_loss_and_is_skipped_with
         assert record["train_config"]["tumour_paste"] == 0.5
         assert record["model_config"]["mask_head"] == bool(mask_weight)
         assert all(np.isfinite(row["train_loss"]) for row in record["history"])
+        assert shares and torch.cat(shares).gt(0).any()          # tumours were pasted in this run
+        shares.clear()
     pickled = tmp_path / "no_masks.pkl"
     with open(pickled, "wb") as out:
         pickle.dump([[np.random.rand(32, 32).astype(np.float32), k % 3] for k in range(12)], out)
@@ -272,7 +284,7 @@ def test_tumour_pasting_trains_with_or_without_the_mask_loss_and_is_skipped_with
                               **dict(common, data_path=[str(pickled)])), log=said.append)
     assert any(line.startswith("tumour_paste=0.5 ignored: a data file has no tumor_masks") and "no_masks.pkl" in line
                for line in said)
-    assert load_checkpoint(tmp_path / "unmasked" / "last.pt")["train_config"]["tumour_paste"] == 0
+    assert load_checkpoint(tmp_path / "unmasked" / "last.pt")["train_config"]["tumour_paste"] == 0 and not shares
     with pytest.raises(ValueError, match="tumour_paste=1.5"):
         run_experiment(Experiment(run_name="refused", config=TrainConfig(tumour_paste=1.5), **common),
                        log=lambda *a: None)

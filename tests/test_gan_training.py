@@ -265,3 +265,11 @@ def test_gan_losses_sum_over_the_critics_maps():
         criterion = gan_criterion(kind)
         torch.testing.assert_close(criterion([patch, pixel], True), criterion(patch, True) + criterion(pixel, True))
     assert float(gan_criterion("lsgan")([patch, pixel], True)) == pytest.approx(0.25 + 1.0)
+
+
+def test_loss_table_keeps_a_loss_that_a_resumed_run_added(tmp_path):
+    from generative_model.figures import write_loss_table
+    history = [{"epoch": 1, "loss_d": 0.5}, {"epoch": 2, "loss_d": 0.4, "loss_spectrum": 0.9}]
+    write_loss_table(history, tmp_path / "losses.csv", tmp_path / "losses.png")
+    rows = list(csv.DictReader(open(tmp_path / "losses.csv")))
+    assert [row["loss_spectrum"] for row in rows] == ["", "0.9"] and (tmp_path / "losses.png").is_file()
