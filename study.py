@@ -49,6 +49,8 @@ capsule_preset = "residual"
 baseline = "resnet18"
 baseline_preset = ""              # presets/classifier/<name>.json for the baseline arm ("": the flags above)
 augmentation = "mri"
+tumour_paste = 0.0                # the classifier's --tumour_paste (its default is 0.5; the study's
+                                  # measured rows ran without it)
 device = "auto"
 threads = 2
 # -----------------------------------------------------------------------------

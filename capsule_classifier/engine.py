@@ -49,7 +49,7 @@ class TrainConfig:
     ema_decay: float = 0.998         # > 0: evaluate and save an exponential moving average of the weights
     mask_weight: float = 0.5         # > 0: add this times the tumour-mask loss (models with a mask head)
     mixup: float = 0.0               # > 0: mix each batch with a shuffled copy, weight ~ Beta(mixup, mixup)
-    tumour_paste: float = 0.0        # > 0: about this share of each batch gets another slice's tumour
+    tumour_paste: float = 0.5        # > 0: about this share of each batch gets another slice's tumour
                                      # pasted onto its own (needs tumour masks; augment.paste_tumours)
 
 

@@ -16,7 +16,8 @@ read through a restricted unpickler; they carry no patient ids, so their splits 
 
 The defaults are the CPU recipe: the residual capsule network (capsule_preset=residual: residual
 trunk, routed class capsules, a tumour-mask loss in training), AdamW with a one-cycle learning
-rate, label smoothing 0.1, left-right flips, small affine warps and gamma/contrast changes, an
+rate, label smoothing 0.1, left-right flips, small affine warps and gamma/contrast changes, another
+slice's tumour pasted onto about half of the training slices (labels shared by tumour area), an
 exponential moving average of the weights, bfloat16 autocast where the CPU has it. Flag presets
 (presets/classifier/*.json, applied before the other flags): --preset=study (the paper's network,
 optimiser and augmentation), --preset=compact (the previous default), --preset=resnet18_cpu (the
@@ -74,8 +75,9 @@ capsule_preset = "residual"   # "residual" (residual trunk + routed class capsul
                               # (the study's network made small) or "study" (the paper's exact network)
 mask_weight = 0.5             # residual preset: weight of the tumour-mask loss (0: no mask head)
 mixup = 0.0                   # > 0: mixup of each batch, weight ~ Beta(mixup, mixup) (0: off)
-tumour_paste = 0.0            # > 0: about this share of each batch gets another slice's tumour (with a
+tumour_paste = 0.5            # > 0: about this share of each batch gets another slice's tumour (with a
                               # margin) pasted onto its own; labels shared by the tumour area that shows
+                              # (0: off; 0.5 against 0, leave-stretch-out: see capsule_classifier/RESULTS.md)
 tumour_crop = False           # residual preset: add a second view centred on the predicted tumour
 routing = "fast"              # "fast" or "general" dynamic routing loop
 capsule_types = 1             # capsule types of the hidden capsule layers (study: 1)

@@ -193,14 +193,20 @@ def _over_seeds(first, args, more_seeds, work_dir, name):
 # evaluations started before the pin are not reused (their command differs) and train again.
 TESTED_RUN_VAL_FRACTION = 0.2
 CLASSIFIER_EPOCHS = 30
+CLASSIFIER_TUMOUR_PASTE = 0.0      # the classifier's default became 0.5 after these rows were measured
 CLASSIFIER_RUNS = ("synthetic_to_real", "real_to_heldout", "real_only", "synthetic_pretrained")
 DEFAULT_CLASSIFIER_RUNS = ("synthetic_to_real", "real_only", "synthetic_pretrained")
 
 
-def pinned_epochs(extra_args):
-    """``--epochs=30`` unless the user's classifier flags choose the epochs (directly or by preset)."""
-    chooses = any(arg.startswith(("--epochs=", "--preset=")) for arg in extra_args)
-    return [] if chooses else [f"--epochs={CLASSIFIER_EPOCHS}"]
+def pinned_protocol(extra_args):
+    """The classifier recipe every measured row used, where the user's classifier flags do not
+    choose otherwise (directly or by preset): ``--epochs=30`` and ``--tumour_paste=0``."""
+    preset = any(arg.startswith("--preset=") for arg in extra_args)
+    pinned = []
+    for flag, value in (("--epochs=", CLASSIFIER_EPOCHS), ("--tumour_paste=", CLASSIFIER_TUMOUR_PASTE)):
+        if not preset and not any(arg.startswith(flag) for arg in extra_args):
+            pinned.append(f"{flag}{value}")
+    return pinned
 
 
 def classifier_comparison(real_path, synthetic_path, image_size, work_dir, k_folds=5, seed=0,
@@ -227,7 +233,7 @@ def classifier_comparison(real_path, synthetic_path, image_size, work_dir, k_fol
     work_dir.mkdir(parents=True, exist_ok=True)
     real_path, synthetic_path = os.path.abspath(real_path), os.path.abspath(synthetic_path)
     test_path = os.path.abspath(heldout_path) if heldout_path else real_path
-    common = [f"--image_size={image_size}", f"--seed={seed}", *pinned_epochs(extra_args), *extra_args]
+    common = [f"--image_size={image_size}", f"--seed={seed}", *pinned_protocol(extra_args), *extra_args]
     cv = [f"--k_folds={k_folds}", "--CrossValidation=True", "--Train=True", "--Test=False",
           f"--val_fraction={TESTED_RUN_VAL_FRACTION}", *common]       # pre-training's validation part
     tested = ["--CrossValidation=False", "--Train=True", "--Test=True", f"--data_test_path={test_path}",

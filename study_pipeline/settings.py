@@ -3,7 +3,8 @@ import dataclasses
 
 ARMS = ("real_only", "pretrained", "baseline", "synthetic_only")
 # what a classifier preset may set for the study's baseline arm
-BASELINE_PRESET_KEYS = {"model", "image_size", "epochs", "lr", "batch_size", "weight_decay", "label_smoothing"}
+BASELINE_PRESET_KEYS = {"model", "image_size", "epochs", "lr", "batch_size", "weight_decay", "label_smoothing",
+                        "tumour_paste"}
 
 
 @dataclasses.dataclass
@@ -38,6 +39,7 @@ class StudySettings:
     baseline: str = "resnet18"     # "resnet18" or "resnet50"
     baseline_preset: str = ""      # presets/classifier file for the baseline arm (e.g. resnet18_cpu)
     augmentation: str = "mri"
+    tumour_paste: float = 0.0      # the classifier's --tumour_paste (0: off, as every measured study row)
     device: str = "auto"
 
 

@@ -168,11 +168,12 @@ def test_compare_evaluations_tabulates_runs_and_names_a_missing_one(tmp_path):
         compare({"runs": [str(newer.parent)], "evaluation": "evaluation", "out": ""})
 
 
-def test_classifier_runs_train_30_epochs_unless_the_flags_choose():
-    from generative_model.evaluation import pinned_epochs
-    assert pinned_epochs([]) == pinned_epochs(["--lr=1e-3"]) == ["--epochs=30"]
-    assert pinned_epochs(["--epochs=6"]) == []                       # the user's epochs
-    assert pinned_epochs(["--preset=resnet18_cpu"]) == []            # the preset's epochs (12)
+def test_classifier_runs_keep_the_measured_recipe_unless_the_flags_choose():
+    from generative_model.evaluation import pinned_protocol
+    assert pinned_protocol([]) == pinned_protocol(["--lr=1e-3"]) == ["--epochs=30", "--tumour_paste=0.0"]
+    assert pinned_protocol(["--epochs=6"]) == ["--tumour_paste=0.0"]    # the user's epochs
+    assert pinned_protocol(["--tumour_paste=0.5"]) == ["--epochs=30"]
+    assert pinned_protocol(["--preset=resnet18_cpu"]) == []            # the preset's recipe
 
 
 def test_train_on_synthetic_over_classifier_seeds(tmp_path, monkeypatch):
