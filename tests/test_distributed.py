@@ -12,7 +12,8 @@ import pytest
 from preprocess.checkpoint_io import load_checkpoint_file
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = ["--CrossValidation=False", "--val_fraction=0.2", "--batch_size=8", "--augmentation=none", "--threads=1", "--device=cpu"]
+COMMON = ["--CrossValidation=False", "--val_fraction=0.2", "--batch_size=8", "--augmentation=none", "--tumour_paste=0",
+          "--threads=1", "--device=cpu"]   # no random augmentation: one process and two must agree
 # per-process batch norm on CPUs (PyTorch's SyncBatchNorm needs GPUs): losses agree within this
 CPU_LOSS_TOLERANCE = 0.15
 
