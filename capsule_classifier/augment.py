@@ -66,6 +66,12 @@ def random_affine(images, generator, max_rotation_deg=MAX_ROTATION_DEG, max_scal
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
                          torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    return _warp(images, theta)
+
+
+def _warp(images, theta):
+    """Every image of a stack (B, C, S, S) through its own affine map (B, 2, 3) in grid coordinates
+    (bilinear, zero fill)."""
     grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -148,8 +154,7 @@ def _translate(stack, shift_yx):
     theta[:, 0, 0] = theta[:, 1, 1] = 1
     theta[:, 0, 2] = -shift_yx[:, 1] * (2 / side)          # grid x: output pixel p samples p - shift
     theta[:, 1, 2] = -shift_yx[:, 0] * (2 / side)
-    grid = F.affine_grid(theta, list(stack.shape), align_corners=False)
-    return F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return _warp(stack, theta)
 
 
 def paste_tumours(images, masks, probability, generator, margin=PASTE_MARGIN, feather=PASTE_FEATHER):

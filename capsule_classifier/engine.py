@@ -53,18 +53,19 @@ class TrainConfig:
                                      # pasted onto its own (needs tumour masks; augment.paste_tumours)
 
 
+NO_MASKS = "a data file has no tumor_masks"
+
+
 def tumour_paste_problem(has_masks):
     """Why ``--tumour_paste`` cannot be used (None: it can)."""
-    return None if has_masks else "a data file has no tumor_masks"
+    return None if has_masks else NO_MASKS
 
 
 def mask_loss_problem(has_mask_head, has_masks):
     """Why the tumour-mask loss cannot be used (None: it can)."""
     if not has_mask_head:
         return "only the residual capsule network has a mask head"
-    if not has_masks:
-        return "a data file has no tumor_masks"
-    return None
+    return tumour_paste_problem(has_masks)
 
 
 def make_optimiser(model, config, steps_per_epoch):
