@@ -41,6 +41,7 @@ PASTE_MARGIN = 1 / 32     # a pasted tumour brings this share of the image side 
 PASTE_FEATHER = 1 / 64    # and blends into its new surroundings over this share
 PASTE_COARSE = 4          # the patch's margin and edge are drawn at 1/4 of the resolution (at least
                           # one coarse pixel each when > 0)
+PASTE_PLACES = ("host", "donor")  # where a pasted tumour lands (paste_tumours' ``at``)
 
 
 def _uniform(n, low, high, generator, device):
@@ -157,9 +158,10 @@ def _translate(stack, shift_yx):
     return _warp(stack, theta)
 
 
-def paste_tumours(images, masks, probability, generator, margin=PASTE_MARGIN, feather=PASTE_FEATHER):
+def paste_tumours(images, masks, probability, generator, margin=PASTE_MARGIN, feather=PASTE_FEATHER, at="host"):
     """Paste, into about ``probability`` of the slices of a batch, the tumour of another slice of the
-    batch (the donor) centred on the slice's own tumour.
+    batch (the donor): centred on the slice's own tumour (``at="host"``), or where it sits in the
+    donor (``at="donor"``: keeps where in the image a tumour lies, e.g. a pituitary tumour's sella).
 
     The pasted patch is the donor's tumour dilated by ``margin`` x the image side, its edge blended
     over ``feather`` x the side (both drawn at 1 / ``PASTE_COARSE`` of the resolution and resized:
@@ -189,7 +191,9 @@ def paste_tumours(images, masks, probability, generator, margin=PASTE_MARGIN, fe
         patch = F.max_pool2d((patch > 0).to(images.dtype), 2 * reach + 1, stride=1, padding=reach)
         patch = F.avg_pool2d(patch, 2 * blend + 1, stride=1, padding=blend, count_include_pad=False)
         patch = F.interpolate(patch, size=images.shape[-2:], mode="bilinear", align_corners=False)
-    moved = _translate(torch.cat([images[givers], tumour[givers], patch], 1), centre[hosts] - centre[givers])
+    moved = torch.cat([images[givers], tumour[givers], patch], 1)
+    if at == "host":
+        moved = _translate(moved, centre[hosts] - centre[givers])
     alpha, donor_tumour = moved[:, 2:3], moved[:, 1:2]
     own_left = tumour[hosts] * (1 - alpha)
     shown = donor_tumour.sum((-3, -2, -1))

@@ -51,6 +51,8 @@ class TrainConfig:
     mixup: float = 0.0               # > 0: mix each batch with a shuffled copy, weight ~ Beta(mixup, mixup)
     tumour_paste: float = 0.5        # > 0: about this share of each batch gets another slice's tumour
                                      # pasted onto its own (needs tumour masks; augment.paste_tumours)
+    paste_at: str = "host"           # where a pasted tumour lands: "host" (on the slice's own tumour)
+                                     # or "donor" (where it sat in its own slice)
 
 
 NO_MASKS = "a data file has no tumor_masks"
@@ -201,7 +203,8 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
         if config.tumour_paste > 0 or config.mixup > 0:
             targets = F.one_hot(labels, num_classes).float()
         if config.tumour_paste > 0:
-            images, masks, donor, share = paste_tumours(images, masks, config.tumour_paste, generator)
+            images, masks, donor, share = paste_tumours(images, masks, config.tumour_paste, generator,
+                                                          at=config.paste_at)
             targets = blend_targets(targets, donor, share)
         if config.mixup > 0:
             weight = float(mixup_rng.beta(config.mixup, config.mixup))

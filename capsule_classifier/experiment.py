@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torchinfo import summary
 
+from capsule_classifier.augment import PASTE_PLACES
 from capsule_classifier.checkpoint import load_checkpoint, load_model, trained_vertical_flips
 from capsule_classifier.data import load_sources
 from capsule_classifier.engine import TrainConfig, fit, mask_loss_problem, predict, tumour_paste_problem
@@ -175,6 +176,8 @@ def check_settings(exp):
         raise ValueError(f"--train_fraction={exp.train_fraction}: must lie in (0, 1] (1: every training patient)")
     if not 0 <= config.tumour_paste <= 1:
         raise ValueError(f"--tumour_paste={config.tumour_paste}: a share of each batch, 0 to 1")
+    if config.paste_at not in PASTE_PLACES:
+        raise ValueError(f"--paste_at={config.paste_at!r}: one of {', '.join(PASTE_PLACES)}")
     if exp.train_fraction < 1 and not exp.cross_validation:
         raise ValueError("--train_fraction < 1 (a learning-curve point) applies to cross-validation runs")
 

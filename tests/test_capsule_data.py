@@ -173,6 +173,22 @@ def test_a_small_pasted_tumour_leaves_part_of_the_label_to_the_slice():
     torch.testing.assert_close(targets.sum(1), torch.ones(2))
 
 
+def test_a_tumour_pasted_at_the_donor_place_stays_where_it_was_and_the_own_one_shows():
+    from capsule_classifier.augment import paste_tumours
+    corners = [(8, 8), (40, 40)]                                   # apart: neither patch covers the other tumour
+    images, masks = _square_tumours(corners)
+    out, out_masks, donor, share = paste_tumours(images, masks, 1.0, torch.Generator().manual_seed(1),
+                                                 margin=1 / 8, at="donor")
+    assert donor.tolist() == [1, 0]
+    for k in range(2):
+        (r, c), (dr, dc) = corners[k], corners[1 - k]
+        pasted = out[k, 0, dr + 2:dr + 6, dc + 2:dc + 6]          # the donor's tumour, in its own place
+        torch.testing.assert_close(pasted, torch.full_like(pasted, 0.1 * (2 - k)))
+        own = out[k, 0, r:r + 8, c:c + 8]                          # the slice's own tumour, untouched
+        torch.testing.assert_close(own, images[k, 0, r:r + 8, c:c + 8])
+        assert out_masks[k].sum() == pytest.approx(128, abs=1) and share[k] == pytest.approx(0.5, abs=0.01)
+
+
 def _numbered_dataset(sizes, labels_of_patient):
     """Slices numbered 1..N in patient order, with the given slices per patient and patient labels."""
     patients, labels = [], []
