@@ -17,9 +17,10 @@ Modes:
                 degrees, plus random flips (the batch grows 4x)
   ``"none"``    no change
 
-Separately, ``paste_tumours`` (``--tumour_paste``): a tumour of one slice, with a margin, pasted
-over another slice's tumour, so that class and surroundings (imaging plane, skull shape, scanner)
-stop going together; the labels are shared by how much of each tumour shows.
+Separately, ``paste_tumours`` (``--tumour_paste``, ``--paste_at``): a tumour of one slice, with a
+margin, pasted into another slice, where it sat in its own (the default) or over that slice's
+tumour, so that class and surroundings (imaging plane, skull shape, scanner) stop going together;
+the labels are shared by how much of each tumour shows.
 """
 import math
 

@@ -51,8 +51,8 @@ class TrainConfig:
     mixup: float = 0.0               # > 0: mix each batch with a shuffled copy, weight ~ Beta(mixup, mixup)
     tumour_paste: float = 0.5        # > 0: about this share of each batch gets another slice's tumour
                                      # pasted onto its own (needs tumour masks; augment.paste_tumours)
-    paste_at: str = "host"           # where a pasted tumour lands: "host" (on the slice's own tumour)
-                                     # or "donor" (where it sat in its own slice)
+    paste_at: str = "donor"          # where a pasted tumour lands: "donor" (where it sat in its own
+                                     # slice) or "host" (on the slice's own tumour)
 
 
 NO_MASKS = "a data file has no tumor_masks"

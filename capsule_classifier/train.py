@@ -78,8 +78,9 @@ mixup = 0.0                   # > 0: mixup of each batch, weight ~ Beta(mixup, m
 tumour_paste = 0.5            # > 0: about this share of each batch gets another slice's tumour (with a
                               # margin) pasted onto its own; labels shared by the tumour area that shows
                               # (0: off; 0.5 against 0, leave-stretch-out: see capsule_classifier/RESULTS.md)
-paste_at = "host"             # where a pasted tumour lands: "host" (on the slice's own tumour) or
-                              # "donor" (where it sat in its own slice: keeps the tumour's place)
+paste_at = "donor"            # where a pasted tumour lands: "donor" (where it sat in its own slice:
+                              # keeps the tumour's place) or "host" (on the slice's own tumour)
+                              # (donor against host, leave-stretch-out: capsule_classifier/RESULTS.md)
 tumour_crop = False           # residual preset: add a second view centred on the predicted tumour
 routing = "fast"              # "fast" or "general" dynamic routing loop
 capsule_types = 1             # capsule types of the hidden capsule layers (study: 1)

@@ -267,11 +267,12 @@ def test_tumour_pasting_trains_with_or_without_the_mask_loss_and_is_skipped_with
     monkeypatch.setattr(engine, "paste_tumours", spy)
     common = dict(data_path=[str(blob_dataset)], model_dir=str(tmp_path), cross_validation=False,
                   device="cpu", capsule_options={"widths": (8, 8, 16, 16), "stem_channels": 4})
-    for name, mask_weight, mixup in (("pasted", 0.0, 0.0), ("pasted_mixed", 0.5, 0.4)):
-        config = TrainConfig(epochs=1, batch_size=8, mask_weight=mask_weight, mixup=mixup, tumour_paste=0.5)
+    for name, mask_weight, mixup, place in (("pasted", 0.0, 0.0, "host"), ("pasted_mixed", 0.5, 0.4, "donor")):
+        config = TrainConfig(epochs=1, batch_size=8, mask_weight=mask_weight, mixup=mixup, tumour_paste=0.5,
+                             paste_at=place)
         run_experiment(Experiment(run_name=name, config=config, **common), log=lambda *a: None)
         record = load_checkpoint(tmp_path / name / "last.pt")
-        assert record["train_config"]["tumour_paste"] == 0.5
+        assert record["train_config"]["tumour_paste"] == 0.5 and record["train_config"]["paste_at"] == place
         assert record["model_config"]["mask_head"] == bool(mask_weight)
         assert all(np.isfinite(row["train_loss"]) for row in record["history"])
         assert shares and torch.cat(shares).gt(0).any()          # tumours were pasted in this run
@@ -287,6 +288,9 @@ def test_tumour_pasting_trains_with_or_without_the_mask_loss_and_is_skipped_with
     assert load_checkpoint(tmp_path / "unmasked" / "last.pt")["train_config"]["tumour_paste"] == 0 and not shares
     with pytest.raises(ValueError, match="tumour_paste=1.5"):
         run_experiment(Experiment(run_name="refused", config=TrainConfig(tumour_paste=1.5), **common),
+                       log=lambda *a: None)
+    with pytest.raises(ValueError, match="paste_at='middle'"):
+        run_experiment(Experiment(run_name="refused", config=TrainConfig(paste_at="middle"), **common),
                        log=lambda *a: None)
 
 
