@@ -7,7 +7,8 @@ In this one process, for each image size, each model and each precision, it time
 average; the tumour-mask loss for the residual capsule network) over ``slices`` random slices, after
 a warm-up pass:
   residual     the default capsule network (capsule_preset=residual, mask head on)
-  residual_paste  the same with --tumour_paste=0.5 (half of each batch gets another slice's tumour)
+  residual_paste  the same with --tumour_paste=0.5 (half of each batch gets another slice's tumour,
+                  placed as --paste_at's default says)
   compact      the previous default (capsule_preset=compact)
   resnet18     the CPU baseline (--model=resnet18)
 Printed: images per second and the bfloat16 speed-up per model, and each model's speed against the

@@ -159,10 +159,10 @@ def _translate(stack, shift_yx):
     return _warp(stack, theta)
 
 
-def paste_tumours(images, masks, probability, generator, margin=PASTE_MARGIN, feather=PASTE_FEATHER, at="host"):
+def paste_tumours(images, masks, probability, generator, at, margin=PASTE_MARGIN, feather=PASTE_FEATHER):
     """Paste, into about ``probability`` of the slices of a batch, the tumour of another slice of the
-    batch (the donor): centred on the slice's own tumour (``at="host"``), or where it sits in the
-    donor (``at="donor"``: keeps where in the image a tumour lies, e.g. a pituitary tumour's sella).
+    batch (the donor): where it sits in the donor (``at="donor"``: keeps where in the image a tumour
+    lies, e.g. a pituitary tumour's sella), or centred on the slice's own tumour (``at="host"``).
 
     The pasted patch is the donor's tumour dilated by ``margin`` x the image side, its edge blended
     over ``feather`` x the side (both drawn at 1 / ``PASTE_COARSE`` of the resolution and resized:
@@ -171,6 +171,8 @@ def paste_tumours(images, masks, probability, generator, margin=PASTE_MARGIN, fe
     (donor's plus what the patch leaves of the slice's own); 0 where nothing was pasted (no tumour
     in the slice or in its donor, or the slice drew itself). ``masks`` (B, 1, S, S) become the
     tumours that show, as fractions."""
+    if at not in PASTE_PLACES:
+        raise ValueError(f"paste_tumours: at={at!r}, not one of {', '.join(PASTE_PLACES)}")
     n, side, device = images.shape[0], images.shape[-1], images.device
     masks = masks.to(images.dtype)              # soft edges need fractions (uint8 without augmentation)
     donor = torch.randperm(n, generator=generator, device=device)

@@ -50,7 +50,7 @@ class TrainConfig:
     mask_weight: float = 0.5         # > 0: add this times the tumour-mask loss (models with a mask head)
     mixup: float = 0.0               # > 0: mix each batch with a shuffled copy, weight ~ Beta(mixup, mixup)
     tumour_paste: float = 0.5        # > 0: about this share of each batch gets another slice's tumour
-                                     # pasted onto its own (needs tumour masks; augment.paste_tumours)
+                                     # pasted in (needs tumour masks; augment.paste_tumours)
     paste_at: str = "donor"          # where a pasted tumour lands: "donor" (where it sat in its own
                                      # slice) or "host" (on the slice's own tumour)
 
@@ -285,12 +285,19 @@ def data_fingerprint(data):
     return {"slices": int(len(data)), "image_size": int(data.image_size), "source_ids_sha256": digest}
 
 
+# settings added after runs had been saved, and what a run saved without them did
+SAVED_WITHOUT = {"tumour_paste": 0.0, "paste_at": "host"}
+
+
 def check_resumable(state, config, train_data, path):
     """Refuse to resume ``path`` with settings or data other than the run's own, naming them."""
-    saved = state.get("train_config", {})
+    saved = {**SAVED_WITHOUT, **state.get("train_config", {})}
+    if not (saved["tumour_paste"] and config.tumour_paste):
+        saved.pop("paste_at")                 # where tumours land is moot when either run pastes none
     differ = [f"--{name}={value!r} (the run used {saved[name]!r})" for name, value in asdict(config).items()
               if name in saved and saved[name] != value]
-    data, saved_data = data_fingerprint(train_data), state.get("train_data")
+    saved_data = state.get("train_data")
+    data = data_fingerprint(train_data) if saved_data else None
     if saved_data and saved_data != data:
         what = ("image_size" if saved_data["image_size"] != data["image_size"] else "data_path / fold")
         differ.append(f"the training data ({what}: {data['slices']} slices at {data['image_size']} px, "

@@ -76,7 +76,7 @@ capsule_preset = "residual"   # "residual" (residual trunk + routed class capsul
 mask_weight = 0.5             # residual preset: weight of the tumour-mask loss (0: no mask head)
 mixup = 0.0                   # > 0: mixup of each batch, weight ~ Beta(mixup, mixup) (0: off)
 tumour_paste = 0.5            # > 0: about this share of each batch gets another slice's tumour (with a
-                              # margin) pasted onto its own; labels shared by the tumour area that shows
+                              # margin) pasted in (see paste_at); labels shared by the tumour area that shows
                               # (0: off; 0.5 against 0, leave-stretch-out: see capsule_classifier/RESULTS.md)
 paste_at = "donor"            # where a pasted tumour lands: "donor" (where it sat in its own slice:
                               # keeps the tumour's place) or "host" (on the slice's own tumour)

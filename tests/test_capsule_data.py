@@ -139,7 +139,8 @@ def test_pasted_tumours_land_on_the_own_tumour_and_share_the_label():
     corners = [(8, 8), (40, 30), (20, 44), (30, 10), None, (50, 50)]
     images, masks = _square_tumours(corners)
     # margin 1/8 at 64 px: two coarse pixels around the tumour, one of soft edge (as the defaults at 256 px)
-    out, out_masks, donor, share = paste_tumours(images, masks, 1.0, torch.Generator().manual_seed(0), margin=1 / 8)
+    out, out_masks, donor, share = paste_tumours(images, masks, 1.0, torch.Generator().manual_seed(0), "host",
+                                                 margin=1 / 8)
     pasted = [k for k in range(6) if share[k] > 0]
     assert pasted and all(corners[k] is not None and corners[donor[k]] is not None and donor[k] != k
                           for k in pasted)
@@ -153,7 +154,7 @@ def test_pasted_tumours_land_on_the_own_tumour_and_share_the_label():
         assert out_masks[k, 0, r:r + 8, c:c + 8].min() > 0.99 and out_masks[k].sum() == pytest.approx(64, abs=1)
         assert share[k] == pytest.approx(1.0)                      # same size: the own tumour is covered
         assert out[k, 0, 0, 0] == pytest.approx(0.05) or (r, c) == (8, 8)   # far from the patch: unchanged
-    none = paste_tumours(images, masks, 0.0, torch.Generator().manual_seed(0))
+    none = paste_tumours(images, masks, 0.0, torch.Generator().manual_seed(0), "host")
     assert torch.equal(none[0], images) and not none[3].any()
 
 
@@ -163,7 +164,7 @@ def test_a_small_pasted_tumour_leaves_part_of_the_label_to_the_slice():
     images, masks = _square_tumours([(20, 20), (20, 20)], size=24)
     masks[1] = 0
     masks[1, 0, 30:34, 30:34] = 1                                  # slice 1's tumour: 16 px
-    out, out_masks, donor, share = paste_tumours(images, masks, 1.0, torch.Generator().manual_seed(1),
+    out, out_masks, donor, share = paste_tumours(images, masks, 1.0, torch.Generator().manual_seed(1), "host",
                                                  margin=0, feather=0)
     assert donor.tolist() == [1, 0] and share[1] == pytest.approx(1.0)   # the big one covers the small one
     shown = out_masks[0].sum() - 16                                # what is left of slice 0's own tumour
@@ -187,6 +188,12 @@ def test_a_tumour_pasted_at_the_donor_place_stays_where_it_was_and_the_own_one_s
         own = out[k, 0, r:r + 8, c:c + 8]                          # the slice's own tumour, untouched
         torch.testing.assert_close(own, images[k, 0, r:r + 8, c:c + 8])
         assert out_masks[k].sum() == pytest.approx(128, abs=1) and share[k] == pytest.approx(0.5, abs=0.01)
+    images, masks = _square_tumours([(8, 8), (12, 12)])            # overlapping: each covers part of the other
+    out, out_masks, donor, share = paste_tumours(images, masks, 1.0, torch.Generator().manual_seed(1), "donor",
+                                                 margin=0, feather=0)
+    assert out_masks[0].sum() == 112 and share[0] == pytest.approx(64 / 112)   # 64 pasted + 48 of its own left
+    with pytest.raises(ValueError, match="at='middle'"):
+        paste_tumours(images, masks, 1.0, torch.Generator(), "middle")
 
 
 def _numbered_dataset(sizes, labels_of_patient):

@@ -257,11 +257,12 @@ def test_mask_loss_trains_the_residual_network_and_is_refused_politely_elsewhere
 def test_tumour_pasting_trains_with_or_without_the_mask_loss_and_is_skipped_without_masks(blob_dataset, tmp_path,
                                                                                           monkeypatch):
     from capsule_classifier import engine
-    shares = []
+    shares, places = [], set()
 
     def spy(*args, **kwargs):
         result = engine_paste(*args, **kwargs)
         shares.append(result[3])
+        places.add(kwargs["at"])
         return result
     engine_paste = engine.paste_tumours
     monkeypatch.setattr(engine, "paste_tumours", spy)
@@ -276,7 +277,8 @@ def test_tumour_pasting_trains_with_or_without_the_mask_loss_and_is_skipped_with
         assert record["model_config"]["mask_head"] == bool(mask_weight)
         assert all(np.isfinite(row["train_loss"]) for row in record["history"])
         assert shares and torch.cat(shares).gt(0).any()          # tumours were pasted in this run
-        shares.clear()
+        assert places == {place}                                   # where the flag says
+        shares.clear(), places.clear()
     pickled = tmp_path / "no_masks.pkl"
     with open(pickled, "wb") as out:
         pickle.dump([[np.random.rand(32, 32).astype(np.float32), k % 3] for k in range(12)], out)
@@ -392,3 +394,16 @@ def test_a_learning_curve_point_trains_on_whole_patients_of_the_fold(blob_datase
     with pytest.raises(ValueError, match="train_fraction"):
         run_experiment(Experiment(run_name="bad", train_fraction=0.5, cross_validation=False,
                                   **{k: v for k, v in common.items() if k != "fold"}), log=lambda *a: None)
+
+
+def test_a_run_saved_before_paste_at_existed_resumes_only_with_its_placement():
+    from dataclasses import asdict
+    from capsule_classifier.engine import check_resumable
+    saved = {k: v for k, v in asdict(TrainConfig(tumour_paste=0.5)).items() if k != "paste_at"}
+    with pytest.raises(ValueError, match=r"--paste_at='donor' \(the run used 'host'\)"):
+        check_resumable({"train_config": saved}, TrainConfig(tumour_paste=0.5), None, "ninth_session_run")
+    check_resumable({"train_config": saved}, TrainConfig(tumour_paste=0.5, paste_at="host"), None, "ninth_session_run")
+    before_pasting = {k: v for k, v in saved.items() if k != "tumour_paste"}
+    with pytest.raises(ValueError, match=r"--tumour_paste=0.5 \(the run used 0.0\)"):
+        check_resumable({"train_config": before_pasting}, TrainConfig(), None, "older_run")
+    check_resumable({"train_config": before_pasting}, TrainConfig(tumour_paste=0.0), None, "older_run")
