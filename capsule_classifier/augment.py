@@ -184,9 +184,6 @@ def paste_tumours(images, masks, probability, generator, at, margin=PASTE_MARGIN
         return images, masks, donor, torch.zeros(n, device=device)
     hosts = chosen.nonzero().flatten()          # the work is done for the chosen slices only
     givers = donor[hosts]
-    rows = torch.arange(side, device=device, dtype=images.dtype)
-    centre = torch.stack([(tumour.sum(-1).squeeze(1) * rows).sum(-1),
-                          (tumour.sum(-2).squeeze(1) * rows).sum(-1)], 1) / area.clamp_min(1).view(n, 1)
     patch = tumour[givers]
     reach, blend = math.ceil(margin * side / PASTE_COARSE), math.ceil(feather * side / PASTE_COARSE)
     if reach or blend:                          # dilate and soften at a coarser scale: cheap, and
@@ -195,7 +192,10 @@ def paste_tumours(images, masks, probability, generator, at, margin=PASTE_MARGIN
         patch = F.avg_pool2d(patch, 2 * blend + 1, stride=1, padding=blend, count_include_pad=False)
         patch = F.interpolate(patch, size=images.shape[-2:], mode="bilinear", align_corners=False)
     moved = torch.cat([images[givers], tumour[givers], patch], 1)
-    if at == "host":
+    if at == "host":                            # centred on the slice's own tumour: move it there
+        rows = torch.arange(side, device=device, dtype=images.dtype)
+        centre = torch.stack([(tumour.sum(-1).squeeze(1) * rows).sum(-1),
+                              (tumour.sum(-2).squeeze(1) * rows).sum(-1)], 1) / area.clamp_min(1).view(n, 1)
         moved = _translate(moved, centre[hosts] - centre[givers])
     alpha, donor_tumour = moved[:, 2:3], moved[:, 1:2]
     own_left = tumour[hosts] * (1 - alpha)

@@ -17,8 +17,9 @@ read through a restricted unpickler; they carry no patient ids, so their splits 
 The defaults are the CPU recipe: the residual capsule network (capsule_preset=residual: residual
 trunk, routed class capsules, a tumour-mask loss in training), AdamW with a one-cycle learning
 rate, label smoothing 0.1, left-right flips, small affine warps and gamma/contrast changes, another
-slice's tumour pasted onto about half of the training slices (labels shared by tumour area), an
-exponential moving average of the weights, bfloat16 autocast where the CPU has it. Flag presets
+slice's tumour pasted, where it sat in its own slice, into about half of the training slices
+(labels shared by tumour area), an exponential moving average of the weights, bfloat16 autocast
+where the CPU has it. Flag presets
 (presets/classifier/*.json, applied before the other flags): --preset=study (the paper's network,
 optimiser and augmentation), --preset=compact (the previous default), --preset=resnet18_cpu (the
 CPU baseline: ResNet18 at 128 px, 12 epochs).
