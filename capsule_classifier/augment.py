@@ -18,8 +18,8 @@ Modes:
   ``"none"``    no change
 
 Separately, ``paste_tumours`` (``--tumour_paste``, ``--paste_at``): a tumour of one slice, with a
-margin, pasted into another slice, where it sat in its own (the default) or over that slice's
-tumour, so that class and surroundings (imaging plane, skull shape, scanner) stop going together;
+margin, pasted into another slice, where it sat in its own (the default), over that slice's
+tumour, or either of the two by a coin per paste, so that class and surroundings (imaging plane, skull shape, scanner) stop going together;
 the labels are shared by how much of each tumour shows.
 """
 import math
@@ -42,7 +42,7 @@ PASTE_MARGIN = 1 / 32     # a pasted tumour brings this share of the image side 
 PASTE_FEATHER = 1 / 64    # and blends into its new surroundings over this share
 PASTE_COARSE = 4          # the patch's margin and edge are drawn at 1/4 of the resolution (at least
                           # one coarse pixel each when > 0)
-PASTE_PLACES = ("host", "donor")  # where a pasted tumour lands (paste_tumours' ``at``)
+PASTE_PLACES = ("host", "donor", "either")  # where a pasted tumour lands (paste_tumours' ``at``)
 
 
 def _uniform(n, low, high, generator, device):
@@ -162,7 +162,8 @@ def _translate(stack, shift_yx):
 def paste_tumours(images, masks, probability, generator, at, margin=PASTE_MARGIN, feather=PASTE_FEATHER):
     """Paste, into about ``probability`` of the slices of a batch, the tumour of another slice of the
     batch (the donor): where it sits in the donor (``at="donor"``: keeps where in the image a tumour
-    lies, e.g. a pituitary tumour's sella), or centred on the slice's own tumour (``at="host"``).
+    lies, e.g. a pituitary tumour's sella), centred on the slice's own tumour (``at="host"``), or
+    one of the two by a fair coin per pasted slice (``at="either"``).
 
     The pasted patch is the donor's tumour dilated by ``margin`` x the image side, its edge blended
     over ``feather`` x the side (both drawn at 1 / ``PASTE_COARSE`` of the resolution and resized:
@@ -192,11 +193,14 @@ def paste_tumours(images, masks, probability, generator, at, margin=PASTE_MARGIN
         patch = F.avg_pool2d(patch, 2 * blend + 1, stride=1, padding=blend, count_include_pad=False)
         patch = F.interpolate(patch, size=images.shape[-2:], mode="bilinear", align_corners=False)
     moved = torch.cat([images[givers], tumour[givers], patch], 1)
-    if at == "host":                            # centred on the slice's own tumour: move it there
+    if at != "donor":                           # centred on the slice's own tumour: move it there
         rows = torch.arange(side, device=device, dtype=images.dtype)
         centre = torch.stack([(tumour.sum(-1).squeeze(1) * rows).sum(-1),
                               (tumour.sum(-2).squeeze(1) * rows).sum(-1)], 1) / area.clamp_min(1).view(n, 1)
-        moved = _translate(moved, centre[hosts] - centre[givers])
+        shift = centre[hosts] - centre[givers]
+        if at == "either":                      # a coin per pasted slice: heads moves, tails stays
+            shift = shift * (torch.rand(len(hosts), 1, generator=generator, device=device) < 0.5)
+        moved = _translate(moved, shift)
     alpha, donor_tumour = moved[:, 2:3], moved[:, 1:2]
     own_left = tumour[hosts] * (1 - alpha)
     shown = donor_tumour.sum((-3, -2, -1))

@@ -30,6 +30,16 @@ def load_checkpoint(path):
     return checkpoint
 
 
+def training_prior(checkpoint):
+    """The share of each class among the slices the checkpoint was trained on, one added to every
+    count (so that a class absent from training has a small share, not none), or None for
+    checkpoints saved before ``class_counts`` was recorded."""
+    counts = checkpoint.get("class_counts")
+    if not counts:
+        return None
+    return [(count + 1) / (sum(counts) + len(counts)) for count in counts]
+
+
 def trained_vertical_flips(checkpoint):
     """Whether the checkpoint's training flipped images up-down (so test-time views may too);
     checkpoints from before the option was added were."""

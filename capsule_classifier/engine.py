@@ -52,7 +52,7 @@ class TrainConfig:
     tumour_paste: float = 0.5        # > 0: about this share of each batch gets another slice's tumour
                                      # pasted in (needs tumour masks; augment.paste_tumours)
     paste_at: str = "donor"          # where a pasted tumour lands: "donor" (where it sat in its own
-                                     # slice) or "host" (on the slice's own tumour)
+                                     # slice), "host" (on the slice's own tumour) or "either" (a coin)
 
 
 NO_MASKS = "a data file has no tumor_masks"
@@ -241,14 +241,29 @@ def flip_views(x, vertical=True):
     return views + [x.flip(-2), x.flip(-1).flip(-2)] if vertical else views
 
 
+def correct_for_prior(probabilities, prior, strength):
+    """Probabilities (N, C) divided by ``prior`` ** ``strength`` and renormalised (post-hoc logit
+    adjustment, Menon et al. 2021: with strength 1 the training class shares stop counting, as if
+    every class had been equally common in training; 0 leaves them unchanged)."""
+    if not strength or prior is None:
+        return probabilities
+    prior = np.asarray(prior, dtype=np.float64)
+    if prior.shape != (probabilities.shape[1],) or (prior <= 0).any():
+        raise ValueError(f"class prior {prior.tolist()}: needs one positive share per class "
+                         f"({probabilities.shape[1]})")
+    adjusted = probabilities / prior ** strength
+    return (adjusted / adjusted.sum(1, keepdims=True)).astype(probabilities.dtype)
+
+
 @torch.no_grad()
 def predict(model, images, device, batch_size=EVAL_BATCH, channels_last=False, amp=False, embed=False,
-            flips=False, vertical_flips=True):
+            flips=False, vertical_flips=True, prior=None, prior_correction=0.0):
     """Class probabilities (N, C) of images (N, S, S), or penultimate features when ``embed``.
 
     ``flips``: average the probabilities over the image and its flips (left-right, and with
     ``vertical_flips`` up-down and both; 2x or 4x the cost): the views the training augmentation
-    showed the network (``checkpoint.trained_vertical_flips``).
+    showed the network (``checkpoint.trained_vertical_flips``). ``prior`` (the training class
+    shares, ``checkpoint.training_prior``) and ``prior_correction``: see ``correct_for_prior``.
     """
     model.eval()
     out = []
@@ -261,7 +276,8 @@ def predict(model, images, device, batch_size=EVAL_BATCH, channels_last=False, a
                 views = flip_views(x, vertical_flips) if flips else [x]
                 y = sum(torch.softmax(model(v).float(), dim=1) for v in views) / len(views)
         out.append(y.float().cpu())
-    return torch.cat(out).numpy()
+    out = torch.cat(out).numpy()
+    return out if embed else correct_for_prior(out, prior, prior_correction)
 
 
 def _state(model, average, model_name, train_data, optimiser, scheduler, scaler, history, best, config,
@@ -274,7 +290,8 @@ def _state(model, average, model_name, train_data, optimiser, scheduler, scaler,
                       ema_count=int(average.n_averaged))
     record.update(optimiser=optimiser.state_dict(), scheduler=scheduler.state_dict() if scheduler else None,
                   scaler=scaler.state_dict(), history=history, best=best, epoch=epoch,
-                  train_config=asdict(config), train_data=data_fingerprint(train_data))
+                  train_config=asdict(config), train_data=data_fingerprint(train_data),
+                  class_counts=np.bincount(train_data.labels, minlength=len(record["class_names"])).tolist())
     return record
 
 

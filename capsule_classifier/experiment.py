@@ -21,7 +21,7 @@ import torch
 from torchinfo import summary
 
 from capsule_classifier.augment import PASTE_PLACES
-from capsule_classifier.checkpoint import load_checkpoint, load_model, trained_vertical_flips
+from capsule_classifier.checkpoint import load_checkpoint, load_model, trained_vertical_flips, training_prior
 from capsule_classifier.data import load_sources
 from capsule_classifier.engine import TrainConfig, fit, mask_loss_problem, predict, tumour_paste_problem
 from capsule_classifier.network import count_parameters, make_model
@@ -68,6 +68,7 @@ class Experiment:
     freeze_children: int = 8
     pretrained: str = "none"
     test_time_flips: bool = True    # score folds, hold-out and test with flip-averaged probabilities
+    prior_correction: float = 0.0   # score them with probabilities / training class share ** this
     resume: bool = False
     device: str = "auto"
     config: TrainConfig = field(default_factory=TrainConfig)
@@ -178,6 +179,9 @@ def check_settings(exp):
         raise ValueError(f"--tumour_paste={config.tumour_paste}: a share of each batch, 0 to 1")
     if config.paste_at not in PASTE_PLACES:
         raise ValueError(f"--paste_at={config.paste_at!r}: one of {', '.join(PASTE_PLACES)}")
+    if exp.prior_correction < 0:
+        raise ValueError(f"--prior_correction={exp.prior_correction}: 0 (off) or more (1: training class shares "
+                         f"divided out)")
     if exp.train_fraction < 1 and not exp.cross_validation:
         raise ValueError("--train_fraction < 1 (a learning-curve point) applies to cross-validation runs")
 
@@ -248,14 +252,21 @@ def _pretrain(exp, synthetic, start_state, run_dir, device, histories, log):
     return load_checkpoint(os.path.join(run_dir, "pretrain", "last.pt"))["state_dict"]
 
 
-def checkpoint_probabilities(model_path, images, device, flips):
-    """Class probabilities of a checkpoint; ``flips`` averages over the views its training showed."""
+def checkpoint_probabilities(model_path, images, device, flips, prior_correction=0.0):
+    """Class probabilities of a checkpoint; ``flips`` averages over the views its training showed;
+    ``prior_correction`` divides by its training class shares to that power (engine.correct_for_prior)."""
     model, record = load_model(model_path, device)
-    return predict(model, images, device, flips=flips, vertical_flips=trained_vertical_flips(record))
+    prior = training_prior(record)
+    if prior_correction and prior is None:
+        raise ValueError(f"{model_path}: the checkpoint does not record its training class counts (saved "
+                         f"before they were); score it with --prior_correction=0")
+    return predict(model, images, device, flips=flips, vertical_flips=trained_vertical_flips(record),
+                   prior=prior, prior_correction=prior_correction)
 
 
-def _evaluate_fold(model_path, data, device, flips):
-    probabilities = checkpoint_probabilities(model_path, data.images, device, flips)
+def _evaluate_fold(model_path, data, device, exp):
+    probabilities = checkpoint_probabilities(model_path, data.images, device, exp.test_time_flips,
+                                             exp.prior_correction)
     return classification_metrics(data.labels, probabilities)
 
 
@@ -281,7 +292,7 @@ def _cross_validate(exp, real, start_state, run_dir, device, histories, log):
         histories[f"fold {k}"] = history
         # the fold's score is its final model: picking the best epoch on the same validation
         # part would be optimistic; the best epoch's numbers are kept for reference only
-        final = _evaluate_fold(os.path.join(fold_dir, "last.pt"), val, device, exp.test_time_flips)
+        final = _evaluate_fold(os.path.join(fold_dir, "last.pt"), val, device, exp)
         final.update(fold=k, best_epoch=best["epoch"], best_epoch_accuracy=best["accuracy"],
                      best_epoch_macro_f1=best["macro_f1"], train_slices=int(len(train_rows)),
                      val_slices=int(len(val_rows)), val_sources_sha1=sources_fingerprint(val.source_ids),
@@ -355,7 +366,7 @@ def _holdout(exp, real, start_state, run_dir, device, histories, log):
     histories["all slices" if val is None else "hold-out"] = history
     if val is None:
         return {"validation_slices": 0, "note": "val_fraction=0: trained on every slice, nothing validated"}
-    final = _evaluate_fold(os.path.join(run_dir, "last.pt"), val, device, exp.test_time_flips)
+    final = _evaluate_fold(os.path.join(run_dir, "last.pt"), val, device, exp)
     final.update(best_epoch=best["epoch"], best_epoch_accuracy=best["accuracy"],
                  best_epoch_macro_f1=best["macro_f1"])
     plot_confusion(final["confusion_matrix"], os.path.join(run_dir, "confusion_validation.png"),
@@ -374,7 +385,8 @@ def _test(exp, run_dir, device, metrics, log):
         paths = [_checkpoint_path(exp)]
     image_size = load_checkpoint(paths[0])["image_size"]
     test = load_sources(exp.data_test_path, image_size)
-    probabilities = [checkpoint_probabilities(path, test.images, device, exp.test_time_flips) for path in paths]
+    probabilities = [checkpoint_probabilities(path, test.images, device, exp.test_time_flips, exp.prior_correction)
+                     for path in paths]
     # several fold models: average their probabilities (an ensemble of the folds)
     mean = np.mean(probabilities, axis=0)
     result = classification_metrics(test.labels, mean)

@@ -80,13 +80,16 @@ tumour_paste = 0.5            # > 0: about this share of each batch gets another
                               # margin) pasted in (see paste_at); labels shared by the tumour area that shows
                               # (0: off; 0.5 against 0, leave-stretch-out: see capsule_classifier/RESULTS.md)
 paste_at = "donor"            # where a pasted tumour lands: "donor" (where it sat in its own slice:
-                              # keeps the tumour's place) or "host" (on the slice's own tumour)
+                              # keeps the tumour's place), "host" (on the slice's own tumour) or
+                              # "either" (one of the two by a coin per pasted slice)
                               # (donor against host, leave-stretch-out: capsule_classifier/RESULTS.md)
 tumour_crop = False           # residual preset: add a second view centred on the predicted tumour
 routing = "fast"              # "fast" or "general" dynamic routing loop
 capsule_types = 1             # capsule types of the hidden capsule layers (study: 1)
 scaled_norm = False           # start capsule batch-norm scales at 1/sqrt(D) so squash is not saturated
 test_time_flips = True        # score with probabilities averaged over the image and its flips
+prior_correction = 0.0        # score with probabilities divided by the training class shares to this
+                              # power (1: as if the classes had been equally common in training; 0: off)
 freeze_children = 8           # used when FreezeLayers (study: 8)
 pretrained = "none"           # ResNet50: "none", "imagenet" or a path to a torchvision weights file
 amp = "auto"                  # mixed precision ("auto"): bfloat16 on GPUs and CPUs that support it, float16 on older GPUs

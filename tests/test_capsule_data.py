@@ -196,6 +196,25 @@ def test_a_tumour_pasted_at_the_donor_place_stays_where_it_was_and_the_own_one_s
         paste_tumours(images, masks, 1.0, torch.Generator(), "middle")
 
 
+def test_either_placement_moves_some_pasted_tumours_onto_the_own_one_and_leaves_others_in_place():
+    from capsule_classifier.augment import paste_tumours
+    corners = [(4 + 6 * (k % 2), 4 + 6 * k) for k in range(8)]   # tumours of 8 px, 6 px apart on columns
+    images, masks = _square_tumours(corners, size=8)
+    out, out_masks, donor, share = paste_tumours(images, masks, 1.0, torch.Generator().manual_seed(3), "either",
+                                                 margin=0, feather=0)
+    places = []
+    for k in range(8):
+        if share[k] == 0:
+            continue
+        value = 0.1 * (int(donor[k]) + 1)
+        (r, c), (dr, dc) = corners[k], corners[int(donor[k])]
+        on_own = torch.allclose(out[k, 0, r:r + 8, c:c + 8], torch.full((8, 8), value))
+        at_donor = torch.allclose(out[k, 0, dr:dr + 8, dc:dc + 8], torch.full((8, 8), value))
+        assert on_own != at_donor                                  # exactly one of the two places
+        places.append("host" if on_own else "donor")
+    assert set(places) == {"host", "donor"}                       # the coin chose both in one batch
+
+
 def _numbered_dataset(sizes, labels_of_patient):
     """Slices numbered 1..N in patient order, with the given slices per patient and patient labels."""
     patients, labels = [], []

@@ -407,3 +407,41 @@ def test_a_run_saved_before_paste_at_existed_resumes_only_with_its_placement():
     with pytest.raises(ValueError, match=r"--tumour_paste=0.5 \(the run used 0.0\)"):
         check_resumable({"train_config": before_pasting}, TrainConfig(), None, "older_run")
     check_resumable({"train_config": before_pasting}, TrainConfig(tumour_paste=0.0), None, "older_run")
+
+
+def test_the_training_prior_is_recorded_and_divided_out_when_asked(holdout_run, blob_dataset, tmp_path):
+    from capsule_classifier.checkpoint import training_prior
+    from capsule_classifier.engine import correct_for_prior
+    from capsule_classifier.experiment import checkpoint_probabilities
+    p = np.array([[0.4, 0.3, 0.3], [0.2, 0.5, 0.3]], dtype=np.float32)
+    corrected = correct_for_prior(p, [0.5, 0.25, 0.25], 1.0)
+    np.testing.assert_allclose(corrected[0], np.array([0.8, 1.2, 1.2]) / 3.2, rtol=1e-6)   # the majority loses
+    np.testing.assert_allclose(corrected.sum(1), 1, rtol=1e-6)
+    assert correct_for_prior(p, [0.5, 0.25, 0.25], 0.0) is p and correct_for_prior(p, None, 1.0) is p
+    with pytest.raises(ValueError, match="one positive share per class"):
+        correct_for_prior(p, [0.5, 0.5], 1.0)
+
+    run_dir, _ = holdout_run
+    record = load_checkpoint(run_dir / "last.pt")
+    data = load_sources([blob_dataset])
+    assert sum(record["class_counts"]) == record["train_data"]["slices"] and len(record["class_counts"]) == 3
+    prior = training_prior(record)
+    assert prior == pytest.approx([(c + 1) / (sum(record["class_counts"]) + 3) for c in record["class_counts"]])
+    plain = checkpoint_probabilities(run_dir / "last.pt", data.images, torch.device("cpu"), True)
+    corrected = checkpoint_probabilities(run_dir / "last.pt", data.images, torch.device("cpu"), True, 1.0)
+    np.testing.assert_allclose(corrected, correct_for_prior(plain, prior, 1.0), rtol=1e-5)
+    out = tmp_path / "corrected.csv"
+    predict.run(apply_cli_flags(vars(predict).copy(), [f"--checkpoint={run_dir / 'last.pt'}", f"--input={blob_dataset}",
+                                                      f"--out={out}", "--prior_correction=1"]))
+    rows = list(csv.DictReader(out.open()))
+    np.testing.assert_allclose([[float(r[f"p_{c}"]) for c in ("meningioma", "glioma", "pituitary")] for r in rows],
+                               corrected, atol=1e-5)
+
+    older = tmp_path / "older.pt"                       # saved before class counts were recorded
+    torch.save({k: v for k, v in record.items() if k != "class_counts"}, older)
+    with pytest.raises(ValueError, match="older.pt: the checkpoint does not record its training class counts"):
+        checkpoint_probabilities(older, data.images, torch.device("cpu"), True, 1.0)
+    checkpoint_probabilities(older, data.images, torch.device("cpu"), True)            # uncorrected: fine
+    with pytest.raises(ValueError, match="prior_correction=-1"):
+        run_experiment(Experiment(data_path=[str(blob_dataset)], model_dir=str(tmp_path), prior_correction=-1,
+                                  device="cpu"), log=lambda *a: None)
