@@ -30,14 +30,22 @@ def load_checkpoint(path):
     return checkpoint
 
 
+def prior_from_counts(counts):
+    """Class shares from class counts, one added to every count (so that a class absent from
+    training has a small share, not none)."""
+    return [(int(count) + 1) / (int(sum(counts)) + len(counts)) for count in counts]
+
+
 def training_prior(checkpoint):
-    """The share of each class among the slices the checkpoint was trained on, one added to every
-    count (so that a class absent from training has a small share, not none), or None for
-    checkpoints saved before ``class_counts`` was recorded."""
+    """The share of each class among the slices the checkpoint was trained on (``prior_from_counts``),
+    or None for checkpoints saved before ``class_counts`` was recorded."""
     counts = checkpoint.get("class_counts")
-    if not counts:
-        return None
-    return [(count + 1) / (sum(counts) + len(counts)) for count in counts]
+    return prior_from_counts(counts) if counts else None
+
+
+def scored_prior_correction(checkpoint):
+    """The ``prior_correction`` its training run scored with (0 for checkpoints from before it existed)."""
+    return float(checkpoint.get("train_config", {}).get("prior_correction", 0.0))
 
 
 def trained_vertical_flips(checkpoint):

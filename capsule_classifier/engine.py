@@ -18,7 +18,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from capsule_classifier.augment import augment_batch, paste_tumours
-from capsule_classifier.checkpoint import model_record
+from capsule_classifier.checkpoint import model_record, prior_from_counts
 from preprocess import distributed
 from preprocess.checkpoint_io import load_checkpoint_file, save_checkpoint
 from preprocess.tensorboard_log import log_scalars, tensorboard_writer
@@ -53,6 +53,8 @@ class TrainConfig:
                                      # pasted in (needs tumour masks; augment.paste_tumours)
     paste_at: str = "donor"          # where a pasted tumour lands: "donor" (where it sat in its own
                                      # slice), "host" (on the slice's own tumour) or "either" (a coin)
+    prior_correction: float = 0.0    # scoring only: probabilities divided by the training class shares
+                                     # to this power (correct_for_prior); resuming may change it
 
 
 NO_MASKS = "a data file has no tumor_masks"
@@ -291,8 +293,13 @@ def _state(model, average, model_name, train_data, optimiser, scheduler, scaler,
     record.update(optimiser=optimiser.state_dict(), scheduler=scheduler.state_dict() if scheduler else None,
                   scaler=scaler.state_dict(), history=history, best=best, epoch=epoch,
                   train_config=asdict(config), train_data=data_fingerprint(train_data),
-                  class_counts=np.bincount(train_data.labels, minlength=len(record["class_names"])).tolist())
+                  class_counts=class_counts(train_data, len(record["class_names"])))
     return record
+
+
+def class_counts(data, num_classes):
+    """Slices per class (a list of ints)."""
+    return np.bincount(np.asarray(data.labels), minlength=num_classes).tolist()
 
 
 def data_fingerprint(data):
@@ -304,6 +311,7 @@ def data_fingerprint(data):
 
 # settings added after runs had been saved, and what a run saved without them did
 SAVED_WITHOUT = {"tumour_paste": 0.0, "paste_at": "host"}
+SCORING_ONLY = ("prior_correction",)   # change how a run is scored, not what it trains: free on resume
 
 
 def check_resumable(state, config, train_data, path):
@@ -312,7 +320,7 @@ def check_resumable(state, config, train_data, path):
     if not (saved["tumour_paste"] and config.tumour_paste):
         saved.pop("paste_at")                 # where tumours land is moot when either run pastes none
     differ = [f"--{name}={value!r} (the run used {saved[name]!r})" for name, value in asdict(config).items()
-              if name in saved and saved[name] != value]
+              if name in saved and name not in SCORING_ONLY and saved[name] != value]
     saved_data = state.get("train_data")
     data = data_fingerprint(train_data) if saved_data else None
     if saved_data and saved_data != data:
@@ -382,6 +390,8 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
                               f"or choose another --run_name")
     image_size = train_data.image_size
     writer = tensorboard_writer(run_dir, start) if distributed.is_main() else None
+    num_classes = getattr(trained, "module", trained).config["num_classes"]
+    prior = prior_from_counts(class_counts(train_data, num_classes))
     for epoch in range(start, config.epochs):
         started = time.time()
         loss, accuracy, speed = train_epoch(trained, train_data, config, optimiser, scheduler, scaler,
@@ -392,7 +402,8 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
         if val_data is not None:
             # bfloat16 on the CPU only trains: validation runs in float32 there
             probabilities = predict(evaluated, val_data.images, device, channels_last=config.channels_last,
-                                    amp=config.amp and device.type == "cuda")
+                                    amp=config.amp and device.type == "cuda", prior=prior,
+                                    prior_correction=config.prior_correction)
             metrics = classification_metrics(val_data.labels, probabilities)
             record.update(val_loss=float(F.nll_loss(torch.log(torch.as_tensor(probabilities).clamp_min(1e-8)),
                                                     torch.as_tensor(val_data.labels))),

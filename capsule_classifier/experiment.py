@@ -68,7 +68,6 @@ class Experiment:
     freeze_children: int = 8
     pretrained: str = "none"
     test_time_flips: bool = True    # score folds, hold-out and test with flip-averaged probabilities
-    prior_correction: float = 0.0   # score them with probabilities / training class share ** this
     resume: bool = False
     device: str = "auto"
     config: TrainConfig = field(default_factory=TrainConfig)
@@ -179,9 +178,9 @@ def check_settings(exp):
         raise ValueError(f"--tumour_paste={config.tumour_paste}: a share of each batch, 0 to 1")
     if config.paste_at not in PASTE_PLACES:
         raise ValueError(f"--paste_at={config.paste_at!r}: one of {', '.join(PASTE_PLACES)}")
-    if exp.prior_correction < 0:
-        raise ValueError(f"--prior_correction={exp.prior_correction}: 0 (off) or more (1: training class shares "
-                         f"divided out)")
+    if config.prior_correction < 0:
+        raise ValueError(f"--prior_correction={config.prior_correction}: 0 (off) or more (1: training class "
+                         f"shares divided out)")
     if exp.train_fraction < 1 and not exp.cross_validation:
         raise ValueError("--train_fraction < 1 (a learning-curve point) applies to cross-validation runs")
 
@@ -266,7 +265,7 @@ def checkpoint_probabilities(model_path, images, device, flips, prior_correction
 
 def _evaluate_fold(model_path, data, device, exp):
     probabilities = checkpoint_probabilities(model_path, data.images, device, exp.test_time_flips,
-                                             exp.prior_correction)
+                                             exp.config.prior_correction)
     return classification_metrics(data.labels, probabilities)
 
 
@@ -385,7 +384,8 @@ def _test(exp, run_dir, device, metrics, log):
         paths = [_checkpoint_path(exp)]
     image_size = load_checkpoint(paths[0])["image_size"]
     test = load_sources(exp.data_test_path, image_size)
-    probabilities = [checkpoint_probabilities(path, test.images, device, exp.test_time_flips, exp.prior_correction)
+    probabilities = [checkpoint_probabilities(path, test.images, device, exp.test_time_flips,
+                                              exp.config.prior_correction)
                      for path in paths]
     # several fold models: average their probabilities (an ensemble of the folds)
     mean = np.mean(probabilities, axis=0)

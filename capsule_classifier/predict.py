@@ -17,24 +17,28 @@ out = "predictions.csv"
 device = "cpu"
 threads = 2
 flips = True                  # average the probabilities over the slice and the flips it was trained with
-prior_correction = 0.0        # divide the probabilities by the checkpoint's training class shares to this
-                              # power (1: as if its classes had been equally common in training; 0: off)
+prior_correction = None       # divide the probabilities by the checkpoint's training class shares to this
+                              # power (1: as if its classes had been equally common in training; 0: off;
+                              # None: as its training run scored, train.py's --prior_correction)
 strict = False                # exit with status 1 when any file could not be read (else only when none could)
 
 
 def run(flags):
-    from capsule_classifier.checkpoint import model_for_script, trained_vertical_flips, training_prior
+    from capsule_classifier.checkpoint import (model_for_script, scored_prior_correction, trained_vertical_flips,
+                                               training_prior)
     from capsule_classifier.inference import classify
 
-    if flags["prior_correction"] < 0:
-        raise ValueError(f"--prior_correction={flags['prior_correction']}: 0 (off) or more")
+    strength = flags["prior_correction"]
+    if strength is not None and strength < 0:
+        raise ValueError(f"--prior_correction={strength}: 0 (off) or more")
     model, record, chosen = model_for_script(flags, "predict.py", "input")
+    strength = scored_prior_correction(record) if strength is None else strength
     prior = training_prior(record)
-    if flags["prior_correction"] and prior is None:
+    if strength and prior is None:
         raise ValueError(f"{flags['checkpoint']}: the checkpoint does not record its training class counts "
                          f"(saved before they were); run with --prior_correction=0")
     rows = classify(model, flags["input"], record["image_size"], chosen, flags["out"], flags["flips"],
-                    trained_vertical_flips(record), prior, flags["prior_correction"])
+                    trained_vertical_flips(record), prior, strength)
     failed = [row for row in rows if row[-1]]
     print(f"classified {len(rows) - len(failed)} slices with {flags['checkpoint']} -> {flags['out']}")
     for row in failed:

@@ -437,11 +437,23 @@ def test_the_training_prior_is_recorded_and_divided_out_when_asked(holdout_run, 
     np.testing.assert_allclose([[float(r[f"p_{c}"]) for c in ("meningioma", "glioma", "pituitary")] for r in rows],
                                corrected, atol=1e-5)
 
+    scored = tmp_path / "scored.pt"                     # a run that scored with the correction: predict.py follows
+    torch.save({**record, "train_config": {**record["train_config"], "prior_correction": 1.0}}, scored)
+    predict.run(apply_cli_flags(vars(predict).copy(), [f"--checkpoint={scored}", f"--input={blob_dataset}",
+                                                      f"--out={tmp_path / 'followed.csv'}"]))
+    followed = list(csv.DictReader((tmp_path / "followed.csv").open()))
+    np.testing.assert_allclose([[float(r[f"p_{c}"]) for c in ("meningioma", "glioma", "pituitary")]
+                                for r in followed], corrected, atol=1e-5)
+    assert not np.allclose(corrected, plain, atol=1e-3)             # the correction did change something
+    from capsule_classifier.engine import check_resumable          # scoring only: a resume may change it
+    check_resumable({"train_config": record["train_config"]}, TrainConfig(**{**record["train_config"],
+                                                                             "prior_correction": 1.0}), None, "run")
+
     older = tmp_path / "older.pt"                       # saved before class counts were recorded
     torch.save({k: v for k, v in record.items() if k != "class_counts"}, older)
     with pytest.raises(ValueError, match="older.pt: the checkpoint does not record its training class counts"):
         checkpoint_probabilities(older, data.images, torch.device("cpu"), True, 1.0)
     checkpoint_probabilities(older, data.images, torch.device("cpu"), True)            # uncorrected: fine
     with pytest.raises(ValueError, match="prior_correction=-1"):
-        run_experiment(Experiment(data_path=[str(blob_dataset)], model_dir=str(tmp_path), prior_correction=-1,
-                                  device="cpu"), log=lambda *a: None)
+        run_experiment(Experiment(data_path=[str(blob_dataset)], model_dir=str(tmp_path),
+                                  config=TrainConfig(prior_correction=-1), device="cpu"), log=lambda *a: None)
