@@ -437,14 +437,15 @@ def test_the_training_prior_is_recorded_and_divided_out_when_asked(holdout_run, 
     np.testing.assert_allclose([[float(r[f"p_{c}"]) for c in ("meningioma", "glioma", "pituitary")] for r in rows],
                                corrected, atol=1e-5)
 
-    scored = tmp_path / "scored.pt"                     # a run that scored with the correction: predict.py follows
-    torch.save({**record, "train_config": {**record["train_config"], "prior_correction": 1.0}}, scored)
+    scored = tmp_path / "scored.pt"     # an unbalanced run that scored with the correction: predict.py follows
+    torch.save({**record, "class_counts": [20, 5, 2],
+                "train_config": {**record["train_config"], "prior_correction": 1.0}}, scored)
     predict.run(apply_cli_flags(vars(predict).copy(), [f"--checkpoint={scored}", f"--input={blob_dataset}",
                                                       f"--out={tmp_path / 'followed.csv'}"]))
-    followed = list(csv.DictReader((tmp_path / "followed.csv").open()))
-    np.testing.assert_allclose([[float(r[f"p_{c}"]) for c in ("meningioma", "glioma", "pituitary")]
-                                for r in followed], corrected, atol=1e-5)
-    assert not np.allclose(corrected, plain, atol=1e-3)             # the correction did change something
+    followed = np.array([[float(r[f"p_{c}"]) for c in ("meningioma", "glioma", "pituitary")]
+                         for r in csv.DictReader((tmp_path / "followed.csv").open())])
+    np.testing.assert_allclose(followed, correct_for_prior(plain, [21 / 30, 6 / 30, 3 / 30], 1.0), atol=1e-5)
+    assert not np.allclose(followed, plain, atol=1e-3)               # the majority class lost ground
     from capsule_classifier.engine import check_resumable          # scoring only: a resume may change it
     check_resumable({"train_config": record["train_config"]}, TrainConfig(**{**record["train_config"],
                                                                              "prior_correction": 1.0}), None, "run")
