@@ -51,6 +51,7 @@ baseline_preset = ""              # presets/classifier/<name>.json for the basel
 augmentation = "mri"
 tumour_paste = 0.0                # the classifier's --tumour_paste (its default is 0.5; the study's
                                   # measured rows ran without it)
+prior_correction = 0.0            # the classifier's --prior_correction (its default is 1; the same)
 device = "auto"
 threads = 2
 # -----------------------------------------------------------------------------

@@ -53,7 +53,7 @@ class TrainConfig:
                                      # pasted in (needs tumour masks; augment.paste_tumours)
     paste_at: str = "donor"          # where a pasted tumour lands: "donor" (where it sat in its own
                                      # slice), "host" (on the slice's own tumour) or "either" (a coin)
-    prior_correction: float = 0.0    # scoring only: probabilities divided by the training class shares
+    prior_correction: float = 1.0    # scoring only: probabilities divided by the training class shares
                                      # to this power (correct_for_prior); resuming may change it
 
 
@@ -391,7 +391,8 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
     image_size = train_data.image_size
     writer = tensorboard_writer(run_dir, start) if distributed.is_main() else None
     num_classes = getattr(trained, "module", trained).config["num_classes"]
-    prior = prior_from_counts(class_counts(train_data, num_classes))
+    counts = class_counts(train_data, num_classes)
+    prior = prior_from_counts(counts)
     for epoch in range(start, config.epochs):
         started = time.time()
         loss, accuracy, speed = train_epoch(trained, train_data, config, optimiser, scheduler, scaler,
@@ -414,7 +415,7 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
             best = {"epoch": epoch + 1, "macro_f1": metrics["macro_f1"] if metrics else None,
                     "accuracy": metrics["accuracy"] if metrics else None}
             saved = model_record(model_name, evaluated, image_size)
-            saved.update(epoch=epoch + 1, val_metrics=metrics, train_config=asdict(config))
+            saved.update(epoch=epoch + 1, val_metrics=metrics, train_config=asdict(config), class_counts=counts)
             if distributed.is_main():
                 save_checkpoint(saved, best_path)
         if distributed.is_main():

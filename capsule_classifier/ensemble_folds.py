@@ -31,8 +31,7 @@ def run_folds(run_dir, labels, patient_ids, source_ids, k_folds):
     # runs before split_seed existed made their folds with the training seed
     split_seed = metrics.get("split_seed", metrics.get("seed", 0))
     folds = patient_folds(labels, patient_ids, k_folds, split_seed, source_ids, metrics["cv"].get("group_by", "patient"))
-    run_flags = metrics.get("flags", {})          # how the run scored its folds (older runs: no prior correction)
-    return folds, (run_flags.get("test_time_flips", True), run_flags.get("prior_correction", 0.0))
+    return folds, metrics.get("flags", {}).get("test_time_flips", True)
 
 
 def run(flags):
@@ -65,8 +64,8 @@ def run(flags):
     report = {"flags": flags, "folds": []}
     for k, (_, val_rows) in enumerate(per_run[0][0], start=1):
         probabilities = [checkpoint_probabilities(os.path.join(run_dir, f"fold_{k}", "last.pt"),
-                                                  sized[size].images[val_rows], device, *scoring)
-                         for run_dir, size, (_, scoring) in zip(flags["runs"], sizes, per_run)]
+                                                  sized[size].images[val_rows], device, flips, None)
+                         for run_dir, size, (_, flips) in zip(flags["runs"], sizes, per_run)]
         labels = columns[0][val_rows]
         single = [classification_metrics(labels, p) for p in probabilities]
         together = classification_metrics(labels, np.mean(probabilities, axis=0))

@@ -21,7 +21,8 @@ import torch
 from torchinfo import summary
 
 from capsule_classifier.augment import PASTE_PLACES
-from capsule_classifier.checkpoint import load_checkpoint, load_model, trained_vertical_flips, training_prior
+from capsule_classifier.checkpoint import (load_checkpoint, load_model, scored_prior_correction,
+                                           trained_vertical_flips, training_prior)
 from capsule_classifier.data import load_sources
 from capsule_classifier.engine import TrainConfig, fit, mask_loss_problem, predict, tumour_paste_problem
 from capsule_classifier.network import count_parameters, make_model
@@ -253,8 +254,11 @@ def _pretrain(exp, synthetic, start_state, run_dir, device, histories, log):
 
 def checkpoint_probabilities(model_path, images, device, flips, prior_correction=0.0):
     """Class probabilities of a checkpoint; ``flips`` averages over the views its training showed;
-    ``prior_correction`` divides by its training class shares to that power (engine.correct_for_prior)."""
+    ``prior_correction`` divides by its training class shares to that power (engine.correct_for_prior;
+    None: as the checkpoint's run scored)."""
     model, record = load_model(model_path, device)
+    if prior_correction is None:
+        prior_correction = scored_prior_correction(record)
     prior = training_prior(record)
     if prior_correction and prior is None:
         raise ValueError(f"{model_path}: the checkpoint does not record its training class counts (saved "

@@ -108,7 +108,8 @@ def arm_experiment(settings, arm, seed, paths, synthetic, run_dir, image_size):
     data = {"real_only": [paths["train"]], "baseline": [paths["train"]],
             "pretrained": [synthetic, paths["train"]], "synthetic_only": [synthetic]}[arm]
     training = dict(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
-                    augmentation=settings.augmentation, tumour_paste=settings.tumour_paste, seed=seed)
+                    augmentation=settings.augmentation, tumour_paste=settings.tumour_paste,
+                    prior_correction=settings.prior_correction, seed=seed)
     model = "capsule"
     if arm == "baseline":
         preset = baseline_preset(settings.baseline_preset, settings.baseline) if settings.baseline_preset else {}
