@@ -19,7 +19,7 @@ trunk, routed class capsules, a tumour-mask loss in training), AdamW with a one-
 rate, label smoothing 0.1, left-right flips, small affine warps and gamma/contrast changes, another
 slice's tumour pasted, where it sat in its own slice, into about half of the training slices
 (labels shared by tumour area), an exponential moving average of the weights, bfloat16 autocast
-where the CPU has it. Flag presets
+where the CPU has it; scores divide out the training class shares (--prior_correction=1). Flag presets
 (presets/classifier/*.json, applied before the other flags): --preset=study (the paper's network,
 optimiser and augmentation), --preset=compact (the previous default), --preset=resnet18_cpu (the
 CPU baseline: ResNet18 at 128 px, 12 epochs).
