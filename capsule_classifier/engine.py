@@ -54,7 +54,8 @@ class TrainConfig:
     paste_at: str = "donor"          # where a pasted tumour lands: "donor" (where it sat in its own
                                      # slice), "host" (on the slice's own tumour) or "either" (a coin)
     prior_correction: float = 1.0    # scoring only: probabilities divided by the training class shares
-                                     # to this power (correct_for_prior); resuming may change it
+                                     # to this power (correct_for_prior); resuming may change it (the
+                                     # epochs validated before keep their scores and best.pt)
 
 
 NO_MASKS = "a data file has no tumor_masks"

@@ -252,7 +252,7 @@ def _pretrain(exp, synthetic, start_state, run_dir, device, histories, log):
     return load_checkpoint(os.path.join(run_dir, "pretrain", "last.pt"))["state_dict"]
 
 
-def checkpoint_probabilities(model_path, images, device, flips, prior_correction=0.0):
+def checkpoint_probabilities(model_path, images, device, flips, prior_correction=None):
     """Class probabilities of a checkpoint; ``flips`` averages over the views its training showed;
     ``prior_correction`` divides by its training class shares to that power (engine.correct_for_prior;
     None: as the checkpoint's run scored)."""
@@ -388,8 +388,9 @@ def _test(exp, run_dir, device, metrics, log):
         paths = [_checkpoint_path(exp)]
     image_size = load_checkpoint(paths[0])["image_size"]
     test = load_sources(exp.data_test_path, image_size)
-    probabilities = [checkpoint_probabilities(path, test.images, device, exp.test_time_flips,
-                                              exp.config.prior_correction)
+    # a model trained here is scored as this run scores; a checkpoint only tested, as its own run scored
+    strength = exp.config.prior_correction if exp.train else None
+    probabilities = [checkpoint_probabilities(path, test.images, device, exp.test_time_flips, strength)
                      for path in paths]
     # several fold models: average their probabilities (an ensemble of the folds)
     mean = np.mean(probabilities, axis=0)

@@ -29,7 +29,7 @@ def run(flags):
     from capsule_classifier.inference import classify
 
     strength = flags["prior_correction"]
-    if strength is not None and strength < 0:
+    if strength is not None and (not isinstance(strength, (int, float)) or strength < 0):
         raise ValueError(f"--prior_correction={strength}: 0 (off) or more")
     model, record, chosen = model_for_script(flags, "predict.py", "input")
     strength = scored_prior_correction(record) if strength is None else strength

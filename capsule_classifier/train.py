@@ -90,7 +90,8 @@ scaled_norm = False           # start capsule batch-norm scales at 1/sqrt(D) so 
 test_time_flips = True        # score with probabilities averaged over the image and its flips
 prior_correction = 1.0        # score with probabilities divided by the training class shares to this
                               # power (1: as if the classes had been equally common in training; 0: off);
-                              # kept in the checkpoint, so predict.py scores the same way by default
+                              # kept in the checkpoint, so predict.py (and --Train=False test runs)
+                              # score the same way by default; explain.py's predicted class does not use it
                               # (1 against 0, leave-stretch-out: +0.012 accuracy, +0.027 macro-F1, one
                               # seed; capsule_classifier/RESULTS.md)
 freeze_children = 8           # used when FreezeLayers (study: 8)

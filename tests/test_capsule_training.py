@@ -427,7 +427,7 @@ def test_the_training_prior_is_recorded_and_divided_out_when_asked(holdout_run, 
     assert sum(record["class_counts"]) == record["train_data"]["slices"] and len(record["class_counts"]) == 3
     prior = training_prior(record)
     assert prior == pytest.approx([(c + 1) / (sum(record["class_counts"]) + 3) for c in record["class_counts"]])
-    plain = checkpoint_probabilities(run_dir / "last.pt", data.images, torch.device("cpu"), True)
+    plain = checkpoint_probabilities(run_dir / "last.pt", data.images, torch.device("cpu"), True, 0.0)
     corrected = checkpoint_probabilities(run_dir / "last.pt", data.images, torch.device("cpu"), True, 1.0)
     np.testing.assert_allclose(corrected, correct_for_prior(plain, prior, 1.0), rtol=1e-5)
     out = tmp_path / "corrected.csv"
@@ -447,14 +447,16 @@ def test_the_training_prior_is_recorded_and_divided_out_when_asked(holdout_run, 
     np.testing.assert_allclose(followed, correct_for_prior(plain, [21 / 30, 6 / 30, 3 / 30], 1.0), atol=1e-5)
     assert not np.allclose(followed, plain, atol=1e-3)               # the majority class lost ground
     from capsule_classifier.engine import check_resumable          # scoring only: a resume may change it
-    check_resumable({"train_config": record["train_config"]}, TrainConfig(**{**record["train_config"],
-                                                                             "prior_correction": 1.0}), None, "run")
+    saved_with_none = {"train_config": {**record["train_config"], "prior_correction": 0.0}}
+    check_resumable(saved_with_none, TrainConfig(**{**record["train_config"], "prior_correction": 1.0}), None, "run")
+    with pytest.raises(ValueError, match="--lr=0.5"):                   # a training setting still counts
+        check_resumable(saved_with_none, TrainConfig(**{**record["train_config"], "lr": 0.5}), None, "run")
 
     older = tmp_path / "older.pt"                       # saved before class counts were recorded
     torch.save({k: v for k, v in record.items() if k != "class_counts"}, older)
     with pytest.raises(ValueError, match="older.pt: the checkpoint does not record its training class counts"):
         checkpoint_probabilities(older, data.images, torch.device("cpu"), True, 1.0)
-    checkpoint_probabilities(older, data.images, torch.device("cpu"), True)            # uncorrected: fine
+    checkpoint_probabilities(older, data.images, torch.device("cpu"), True, 0.0)       # uncorrected: fine
     with pytest.raises(ValueError, match="prior_correction=-1"):
         run_experiment(Experiment(data_path=[str(blob_dataset)], model_dir=str(tmp_path),
                                   config=TrainConfig(prior_correction=-1), device="cpu"), log=lambda *a: None)
