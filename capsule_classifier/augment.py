@@ -19,8 +19,8 @@ Modes:
 
 Separately, ``paste_tumours`` (``--tumour_paste``, ``--paste_at``): a tumour of one slice, with a
 margin, pasted into another slice, where it sat in its own (the default), over that slice's
-tumour, or either of the two by a coin per paste, so that class and surroundings (imaging plane, skull shape, scanner) stop going together;
-the labels are shared by how much of each tumour shows.
+tumour, or either of the two by a coin per paste, so that class and surroundings (imaging plane,
+skull shape, scanner) stop going together; the labels are shared by how much of each tumour shows.
 """
 import math
 

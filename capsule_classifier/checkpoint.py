@@ -43,9 +43,17 @@ def training_prior(checkpoint):
     return prior_from_counts(counts) if counts else None
 
 
-def scored_prior_correction(checkpoint):
-    """The ``prior_correction`` its training run scored with (0 for checkpoints from before it existed)."""
-    return float(checkpoint.get("train_config", {}).get("prior_correction", 0.0))
+def scoring_prior(checkpoint, strength, path):
+    """(training prior, strength) to score ``checkpoint`` with (``engine.correct_for_prior``);
+    ``strength`` None: as its training run scored (0 for runs from before ``prior_correction``).
+    A correction asked of a checkpoint that does not record its class counts is refused, naming it."""
+    if strength is None:
+        strength = float(checkpoint.get("train_config", {}).get("prior_correction", 0.0))
+    prior = training_prior(checkpoint)
+    if strength and prior is None:
+        raise ValueError(f"{path}: the checkpoint does not record its training class counts (saved before "
+                         f"they were); score it with --prior_correction=0")
+    return prior, strength
 
 
 def trained_vertical_flips(checkpoint):

@@ -284,7 +284,7 @@ def predict(model, images, device, batch_size=EVAL_BATCH, channels_last=False, a
 
 
 def _state(model, average, model_name, train_data, optimiser, scheduler, scaler, history, best, config,
-           epoch):
+           epoch, counts):
     """last.pt: ``state_dict`` holds the weights to use (the average when there is one);
     the raw training weights and the average's count are kept to resume exactly."""
     record = model_record(model_name, average.module if average is not None else model, train_data.image_size)
@@ -293,8 +293,7 @@ def _state(model, average, model_name, train_data, optimiser, scheduler, scaler,
                       ema_count=int(average.n_averaged))
     record.update(optimiser=optimiser.state_dict(), scheduler=scheduler.state_dict() if scheduler else None,
                   scaler=scaler.state_dict(), history=history, best=best, epoch=epoch,
-                  train_config=asdict(config), train_data=data_fingerprint(train_data),
-                  class_counts=class_counts(train_data, len(record["class_names"])))
+                  train_config=asdict(config), train_data=data_fingerprint(train_data), class_counts=counts)
     return record
 
 
@@ -421,7 +420,7 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
                 save_checkpoint(saved, best_path)
         if distributed.is_main():
             save_checkpoint(_state(model, average, model_name, train_data, optimiser, scheduler, scaler, history,
-                                   best, config, epoch + 1), last_path)
+                                   best, config, epoch + 1, counts), last_path)
         distributed.barrier()       # every process reads the checkpoints rank 0 has just written
         validated = (f"val loss {record['val_loss']:.3f}  val acc {metrics['accuracy']:.3f}  "
                      f"val F1 {metrics['macro_f1']:.3f}  " if metrics else "")

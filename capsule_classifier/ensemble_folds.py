@@ -7,8 +7,8 @@ ensemble that averages their probabilities: what would averaging several models 
 Each run folder holds train.py's cross-validation layout (metrics.json, fold_<k>/last.pt). Every
 fold is scored with each run's final model, at the image size it was trained at and flip-averaged
 when the run scored itself so, with its training class shares divided out as the run's
---prior_correction said (runs from before it: not). The folds are rebuilt from the dataset file with each run's split
-seed and grouping (from its metrics.json); runs whose validation parts differ are refused.
+--prior_correction said (runs from before it: not). The folds are rebuilt from the dataset file
+with each run's split seed and grouping (from its metrics.json); runs whose validation parts differ are refused.
 """
 runs = []                    # cross-validation run folders, trained on the same folds
 data_path = "data/figshare_dev_256.h5"

@@ -21,8 +21,7 @@ import torch
 from torchinfo import summary
 
 from capsule_classifier.augment import PASTE_PLACES
-from capsule_classifier.checkpoint import (load_checkpoint, load_model, scored_prior_correction,
-                                           trained_vertical_flips, training_prior)
+from capsule_classifier.checkpoint import load_checkpoint, load_model, scoring_prior, trained_vertical_flips
 from capsule_classifier.data import load_sources
 from capsule_classifier.engine import TrainConfig, fit, mask_loss_problem, predict, tumour_paste_problem
 from capsule_classifier.network import count_parameters, make_model
@@ -257,14 +256,9 @@ def checkpoint_probabilities(model_path, images, device, flips, prior_correction
     ``prior_correction`` divides by its training class shares to that power (engine.correct_for_prior;
     None: as the checkpoint's run scored)."""
     model, record = load_model(model_path, device)
-    if prior_correction is None:
-        prior_correction = scored_prior_correction(record)
-    prior = training_prior(record)
-    if prior_correction and prior is None:
-        raise ValueError(f"{model_path}: the checkpoint does not record its training class counts (saved "
-                         f"before they were); score it with --prior_correction=0")
+    prior, strength = scoring_prior(record, prior_correction, model_path)
     return predict(model, images, device, flips=flips, vertical_flips=trained_vertical_flips(record),
-                   prior=prior, prior_correction=prior_correction)
+                   prior=prior, prior_correction=strength)
 
 
 def _evaluate_fold(model_path, data, device, exp):

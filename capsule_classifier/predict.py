@@ -24,19 +24,14 @@ strict = False                # exit with status 1 when any file could not be re
 
 
 def run(flags):
-    from capsule_classifier.checkpoint import (model_for_script, scored_prior_correction, trained_vertical_flips,
-                                               training_prior)
+    from capsule_classifier.checkpoint import model_for_script, scoring_prior, trained_vertical_flips
     from capsule_classifier.inference import classify
 
     strength = flags["prior_correction"]
     if strength is not None and (not isinstance(strength, (int, float)) or strength < 0):
         raise ValueError(f"--prior_correction={strength}: 0 (off) or more")
     model, record, chosen = model_for_script(flags, "predict.py", "input")
-    strength = scored_prior_correction(record) if strength is None else strength
-    prior = training_prior(record)
-    if strength and prior is None:
-        raise ValueError(f"{flags['checkpoint']}: the checkpoint does not record its training class counts "
-                         f"(saved before they were); run with --prior_correction=0")
+    prior, strength = scoring_prior(record, strength, flags["checkpoint"])
     rows = classify(model, flags["input"], record["image_size"], chosen, flags["out"], flags["flips"],
                     trained_vertical_flips(record), prior, strength)
     failed = [row for row in rows if row[-1]]

@@ -92,8 +92,8 @@ prior_correction = 1.0        # score with probabilities divided by the training
                               # power (1: as if the classes had been equally common in training; 0: off);
                               # kept in the checkpoint, so predict.py (and --Train=False test runs)
                               # score the same way by default; explain.py's predicted class does not use it
-                              # (1 against 0, leave-stretch-out: +0.012 accuracy, +0.027 macro-F1, one
-                              # seed; capsule_classifier/RESULTS.md)
+                              # (1 against 0, leave-stretch-out, 5 folds, seed 0: +0.012 accuracy, +0.027
+                              # macro-F1; capsule_classifier/RESULTS.md)
 freeze_children = 8           # used when FreezeLayers (study: 8)
 pretrained = "none"           # ResNet50: "none", "imagenet" or a path to a torchvision weights file
 amp = "auto"                  # mixed precision ("auto"): bfloat16 on GPUs and CPUs that support it, float16 on older GPUs
