@@ -208,18 +208,20 @@ def test_predict_reads_16_bit_png_at_full_depth(holdout_run, tmp_path):
 
 def test_raw_mat_files_are_prepared_as_the_dataset_file_holds_them(demo_mat_dir, demo_dataset):
     """The held-back check classifies raw .mat files with predict.py, while every validation number
-    comes from the prepared dataset file: both paths must give the classifier the same slices."""
+    comes from the dataset file prepare.py writes: both paths must give the classifier the same
+    slices (and explain.py the same tumour masks)."""
     from capsule_classifier.inference import iter_slices
     from preprocess.dataset import read_column, read_images
-    prepared = dict(zip(read_column(demo_dataset, "source_ids"), read_images(demo_dataset)))
-    labels = dict(zip(read_column(demo_dataset, "source_ids"), read_column(demo_dataset, "labels")))
+    source_ids = read_column(demo_dataset, "source_ids")
+    prepared = dict(zip(source_ids, read_images(demo_dataset)))
+    masks = dict(zip(source_ids, read_images(demo_dataset, "tumor_masks")))
     raw = {Path(name).stem: (image, truth) for name, image, error, truth in iter_slices(demo_mat_dir, 64)
            if error is None}
     assert len(raw) == len(prepared) == 12
     for source_id, (image, truth) in raw.items():
         assert image.shape == prepared[source_id].shape
         assert np.abs(image - prepared[source_id]).max() < 1e-3, source_id
-        assert truth["label"] == labels[source_id]
+        assert np.array_equal(truth["tumour_mask"] > 0.5, masks[source_id] > 0.5), source_id
 
 
 def test_tsne_on_real_and_synthetic(holdout_run, blob_dataset, tmp_path):
