@@ -212,10 +212,11 @@ def test_raw_mat_files_are_prepared_as_the_dataset_file_holds_them(demo_mat_dir,
     slices (and explain.py the same tumour masks)."""
     from capsule_classifier.inference import iter_slices
     from preprocess.dataset import read_column, read_images
+    from preprocess.prepare import source_id as source_id_of
     source_ids = read_column(demo_dataset, "source_ids")
     prepared = dict(zip(source_ids, read_images(demo_dataset)))
     masks = dict(zip(source_ids, read_images(demo_dataset, "tumor_masks")))
-    raw = {Path(name).stem: (image, truth) for name, image, error, truth in iter_slices(demo_mat_dir, 64)
+    raw = {source_id_of(name): (image, truth) for name, image, error, truth in iter_slices(demo_mat_dir, 64)
            if error is None}
     assert len(raw) == len(prepared) == 12
     for source_id, (image, truth) in raw.items():
