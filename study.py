@@ -52,6 +52,7 @@ augmentation = "mri"
 tumour_paste = 0.0                # the classifier's --tumour_paste (its default is 0.5; the study's
                                   # measured rows ran without it)
 prior_correction = 0.0            # the classifier's --prior_correction (its default is 1; the same)
+test_time_warps = False           # the classifier's --test_time_warps (its default is True; the same)
 device = "auto"
 threads = 2
 # -----------------------------------------------------------------------------

@@ -71,6 +71,15 @@ def random_affine(images, generator, max_rotation_deg=MAX_ROTATION_DEG, max_scal
     return _warp(images, theta)
 
 
+def fixed_affine(images, scale, degrees):
+    """Every image of a stack (B, C, S, S) rotated by ``degrees`` and scaled by ``scale`` about its
+    centre (bilinear, zero fill): the warp of ``random_affine`` with fixed amounts, no shift."""
+    angle = math.radians(degrees)
+    cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+    theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], device=images.device)
+    return _warp(images, theta.expand(images.shape[0], 2, 3))
+
+
 def _warp(images, theta):
     """Every image of a stack (B, C, S, S) through its own affine map (B, 2, 3) in grid coordinates
     (bilinear, zero fill)."""

@@ -56,6 +56,14 @@ def scoring_prior(checkpoint, strength, path):
     return prior, strength
 
 
+def scoring_warps(checkpoint, warps):
+    """Whether to score ``checkpoint`` over the test-time warps too (``engine.TEST_TIME_WARPS``);
+    ``warps`` None: as its training run scored (runs from before ``test_time_warps``: not)."""
+    if warps is None:
+        return bool(checkpoint.get("train_config", {}).get("test_time_warps", False))
+    return bool(warps)
+
+
 def trained_vertical_flips(checkpoint):
     """Whether the checkpoint's training flipped images up-down (so test-time views may too);
     checkpoints from before the option was added were."""

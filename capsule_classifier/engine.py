@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from capsule_classifier.augment import augment_batch, paste_tumours
+from capsule_classifier.augment import augment_batch, fixed_affine, paste_tumours
 from capsule_classifier.checkpoint import model_record, prior_from_counts
 from preprocess import distributed
 from preprocess.checkpoint_io import load_checkpoint_file, save_checkpoint
@@ -26,6 +26,9 @@ from capsule_classifier.report import classification_metrics
 
 RECIPES = ("onecycle", "study_sgd")
 EVAL_BATCH = 64
+# test-time warps (scale, degrees): the slice itself, scaled by 0.9 and 1.1, rotated by -10 and +10
+# degrees; all inside the training augmentation's range (augment.MAX_SCALE, MAX_ROTATION_DEG)
+TEST_TIME_WARPS = ((1.0, 0.0), (0.9, 0.0), (1.1, 0.0), (1.0, -10.0), (1.0, 10.0))
 MIN_SCHEDULE_STEPS = 10   # one-cycle needs a few steps in each phase
 
 
@@ -56,6 +59,8 @@ class TrainConfig:
     prior_correction: float = 1.0    # scoring only: probabilities divided by the training class shares
                                      # to this power (correct_for_prior); resuming may change it (the
                                      # epochs validated before keep their scores and best.pt)
+    test_time_warps: bool = True     # scoring only: average the final scores over TEST_TIME_WARPS of
+                                     # each slice as well (5x the views; per-epoch validation stays single-view)
 
 
 NO_MASKS = "a data file has no tumor_masks"
@@ -244,6 +249,14 @@ def flip_views(x, vertical=True):
     return views + [x.flip(-2), x.flip(-1).flip(-2)] if vertical else views
 
 
+def test_time_views(x, flips=True, vertical=True, warps=False):
+    """The views of an image batch that scoring averages over: the batch (with ``warps``, each of
+    TEST_TIME_WARPS of it), each with its flips (``flip_views``) when ``flips``."""
+    warped = [x if (scale, degrees) == (1.0, 0.0) else fixed_affine(x, scale, degrees)
+              for scale, degrees in (TEST_TIME_WARPS if warps else ((1.0, 0.0),))]
+    return [view for w in warped for view in (flip_views(w, vertical) if flips else [w])]
+
+
 def correct_for_prior(probabilities, prior, strength):
     """Probabilities (N, C) divided by ``prior`` ** ``strength`` and renormalised (post-hoc logit
     adjustment, Menon et al. 2021: with strength 1 the training class shares stop counting, as if
@@ -260,12 +273,13 @@ def correct_for_prior(probabilities, prior, strength):
 
 @torch.no_grad()
 def predict(model, images, device, batch_size=EVAL_BATCH, channels_last=False, amp=False, embed=False,
-            flips=False, vertical_flips=True, prior=None, prior_correction=0.0):
+            flips=False, vertical_flips=True, prior=None, prior_correction=0.0, warps=False):
     """Class probabilities (N, C) of images (N, S, S), or penultimate features when ``embed``.
 
     ``flips``: average the probabilities over the image and its flips (left-right, and with
     ``vertical_flips`` up-down and both; 2x or 4x the cost): the views the training augmentation
-    showed the network (``checkpoint.trained_vertical_flips``). ``prior`` (the training class
+    showed the network (``checkpoint.trained_vertical_flips``). ``warps``: over TEST_TIME_WARPS of
+    the image as well (5x the cost; ``test_time_views``). ``prior`` (the training class
     shares, ``checkpoint.training_prior``) and ``prior_correction``: see ``correct_for_prior``.
     """
     model.eval()
@@ -276,7 +290,7 @@ def predict(model, images, device, batch_size=EVAL_BATCH, channels_last=False, a
             if embed:
                 y = model.embed(x)
             else:
-                views = flip_views(x, vertical_flips) if flips else [x]
+                views = test_time_views(x, flips, vertical_flips, warps)
                 y = sum(torch.softmax(model(v).float(), dim=1) for v in views) / len(views)
         out.append(y.float().cpu())
     out = torch.cat(out).numpy()
@@ -311,7 +325,7 @@ def data_fingerprint(data):
 
 # settings added after runs had been saved, and what a run saved without them did
 SAVED_WITHOUT = {"tumour_paste": 0.0, "paste_at": "host"}
-SCORING_ONLY = ("prior_correction",)   # change how a run is scored, not what it trains: free on resume
+SCORING_ONLY = ("prior_correction", "test_time_warps")   # change how a run is scored, not what it trains: free on resume
 
 
 def check_resumable(state, config, train_data, path):

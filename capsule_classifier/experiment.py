@@ -21,7 +21,8 @@ import torch
 from torchinfo import summary
 
 from capsule_classifier.augment import PASTE_PLACES
-from capsule_classifier.checkpoint import load_checkpoint, load_model, scoring_prior, trained_vertical_flips
+from capsule_classifier.checkpoint import (load_checkpoint, load_model, scoring_prior, scoring_warps,
+                                           trained_vertical_flips)
 from capsule_classifier.data import load_sources
 from capsule_classifier.engine import TrainConfig, fit, mask_loss_problem, predict, tumour_paste_problem
 from capsule_classifier.network import count_parameters, make_model
@@ -251,19 +252,20 @@ def _pretrain(exp, synthetic, start_state, run_dir, device, histories, log):
     return load_checkpoint(os.path.join(run_dir, "pretrain", "last.pt"))["state_dict"]
 
 
-def checkpoint_probabilities(model_path, images, device, flips, prior_correction=None):
-    """Class probabilities of a checkpoint; ``flips`` averages over the views its training showed;
-    ``prior_correction`` divides by its training class shares to that power (engine.correct_for_prior;
-    None: as the checkpoint's run scored)."""
+def checkpoint_probabilities(model_path, images, device, flips, prior_correction=None, warps=None):
+    """Class probabilities of a checkpoint; ``flips`` averages over the flips its training showed,
+    ``warps`` over the test-time warps too (engine.test_time_views); ``prior_correction`` divides by
+    its training class shares to that power (engine.correct_for_prior). None: as the checkpoint's
+    run scored."""
     model, record = load_model(model_path, device)
     prior, strength = scoring_prior(record, prior_correction, model_path)
     return predict(model, images, device, flips=flips, vertical_flips=trained_vertical_flips(record),
-                   prior=prior, prior_correction=strength)
+                   prior=prior, prior_correction=strength, warps=scoring_warps(record, warps))
 
 
 def _evaluate_fold(model_path, data, device, exp):
     probabilities = checkpoint_probabilities(model_path, data.images, device, exp.test_time_flips,
-                                             exp.config.prior_correction)
+                                             exp.config.prior_correction, exp.config.test_time_warps)
     return classification_metrics(data.labels, probabilities)
 
 
@@ -383,8 +385,8 @@ def _test(exp, run_dir, device, metrics, log):
     image_size = load_checkpoint(paths[0])["image_size"]
     test = load_sources(exp.data_test_path, image_size)
     # a model trained here is scored as this run scores; a checkpoint only tested, as its own run scored
-    strength = exp.config.prior_correction if exp.train else None
-    probabilities = [checkpoint_probabilities(path, test.images, device, exp.test_time_flips, strength)
+    strength, warps = (exp.config.prior_correction, exp.config.test_time_warps) if exp.train else (None, None)
+    probabilities = [checkpoint_probabilities(path, test.images, device, exp.test_time_flips, strength, warps)
                      for path in paths]
     # several fold models: average their probabilities (an ensemble of the folds)
     mean = np.mean(probabilities, axis=0)

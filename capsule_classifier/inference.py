@@ -104,18 +104,18 @@ def iter_slices(source, size):
 
 
 def classify(model, source, size, device, out_csv, flips=True, vertical_flips=True, prior=None,
-             prior_correction=0.0):
+             prior_correction=0.0, warps=False):
     """Write ``out_csv`` (file, predicted_class, p_<class>..., error) for every slice; returns the
     rows. A file that cannot be read gets a row with its reason in ``error`` and no prediction.
     ``flips``: average the probabilities over the slice and its flips (up-down ones only with
-    ``vertical_flips``), as training scored them; ``prior``, ``prior_correction``: see
-    ``engine.correct_for_prior``."""
+    ``vertical_flips``), as training scored them, and with ``warps`` over the test-time warps too
+    (``engine.test_time_views``); ``prior``, ``prior_correction``: see ``engine.correct_for_prior``."""
     check_outputs({"out": out_csv}, {"input": source})
     rows, names, batch = [], [], []
 
     def flush():
         probabilities = predict(model, np.stack(batch), device, flips=flips, vertical_flips=vertical_flips,
-                                prior=prior, prior_correction=prior_correction)
+                                prior=prior, prior_correction=prior_correction, warps=warps)
         for name, p in zip(names, probabilities):
             rows.append([name, CLASS_NAMES[int(p.argmax())]] + [f"{v:.6f}" for v in p] + [""])
         names.clear()

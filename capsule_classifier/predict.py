@@ -20,11 +20,13 @@ flips = True                  # average the probabilities over the slice and the
 prior_correction = None       # divide the probabilities by the checkpoint's training class shares to this
                               # power (1: as if its classes had been equally common in training; 0: off;
                               # None: as its training run scored, train.py's --prior_correction)
+test_time_warps = None        # average over small rotations and scalings of each slice as well
+                              # (engine.TEST_TIME_WARPS; None: as its training run scored)
 strict = False                # exit with status 1 when any file could not be read (else only when none could)
 
 
 def run(flags):
-    from capsule_classifier.checkpoint import model_for_script, scoring_prior, trained_vertical_flips
+    from capsule_classifier.checkpoint import model_for_script, scoring_prior, scoring_warps, trained_vertical_flips
     from capsule_classifier.inference import classify
 
     strength = flags["prior_correction"]
@@ -33,7 +35,8 @@ def run(flags):
     model, record, chosen = model_for_script(flags, "predict.py", "input")
     prior, strength = scoring_prior(record, strength, flags["checkpoint"])
     rows = classify(model, flags["input"], record["image_size"], chosen, flags["out"], flags["flips"],
-                    trained_vertical_flips(record), prior, strength)
+                    trained_vertical_flips(record), prior, strength,
+                    scoring_warps(record, flags["test_time_warps"]))
     failed = [row for row in rows if row[-1]]
     print(f"classified {len(rows) - len(failed)} slices with {flags['checkpoint']} -> {flags['out']}")
     for row in failed:

@@ -19,7 +19,8 @@ trunk, routed class capsules, a tumour-mask loss in training), AdamW with a one-
 rate, label smoothing 0.1, left-right flips, small affine warps and gamma/contrast changes, another
 slice's tumour pasted, where it sat in its own slice, into about half of the training slices
 (labels shared by tumour area), an exponential moving average of the weights, bfloat16 autocast
-where the CPU has it; scores divide out the training class shares (--prior_correction=1). Flag presets
+where the CPU has it; scores divide out the training class shares (--prior_correction=1) and average
+over each slice's flips, small rotations and scalings (--test_time_warps=True). Flag presets
 (presets/classifier/*.json, applied before the other flags): --preset=study (the paper's network,
 optimiser and augmentation), --preset=compact (the previous default), --preset=resnet18_cpu (the
 CPU baseline: ResNet18 at 128 px, 12 epochs).
@@ -94,6 +95,10 @@ prior_correction = 1.0        # score with probabilities divided by the training
                               # score the same way by default; explain.py's predicted class does not use it
                               # (1 against 0, leave-stretch-out, 5 folds, seed 0: +0.012 accuracy, +0.027
                               # macro-F1; capsule_classifier/RESULTS.md)
+test_time_warps = True        # score also over rotations of -10/+10 degrees and scalings of 0.9/1.1 of
+                              # each slice (5x the scoring views; final scores only, not per-epoch
+                              # validation); kept in the checkpoint for predict.py, like prior_correction
+                              # (leave-stretch-out: capsule_classifier/RESULTS.md)
 freeze_children = 8           # used when FreezeLayers (study: 8)
 pretrained = "none"           # ResNet50: "none", "imagenet" or a path to a torchvision weights file
 amp = "auto"                  # mixed precision ("auto"): bfloat16 on GPUs and CPUs that support it, float16 on older GPUs

@@ -109,7 +109,8 @@ def arm_experiment(settings, arm, seed, paths, synthetic, run_dir, image_size):
             "pretrained": [synthetic, paths["train"]], "synthetic_only": [synthetic]}[arm]
     training = dict(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
                     augmentation=settings.augmentation, tumour_paste=settings.tumour_paste,
-                    prior_correction=settings.prior_correction, seed=seed)
+                    prior_correction=settings.prior_correction, test_time_warps=settings.test_time_warps,
+                    seed=seed)
     model = "capsule"
     if arm == "baseline":
         preset = baseline_preset(settings.baseline_preset, settings.baseline) if settings.baseline_preset else {}

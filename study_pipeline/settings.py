@@ -4,7 +4,7 @@ import dataclasses
 ARMS = ("real_only", "pretrained", "baseline", "synthetic_only")
 # what a classifier preset may set for the study's baseline arm
 BASELINE_PRESET_KEYS = {"model", "image_size", "epochs", "lr", "batch_size", "weight_decay", "label_smoothing",
-                        "tumour_paste", "prior_correction"}
+                        "tumour_paste", "prior_correction", "test_time_warps"}
 
 
 @dataclasses.dataclass
@@ -41,6 +41,7 @@ class StudySettings:
     augmentation: str = "mri"
     tumour_paste: float = 0.0      # the classifier's --tumour_paste (0: off, as every measured study row)
     prior_correction: float = 0.0  # the classifier's --prior_correction (0: off, as every measured study row)
+    test_time_warps: bool = False  # the classifier's --test_time_warps (off, as every measured study row)
     device: str = "auto"
 
 

@@ -141,3 +141,29 @@ def test_flip_averaged_prediction_is_the_mean_over_the_trained_flips(vertical):
     assert averaged.shape == (5, 3)
     np.testing.assert_allclose(averaged, expected, rtol=1e-5, atol=1e-6)
     assert not np.allclose(averaged, predict(model, images, cpu))
+
+
+def test_warped_prediction_averages_rotated_and_scaled_views_within_the_training_range():
+    from capsule_classifier.augment import MAX_ROTATION_DEG, MAX_SCALE, fixed_affine
+    from capsule_classifier.engine import TEST_TIME_WARPS, predict
+
+    assert (1.0, 0.0) in TEST_TIME_WARPS and len(set(TEST_TIME_WARPS)) == len(TEST_TIME_WARPS) > 1
+    for scale, degrees in TEST_TIME_WARPS:      # views the training augmentation could have shown
+        assert abs(scale - 1) <= MAX_SCALE + 1e-9 and abs(degrees) <= MAX_ROTATION_DEG
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 3))
+    images, cpu = torch.rand(5, 16, 16), torch.device("cpu")
+    x = images.unsqueeze(1)
+    warped = [fixed_affine(x, s, d).squeeze(1) for s, d in TEST_TIME_WARPS]
+    expected = sum(predict(model, w, cpu, flips=True, vertical_flips=False) for w in warped) / len(warped)
+    averaged = predict(model, images, cpu, flips=True, vertical_flips=False, warps=True)
+    np.testing.assert_allclose(averaged, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(averaged, predict(model, images, cpu, flips=True, vertical_flips=False), atol=1e-4)
+    # the warp itself: no change at (1, 0); a quarter turn moves a corner pixel to the next corner
+    np.testing.assert_allclose(fixed_affine(x, 1.0, 0.0), x, atol=1e-6)
+    dot = torch.zeros(1, 1, 16, 16)
+    dot[0, 0, 2, 2] = 1
+    turned = fixed_affine(dot, 1.0, 90.0)[0, 0]
+    assert turned[2, 2] < 0.01 and turned.max() > 0.99
+    shrunk = fixed_affine(torch.ones(1, 1, 16, 16), 0.5, 0.0)[0, 0]   # scaled about the centre, zero fill
+    assert shrunk[8, 8] == 1 and shrunk[0, 0] == 0

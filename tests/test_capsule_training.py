@@ -428,6 +428,33 @@ def test_a_run_saved_before_paste_at_existed_resumes_only_with_its_placement():
     check_resumable({"train_config": before_pasting}, TrainConfig(tumour_paste=0.0), None, "older_run")
 
 
+def test_test_time_warps_are_recorded_and_followed_by_predict(holdout_run, blob_dataset, tmp_path):
+    from capsule_classifier.checkpoint import scoring_warps
+    from capsule_classifier.engine import check_resumable
+    from capsule_classifier.experiment import checkpoint_probabilities
+    run_dir, _ = holdout_run
+    record = load_checkpoint(run_dir / "last.pt")
+    assert record["train_config"]["test_time_warps"] is True                      # the default, recorded
+    data, cpu = load_sources([blob_dataset]), torch.device("cpu")
+    warped = checkpoint_probabilities(run_dir / "last.pt", data.images, cpu, True, 0.0)      # as the run scored
+    plain = checkpoint_probabilities(run_dir / "last.pt", data.images, cpu, True, 0.0, False)
+    np.testing.assert_allclose(warped, checkpoint_probabilities(run_dir / "last.pt", data.images, cpu, True, 0.0, True))
+    assert not np.allclose(warped, plain, atol=1e-4)
+    older = {k: v for k, v in record.items() if k != "train_config"}                # saved before the option
+    older["train_config"] = {k: v for k, v in record["train_config"].items() if k != "test_time_warps"}
+    assert scoring_warps(older, None) is False and scoring_warps(older, True) is True
+    torch.save(older, tmp_path / "older.pt")
+    for path, flag, expected in ((run_dir / "last.pt", [], warped), (tmp_path / "older.pt", [], plain),
+                                 (run_dir / "last.pt", ["--test_time_warps=False"], plain)):
+        out = tmp_path / f"{path.stem}{len(flag)}.csv"
+        predict.run(apply_cli_flags(vars(predict).copy(), [f"--checkpoint={path}", f"--input={blob_dataset}",
+                                                          f"--out={out}", "--prior_correction=0"] + flag))
+        scored = [[float(r[f"p_{c}"]) for c in ("meningioma", "glioma", "pituitary")] for r in csv.DictReader(out.open())]
+        np.testing.assert_allclose(scored, expected, atol=1e-5)
+    unwarped = {"train_config": {**record["train_config"], "test_time_warps": False}}   # scoring only:
+    check_resumable(unwarped, TrainConfig(**record["train_config"]), None, "run")        # free on resume
+
+
 def test_the_training_prior_is_recorded_and_divided_out_when_asked(holdout_run, blob_dataset, tmp_path):
     from capsule_classifier.checkpoint import training_prior
     from capsule_classifier.engine import correct_for_prior
