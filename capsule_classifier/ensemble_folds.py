@@ -1,14 +1,19 @@
 """Score cross-validation runs made on the same folds (other seeds, other models) one by one and as an
 ensemble that averages their probabilities: what would averaging several models buy on each fold?
+With one run, and --prior_correction / --test_time_warps, it scores that run's fold models again
+another way (what would a scoring setting have given?).
 
     python capsule_classifier/ensemble_folds.py --runs=checkpoints/cv_s0,checkpoints/cv_s1 \
         --data_path=data/figshare_dev_256.h5 --out=ensemble.json
+    python capsule_classifier/ensemble_folds.py --runs=checkpoints/cv_s0 --test_time_warps=False
 
 Each run folder holds train.py's cross-validation layout (metrics.json, fold_<k>/last.pt). Every
 fold is scored with each run's final model, at the image size it was trained at and flip-averaged
 when the run scored itself so, with its training class shares divided out as the run's
---prior_correction said (runs from before it: not). The folds are rebuilt from the dataset file
-with each run's split seed and grouping (from its metrics.json); runs whose validation parts differ are refused.
+--prior_correction said (runs from before it: not) and over the test-time warps when its
+--test_time_warps did, unless the flags below say otherwise. The folds are rebuilt from the dataset file
+with each run's split seed and grouping (from its metrics.json); runs whose validation parts differ
+are refused. Folds that not every run has finished (one fold per job) are skipped, and named.
 """
 runs = []                    # cross-validation run folders, trained on the same folds
 data_path = "data/figshare_dev_256.h5"
@@ -16,6 +21,9 @@ k_folds = 5
 out = ""                     # optional JSON file with every number
 device = "cpu"
 threads = 2
+prior_correction = None      # score every run with this correction (None: as each run scored)
+test_time_warps = None       # score every run with (True) or without (False) the test-time warps
+                             # (None: as each run scored)
 
 
 def run_folds(run_dir, labels, patient_ids, source_ids, k_folds):
@@ -49,8 +57,8 @@ def run(flags):
     from preprocess.devices import resolve_device
 
     torch.set_num_threads(flags["threads"])
-    if len(flags["runs"]) < 2:
-        raise ValueError("--runs: name at least two run folders")
+    if not flags["runs"]:
+        raise ValueError("--runs: name one run folder (scored again) or several (an ensemble)")
     device = resolve_device(flags["device"])
     columns = [read_column(flags["data_path"], name) for name in ("labels", "patient_ids", "source_ids")]
     per_run = [run_folds(run_dir, *columns, flags["k_folds"]) for run_dir in flags["runs"]]
@@ -59,13 +67,25 @@ def run(flags):
             if not np.array_equal(np.sort(first), np.sort(other)):
                 raise ValueError(f"{run_dir}: fold {k} validated on other slices than {flags['runs'][0]} "
                                  f"(another split seed or grouping): an ensemble would score training slices")
-    # each run's image size (read once, from its first fold) and the data at each of those sizes
-    sizes = [load_checkpoint(os.path.join(run_dir, "fold_1", "last.pt"))["image_size"] for run_dir in flags["runs"]]
+    def model_path(run_dir, k):
+        return os.path.join(run_dir, f"fold_{k}", "last.pt")
+
+    finished = [k for k in range(1, flags["k_folds"] + 1)
+                if all(os.path.exists(model_path(run_dir, k)) for run_dir in flags["runs"])]
+    if not finished:
+        raise FileNotFoundError(f"no fold has a last.pt in every one of {', '.join(flags['runs'])}")
+    skipped = sorted(set(range(1, flags["k_folds"] + 1)) - set(finished))
+    if skipped:
+        print(f"folds {skipped} skipped: not finished in every run")
+    # each run's image size (read once, from its first finished fold) and the data at each of those sizes
+    sizes = [load_checkpoint(model_path(run_dir, finished[0]))["image_size"] for run_dir in flags["runs"]]
     sized = {size: load_sources([flags["data_path"]], size) for size in set(sizes)}
-    report = {"flags": flags, "folds": []}
+    report = {"flags": flags, "folds": [], "skipped_folds": skipped}
     for k, (_, val_rows) in enumerate(per_run[0][0], start=1):
-        probabilities = [checkpoint_probabilities(os.path.join(run_dir, f"fold_{k}", "last.pt"),
-                                                  sized[size].images[val_rows], device, flips, None)
+        if k not in finished:
+            continue
+        probabilities = [checkpoint_probabilities(model_path(run_dir, k), sized[size].images[val_rows], device,
+                                                  flips, flags["prior_correction"], flags["test_time_warps"])
                          for run_dir, size, (_, flips) in zip(flags["runs"], sizes, per_run)]
         labels = columns[0][val_rows]
         single = [classification_metrics(labels, p) for p in probabilities]
@@ -74,16 +94,20 @@ def run(flags):
                "macro_f1": [m["macro_f1"] for m in single], "ensemble_accuracy": together["accuracy"],
                "ensemble_macro_f1": together["macro_f1"]}
         report["folds"].append(row)
-        print(f"fold {k}: " + "  ".join(f"{a:.3f}" for a in row["accuracy"])
-              + f"  -> ensemble {row['ensemble_accuracy']:.3f} (macro-F1 {row['ensemble_macro_f1']:.3f})")
-    single_means = np.mean([row["accuracy"] for row in report["folds"]], axis=0)
+        several = len(probabilities) > 1
+        print(f"fold {k}: " + "  ".join(f"{a:.3f} ({f:.3f})" for a, f in zip(row["accuracy"], row["macro_f1"]))
+              + (f"  -> ensemble {row['ensemble_accuracy']:.3f} ({row['ensemble_macro_f1']:.3f})" if several else ""))
+    accuracy = np.array([row["accuracy"] for row in report["folds"]])      # (folds, runs)
+    macro_f1 = np.array([row["macro_f1"] for row in report["folds"]])
     ensemble = [row["ensemble_accuracy"] for row in report["folds"]]
-    report["summary"] = {"run_mean_accuracy": single_means.tolist(),
+    report["summary"] = {"run_mean_accuracy": accuracy.mean(0).tolist(), "run_std_accuracy": accuracy.std(0).tolist(),
+                         "run_mean_macro_f1": macro_f1.mean(0).tolist(),
                          "ensemble_accuracy_mean": float(np.mean(ensemble)),
                          "ensemble_accuracy_std": float(np.std(ensemble)),
                          "ensemble_macro_f1_mean": float(np.mean([r["ensemble_macro_f1"] for r in report["folds"]]))}
-    print("mean over folds: " + "  ".join(f"{a:.3f}" for a in single_means)
-          + f"  -> ensemble {np.mean(ensemble):.3f} +- {np.std(ensemble):.3f}")
+    print("accuracy (macro-F1), mean over folds: "
+          + "  ".join(f"{a:.3f} +- {sd:.3f} ({f:.3f})" for a, sd, f in zip(accuracy.mean(0), accuracy.std(0), macro_f1.mean(0)))
+          + (f"  -> ensemble {np.mean(ensemble):.3f} +- {np.std(ensemble):.3f}" if len(flags["runs"]) > 1 else ""))
     if flags["out"]:
         write_json_atomic(report, flags["out"])
     return report

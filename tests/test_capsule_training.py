@@ -370,6 +370,19 @@ def test_fold_ensemble_of_two_seeds(blob_dataset, tmp_path):
     assert json.loads((tmp_path / "ensemble.json").read_text())["summary"]["ensemble_accuracy_mean"] >= 0
     with pytest.raises(ValueError, match="other slices"):
         ensemble({**flags, "runs": [str(tmp_path / "s0"), str(tmp_path / "other_split")], "out": ""})
+    # one run scored again another way: without the test-time warps the runs scored with, and with
+    # a fold not finished (one fold per job) skipped by name
+    from capsule_classifier.experiment import checkpoint_probabilities
+    from capsule_classifier.report import classification_metrics
+    from preprocess.splits import patient_folds
+    shutil.move(tmp_path / "s0" / "fold_3" / "last.pt", tmp_path / "fold_3_last.pt")
+    again = ensemble({**flags, "runs": [str(tmp_path / "s0")], "out": "", "test_time_warps": False})
+    assert [row["fold"] for row in again["folds"]] == [1, 2] and again["skipped_folds"] == [3]
+    data = load_sources([str(blob_dataset)])
+    _, val_rows = patient_folds(data.labels, data.patient_ids, 3, 0, data.source_ids, "patient")[0]
+    plain = checkpoint_probabilities(tmp_path / "s0" / "fold_1" / "last.pt", data.images[val_rows], torch.device("cpu"), True, None, False)
+    assert again["folds"][0]["accuracy"][0] == pytest.approx(classification_metrics(data.labels[val_rows], plain)["accuracy"])
+    assert again["summary"]["run_mean_macro_f1"][0] >= 0
 
 
 def test_a_run_without_validation_part_trains_on_every_slice(blob_dataset, tmp_path):
