@@ -99,7 +99,8 @@ test_time_warps = True        # score also over rotations of -10/+10 degrees and
                               # each slice (5x the scoring views; final scores only, not per-epoch
                               # validation); kept in the checkpoint for predict.py, like prior_correction
                               # (leave-stretch-out, 5 folds, seed 0, with the prior correction: 0.869 ->
-                              # 0.879, macro-F1 0.789 -> 0.825; capsule_classifier/RESULTS.md)
+                              # 0.879, macro-F1 0.789 -> 0.825; capsule_classifier/RESULTS.md);
+                              # explain.py explains the single view's predicted class
 freeze_children = 8           # used when FreezeLayers (study: 8)
 pretrained = "none"           # ResNet50: "none", "imagenet" or a path to a torchvision weights file
 amp = "auto"                  # mixed precision ("auto"): bfloat16 on GPUs and CPUs that support it, float16 on older GPUs
