@@ -65,19 +65,24 @@ def random_affine(images, generator, max_rotation_deg=MAX_ROTATION_DEG, max_scal
     angle = _uniform(n, -max_rotation_deg, max_rotation_deg, generator, device) * (math.pi / 180)
     scale = _uniform(n, 1 - max_scale, 1 + max_scale, generator, device)
     shift = _uniform(2 * n, -2 * max_shift, 2 * max_shift, generator, device).view(n, 2)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
-                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    return _warp(images, theta)
+    return _warp(images, _affine_theta(angle, scale, shift))
 
 
 def fixed_affine(images, scale, degrees):
     """Every image of a stack (B, C, S, S) rotated by ``degrees`` and scaled by ``scale`` about its
     centre (bilinear, zero fill): the warp of ``random_affine`` with fixed amounts, no shift."""
-    angle = math.radians(degrees)
-    cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
-    theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], device=images.device)
-    return _warp(images, theta.expand(images.shape[0], 2, 3))
+    n, device = images.shape[0], images.device
+    angle = torch.full((n,), math.radians(degrees), device=device)
+    return _warp(images, _affine_theta(angle, torch.full((n,), float(scale), device=device),
+                                       torch.zeros(n, 2, device=device)))
+
+
+def _affine_theta(angle, scale, shift):
+    """Affine maps (B, 2, 3) in grid coordinates: rotation by ``angle`` (radians), scaling by
+    ``scale`` and a ``shift`` (B, 2), one per image."""
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    return torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
+                        torch.stack([sin, cos, shift[:, 1]], 1)], 1)
 
 
 def _warp(images, theta):

@@ -81,6 +81,7 @@ def run(flags):
     sizes = [load_checkpoint(model_path(run_dir, finished[0]))["image_size"] for run_dir in flags["runs"]]
     sized = {size: load_sources([flags["data_path"]], size) for size in set(sizes)}
     report = {"flags": flags, "folds": [], "skipped_folds": skipped}
+    several = len(flags["runs"]) > 1
     for k, (_, val_rows) in enumerate(per_run[0][0], start=1):
         if k not in finished:
             continue
@@ -94,7 +95,6 @@ def run(flags):
                "macro_f1": [m["macro_f1"] for m in single], "ensemble_accuracy": together["accuracy"],
                "ensemble_macro_f1": together["macro_f1"]}
         report["folds"].append(row)
-        several = len(probabilities) > 1
         print(f"fold {k}: " + "  ".join(f"{a:.3f} ({f:.3f})" for a, f in zip(row["accuracy"], row["macro_f1"]))
               + (f"  -> ensemble {row['ensemble_accuracy']:.3f} ({row['ensemble_macro_f1']:.3f})" if several else ""))
     accuracy = np.array([row["accuracy"] for row in report["folds"]])      # (folds, runs)
@@ -107,7 +107,7 @@ def run(flags):
                          "ensemble_macro_f1_mean": float(np.mean([r["ensemble_macro_f1"] for r in report["folds"]]))}
     print("accuracy (macro-F1), mean over folds: "
           + "  ".join(f"{a:.3f} +- {sd:.3f} ({f:.3f})" for a, sd, f in zip(accuracy.mean(0), accuracy.std(0), macro_f1.mean(0)))
-          + (f"  -> ensemble {np.mean(ensemble):.3f} +- {np.std(ensemble):.3f}" if len(flags["runs"]) > 1 else ""))
+          + (f"  -> ensemble {np.mean(ensemble):.3f} +- {np.std(ensemble):.3f}" if several else ""))
     if flags["out"]:
         write_json_atomic(report, flags["out"])
     return report
