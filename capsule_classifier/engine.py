@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from capsule_classifier.augment import augment_batch, fixed_affine, paste_tumours
@@ -22,6 +21,7 @@ from capsule_classifier.checkpoint import model_record, prior_from_counts
 from preprocess import distributed
 from preprocess.checkpoint_io import load_checkpoint_file, save_checkpoint
 from preprocess.tensorboard_log import log_scalars, tensorboard_writer
+from preprocess.weight_average import exponential_average
 from capsule_classifier.report import classification_metrics
 
 RECIPES = ("onecycle", "study_sgd")
@@ -91,23 +91,9 @@ def make_optimiser(model, config, steps_per_epoch):
     return optimiser, scheduler
 
 
-def _ema_update(decay):
-    """EMA step for ``AveragedModel`` whose decay ramps up as (1 + n) / (10 + n) towards ``decay``,
-    so that the average follows the weights closely in a short run; integer buffers are copied."""
-    def update(averaged, current, num_averaged):
-        rate = min(decay, (1.0 + float(num_averaged)) / (10.0 + float(num_averaged)))
-        if torch.is_floating_point(averaged[0]):
-            torch._foreach_lerp_(averaged, current, 1.0 - rate)
-        else:
-            torch._foreach_copy_(averaged, current)
-    return update
-
-
 def make_average(model, config):
     """An ``AveragedModel`` (weights and batch-norm statistics) when ``config.ema_decay``, else None."""
-    if not config.ema_decay:
-        return None
-    return AveragedModel(model, multi_avg_fn=_ema_update(config.ema_decay), use_buffers=True)
+    return exponential_average(model, config.ema_decay)
 
 
 def _to_device(images, device, channels_last):

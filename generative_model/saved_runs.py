@@ -33,7 +33,8 @@ def write_run_index(run_dir, models, conditional, image_size, **details):
 
 
 def load_generators(run_dir, device="cpu"):
-    """The trained generators of a run: {class name or "all": generator (eval mode)}, and run.json."""
+    """The trained generators of a run: {class name or "all": generator (eval mode)}, and run.json.
+    A run trained with ``--generator_ema`` gives its averaged generator."""
     index_path = os.path.join(run_dir, "run.json")
     if not os.path.exists(index_path):
         raise FileNotFoundError(f"{index_path}: no trained GAN run here (train.py writes run.json)")
@@ -43,6 +44,7 @@ def load_generators(run_dir, device="cpu"):
     for name, relative in index["models"].items():
         state = load_checkpoint_file(os.path.join(run_dir, relative), map_location=device)
         generator = UNetGenerator(**state["generator_config"])
-        generator.load_state_dict(state["generator"])
+        # the averaged weights when the run kept them (--generator_ema), as its sample grids show
+        generator.load_state_dict(state.get("generator_ema", state["generator"]))
         generators[name] = generator.to(device).eval()
     return generators, index

@@ -34,6 +34,7 @@ class GanSettings:
     spectral_norm: bool = True   # spectral normalisation of the discriminator's convolutions
     feature_matching_weight: float = 10.0  # pix2pixHD feature-matching loss on the discriminator's layers
     spectrum_weight: float = 0.0  # L1 between log amplitude spectra of each fake and its real slice
+    generator_ema: float = 0.0   # > 0: decay of an average of the generator's weights that samples and synthesis use
     conditional: bool = True     # one class-conditional model; False: one model per class (the study)
     seed: int = 0
     device: str = "auto"

@@ -3,6 +3,7 @@
 Each model lives in its own folder (``<model_dir>/<run_name>/<class name>/`` or ``.../all/``):
 
     checkpoint.pt      generator, discriminator, optimisers, epoch, loss history, settings
+                       (and ``generator_ema``, the averaged generator, with --generator_ema > 0)
     losses.csv         per-epoch mean losses, learning rate and seconds
     losses.png         the same as curves
     samples/epoch_NNN.png   mask | real | three fakes from different latent vectors, 4 rows
@@ -31,6 +32,7 @@ from preprocess.checkpoint_io import load_checkpoint_file, save_checkpoint
 from preprocess.devices import resolve_device
 from preprocess.dataset import CLASS_NAMES, SliceDataset, read_attrs, read_column
 from preprocess.tensorboard_log import log_scalars, tensorboard_writer
+from preprocess.weight_average import exponential_average
 
 GRID_ROWS = 4
 GRID_FAKES = 3
@@ -84,6 +86,8 @@ def train_models(dataset, model_dir, run_name, settings, classes=CLASS_NAMES, re
     if settings.sharp_stem and not settings.blur_downsampling:
         raise ValueError("--sharp_stem=True replaces the blur before the critic's first stride, so it needs "
                          "--blur_downsampling=True")
+    if not 0.0 <= settings.generator_ema < 1.0:
+        raise ValueError(f"--generator_ema={settings.generator_ema}: must be 0 (off) or a decay in (0, 1)")
     attrs = read_attrs(dataset)
     if int(attrs.get("image_size", -1)) != settings.image_size:
         raise ValueError(f"{dataset}: holds {attrs.get('image_size')} px slices, "
@@ -146,6 +150,7 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=settings.lr, betas=betas)
     use_amp = settings.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    average = exponential_average(generator, settings.generator_ema)   # None when off
 
     os.makedirs(os.path.join(out_dir, "samples"), exist_ok=True)
     checkpoint_path = os.path.join(out_dir, CHECKPOINT)
@@ -160,8 +165,15 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
                 raise ValueError(f"{checkpoint_path}: its {name} was built with "
                                  f"{ {k: saved.get(k) for k in changed} }, these settings give "
                                  f"{ {k: network.config.get(k) for k in changed} }; resume with the same flags")
+        saved_ema = state.get("settings", {}).get("generator_ema", 0.0)
+        if saved_ema != settings.generator_ema:     # an average cannot be added or dropped halfway
+            raise ValueError(f"{checkpoint_path}: trained with --generator_ema={saved_ema}, now "
+                             f"{settings.generator_ema}; resume with the same value")
         generator.load_state_dict(state["generator"])
         discriminator.load_state_dict(state["discriminator"])
+        if average is not None:
+            average.module.load_state_dict(state["generator_ema"])
+            average.n_averaged.fill_(state["generator_ema_updates"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
         scaler.load_state_dict(state["scaler"])
@@ -204,6 +216,8 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
                    unit="batch", dynamic_ncols=True, disable=not distributed.is_main())
         for batch in bar:
             losses = train_step(*to_model_range(batch, device), **steps)
+            if average is not None:
+                average.update_parameters(generator)
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + value
             bar.set_postfix({name[5:]: f"{value:.3f}" for name, value in losses.items()})
@@ -215,7 +229,7 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
         if not distributed.is_main():
             distributed.barrier()       # rank 0 writes the epoch's files
             continue
-        tiles = sample_grid(generator, grid_batch, grid_z)
+        tiles = sample_grid(generator if average is None else average.module, grid_batch, grid_z)
         grid_path = os.path.join(out_dir, "samples", f"epoch_{epoch + 1:03d}.png")
         save_image_grid(tiles, grid_path)
         log_scalars(writer, epoch + 1, {f"loss/{name[5:]}": row[name] for name in row if name.startswith("loss_")}
@@ -224,12 +238,14 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
             writer.add_image("samples (mask | real | fakes)", np.asarray(Image.open(grid_path).convert("L"))[None],
                              epoch + 1)
         write_loss_table(history, os.path.join(out_dir, "losses.csv"), os.path.join(out_dir, "losses.png"))
+        averaged = {} if average is None else {"generator_ema": average.module.state_dict(),
+                                                "generator_ema_updates": int(average.n_averaged)}
         save_checkpoint({"generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
                          "generator_config": generator.config, "discriminator_config": discriminator.config,
                          "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "scaler": scaler.state_dict(),
                          "rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history,
                          "settings": dataclasses.asdict(settings), "class_names": list(CLASS_NAMES),
-                         "intensity": "tanh output in [-1, 1] = dataset intensity [0, 1] * 2 - 1"},
+                         "intensity": "tanh output in [-1, 1] = dataset intensity [0, 1] * 2 - 1", **averaged},
                         checkpoint_path)
         print(f"{os.path.basename(out_dir)} epoch {epoch + 1}: " +
               ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))

@@ -273,3 +273,28 @@ def test_loss_table_keeps_a_loss_that_a_resumed_run_added(tmp_path):
     write_loss_table(history, tmp_path / "losses.csv", tmp_path / "losses.png")
     rows = list(csv.DictReader(open(tmp_path / "losses.csv")))
     assert [row["loss_spectrum"] for row in rows] == ["", "0.9"] and (tmp_path / "losses.png").is_file()
+
+
+def test_generator_average_is_kept_resumed_and_used_for_synthesis(blob_dataset, tmp_path):
+    from generative_model.saved_runs import load_generators
+    options = dict(TINY, conditional=True, generator_ema=0.9)
+    train_models(blob_dataset, tmp_path, "ema", GanSettings(**options))
+    state = load_checkpoint(tmp_path / "ema" / "all" / "checkpoint.pt")
+    updates = state["generator_ema_updates"]
+    assert updates > 1                                   # one update per generator step
+    key = next(k for k in state["generator"] if k.startswith("up.0.") and k.endswith("weight"))
+    assert not torch.equal(state["generator_ema"][key], state["generator"][key])
+    generators, _ = load_generators(tmp_path / "ema")    # synthesis and evaluation use the average
+    assert torch.equal(generators["all"].state_dict()[key], state["generator_ema"][key])
+    with pytest.raises(ValueError, match="generator_ema"):
+        train_models(blob_dataset, tmp_path, "ema", GanSettings(**{**options, "epochs": 2, "generator_ema": 0.0}),
+                     resume=True)
+    train_models(blob_dataset, tmp_path, "ema", GanSettings(**{**options, "epochs": 2}), resume=True)
+    assert load_checkpoint(tmp_path / "ema" / "all" / "checkpoint.pt")["generator_ema_updates"] == 2 * updates
+    # a vanishing decay keeps the average on the latest weights: it is updated after every step
+    train_models(blob_dataset, tmp_path, "follow", GanSettings(**{**options, "generator_ema": 1e-9}))
+    state = load_checkpoint(tmp_path / "follow" / "all" / "checkpoint.pt")
+    for name, value in state["generator"].items():
+        assert torch.allclose(state["generator_ema"][name].float(), value.float(), atol=1e-6), name
+    with pytest.raises(ValueError, match="generator_ema"):
+        train_models(blob_dataset, tmp_path, "bad", GanSettings(**{**options, "generator_ema": 1.0}))
