@@ -22,6 +22,10 @@ old checkpoints load unchanged; ``train.py`` picks the defaults):
 * ``upsample="resize"``: nearest-neighbour upsampling then a 3x3 convolution instead of 4x4
   stride-2 transposed convolutions, whose uneven kernel overlap paints checkerboards
   (Odena et al. 2016); ``"bilinear"``: the same with bilinear upsampling (no 2 x 2 blocks);
+  ``"bicubic"``: with bicubic upsampling. As filters after zero insertion, nearest ([1, 1]) passes
+  38 % of the amplitude at 3/4 of the new Nyquist frequency, where the coarse grid's spectral images
+  lie (the lattice), bilinear 6 % and bicubic 1 %; at a quarter of it, inside the band that carries
+  detail, they keep 92 %, 79 % and 99 %: bicubic suppresses the images as bilinear does without its blur;
   ``output_upsample`` sets the last doubling (to full resolution) apart from the others;
 * ``mask_norm=True``: every decoder level is normalised without a learned scale and then scaled
   and shifted per pixel by maps computed from the condition mask (and class planes) at that
@@ -67,7 +71,7 @@ from torch.nn import functional as F
 
 LATENT_MODES = ("inject", "study")
 NORMS = ("batch", "instance")
-UPSAMPLES = ("transpose", "resize", "bilinear")
+UPSAMPLES = ("transpose", "resize", "bilinear", "bicubic")
 MASK_NORM_HIDDEN = 32   # channels of the small network that turns the mask into scale and shift maps
 SEED_PLANE = 8          # side of the small latent plane of the "inject" mode
 MASK_RESIZES = ("nearest", "area")   # how MaskNorm brings the condition to a coarser level (see MaskNorm)
@@ -85,12 +89,13 @@ def norm_layer(norm, channels):
 
 
 def upsampling(in_channels, out_channels, mode, bias=True):
-    """Double the resolution: a 4x4 stride-2 transposed convolution, or resize + 3x3 convolution."""
+    """Double the resolution: a 4x4 stride-2 transposed convolution, or resize (nearest, bilinear or
+    bicubic) + 3x3 convolution."""
     if mode == "transpose":
         return nn.ConvTranspose2d(in_channels, out_channels, 4, 2, 1, bias=bias)
-    if mode in ("resize", "bilinear"):
+    if mode in ("resize", "bilinear", "bicubic"):
         resize = nn.Upsample(scale_factor=2, mode="nearest") if mode == "resize" else \
-            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+            nn.Upsample(scale_factor=2, mode=mode, align_corners=False)
         return nn.Sequential(resize, nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=bias))
     raise ValueError(f"upsample must be one of {UPSAMPLES}, got {mode!r}")
 

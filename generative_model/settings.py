@@ -23,7 +23,7 @@ class GanSettings:
     latent_dim: int = 100
     latent_mode: str = "inject"
     norm: str = "batch"
-    upsample: str = "resize"     # "resize" (nearest + 3x3 conv), "bilinear" (bilinear + 3x3) or "transpose" (study)
+    upsample: str = "resize"     # "resize" (nearest + 3x3 conv), "bilinear", "bicubic" (+ 3x3) or "transpose" (study)
     output_upsample: str = ""    # the output level's upsampling when it differs from upsample ("" = the same)
     mask_norm: bool = True       # SPADE-style mask-conditioned normalisation in the decoder
     noise_inputs: bool = False   # per-pixel noise maps with learned strengths in the decoder (StyleGAN)

@@ -40,9 +40,9 @@ latent_dim = 100                  # the study's 100-d latent vector
 latent_mode = "inject"            # "inject" (small plane + every decoder level) or "study" (FC to S*S)
 norm = "batch"                    # "batch" or "instance"
 upsample = "resize"               # "resize" (nearest + 3x3 conv: no checkerboards), "bilinear"
-                                  # (bilinear + 3x3 conv) or "transpose" (study)
-output_upsample = ""              # the last doubling (to full resolution) only: "resize", "bilinear" or
-                                  # "transpose"; "" = as upsample (e.g. bilinear levels, nearest output)
+                                  # (bilinear + 3x3 conv), "bicubic" (bicubic + 3x3 conv) or "transpose" (study)
+output_upsample = ""              # the last doubling (to full resolution) only: "resize", "bilinear",
+                                  # "bicubic" or "transpose"; "" = as upsample (e.g. bilinear levels, nearest output)
 mask_norm = True                  # SPADE-style: the mask scales and shifts every decoder level
 mask_resize = "nearest"           # mask norm's mask at coarse levels: "nearest" (pick pixels) or "area" (average)
 noise_inputs = False              # per-pixel noise maps (learned strength) after each decoder level:
