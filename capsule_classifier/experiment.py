@@ -179,6 +179,8 @@ def check_settings(exp):
         raise ValueError(f"--tumour_paste={config.tumour_paste}: a share of each batch, 0 to 1")
     if config.paste_at not in PASTE_PLACES:
         raise ValueError(f"--paste_at={config.paste_at!r}: one of {', '.join(PASTE_PLACES)}")
+    if not 0 <= config.ema_decay < 1:
+        raise ValueError(f"--ema_decay={config.ema_decay}: 0 (off) or a decay in (0, 1)")
     if config.prior_correction < 0:
         raise ValueError(f"--prior_correction={config.prior_correction}: 0 (off) or more (1: training class "
                          f"shares divided out)")

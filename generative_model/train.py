@@ -56,7 +56,7 @@ spectral_norm = True              # spectral normalisation in the discriminator
 feature_matching_weight = 10.0    # pix2pixHD feature-matching loss (0: off, as the study)
 spectrum_weight = 0.0             # > 0: L1 between the log amplitude spectra (2-d FFT) of each fake and
                                   # its real slice, against periodic patterns (Durall et al. 2020); 0: off
-generator_ema = 0.0               # > 0: sample grids and generate.py use an exponential moving average of
+generator_ema = 0.0               # > 0: sample grids, generate.py and evaluate.py use a moving average of
                                   # the generator's weights with this decay (e.g. 0.999; ProGAN/StyleGAN); 0: off
 # the study's generator and loss: --upsample=transpose --mask_norm=False --spectral_norm=False
 #                                 --feature_matching_weight=0 (see generative_model/RESULTS.md)

@@ -313,6 +313,9 @@ def test_tumour_pasting_trains_with_or_without_the_mask_loss_and_is_skipped_with
     with pytest.raises(ValueError, match="paste_at='middle'"):
         run_experiment(Experiment(run_name="refused", config=TrainConfig(paste_at="middle"), **common),
                        log=lambda *a: None)
+    with pytest.raises(ValueError, match="ema_decay=1.0"):         # before any data is read
+        run_experiment(Experiment(run_name="refused", config=TrainConfig(ema_decay=1.0), **common),
+                       log=lambda *a: None)
 
 
 def test_one_fold_at_a_time(blob_dataset, tmp_path):

@@ -275,13 +275,13 @@ def test_loss_table_keeps_a_loss_that_a_resumed_run_added(tmp_path):
     assert [row["loss_spectrum"] for row in rows] == ["", "0.9"] and (tmp_path / "losses.png").is_file()
 
 
-def test_generator_average_is_kept_resumed_and_used_for_synthesis(blob_dataset, tmp_path):
+def test_generator_average_is_kept_resumed_and_used_for_synthesis(blob_dataset, tmp_path, monkeypatch):
     from generative_model.saved_runs import load_generators
     options = dict(TINY, conditional=True, generator_ema=0.9)
     train_models(blob_dataset, tmp_path, "ema", GanSettings(**options))
     state = load_checkpoint(tmp_path / "ema" / "all" / "checkpoint.pt")
     updates = state["generator_ema_updates"]
-    assert updates > 1                                   # one update per generator step
+    assert updates == len(read_column(blob_dataset, "labels")) // TINY["batch_size"] > 1   # one per generator step
     key = next(k for k in state["generator"] if k.startswith("up.0.") and k.endswith("weight"))
     assert not torch.equal(state["generator_ema"][key], state["generator"][key])
     generators, _ = load_generators(tmp_path / "ema")    # synthesis and evaluation use the average
@@ -289,8 +289,17 @@ def test_generator_average_is_kept_resumed_and_used_for_synthesis(blob_dataset, 
     with pytest.raises(ValueError, match="generator_ema"):
         train_models(blob_dataset, tmp_path, "ema", GanSettings(**{**options, "epochs": 2, "generator_ema": 0.0}),
                      resume=True)
+    # resumed without training steps the generator stays put, so the restored average must move from
+    # its saved value towards it at the ramped rate (a restarted average would start elsewhere)
+    monkeypatch.setattr("generative_model.trainer.train_step", lambda *args, **kwargs: {})
     train_models(blob_dataset, tmp_path, "ema", GanSettings(**{**options, "epochs": 2}), resume=True)
-    assert load_checkpoint(tmp_path / "ema" / "all" / "checkpoint.pt")["generator_ema_updates"] == 2 * updates
+    after = load_checkpoint(tmp_path / "ema" / "all" / "checkpoint.pt")
+    assert after["generator_ema_updates"] == 2 * updates
+    torch.testing.assert_close(after["generator"][key], state["generator"][key])
+    kept = float(np.prod([min(0.9, (1 + n) / (10 + n)) for n in range(updates, 2 * updates)]))
+    torch.testing.assert_close(after["generator_ema"][key], state["generator"][key] +
+                               kept * (state["generator_ema"][key] - state["generator"][key]))
+    monkeypatch.undo()
     # a vanishing decay keeps the average on the latest weights: it is updated after every step
     train_models(blob_dataset, tmp_path, "follow", GanSettings(**{**options, "generator_ema": 1e-9}))
     state = load_checkpoint(tmp_path / "follow" / "all" / "checkpoint.pt")
