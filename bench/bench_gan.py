@@ -49,6 +49,7 @@ VARIANTS = {   # changes to train.py's defaults
     "blur_sharp_stem": dict(blur_downsampling=True, sharp_stem=True),   # anti-aliased critic, sharp first layer
     "bilinear": dict(upsample="bilinear"),        # bilinear resizing in every decoder level
     "bilinear_nearest_output": dict(upsample="bilinear", output_upsample="resize"),   # ... but the last
+    "bicubic": dict(upsample="bicubic"),          # bicubic resizing in every decoder level
 }
 
 
