@@ -50,6 +50,7 @@ VARIANTS = {   # changes to train.py's defaults
     "bilinear": dict(upsample="bilinear"),        # bilinear resizing in every decoder level
     "bilinear_nearest_output": dict(upsample="bilinear", output_upsample="resize"),   # ... but the last
     "bicubic": dict(upsample="bicubic"),          # bicubic resizing in every decoder level
+    "bilinear_head2": dict(upsample="bilinear", full_res_convs=2),   # bilinear + 2 full-resolution convolutions
 }
 
 

@@ -35,6 +35,14 @@ old checkpoints load unchanged; ``train.py`` picks the defaults):
   ``mask_resize="area"`` averages the mask down to each level instead of picking every n-th pixel
   (SPADE's nearest resizing suits filled label maps; a 1-px outline sampled that way breaks up or
   vanishes at the coarse levels);
+* ``full_res_convs=N``: N more 3x3 convolutions at full resolution after the last doubling, each
+  seeing the generator's input planes (mask, latent plane, class planes) again, before the output
+  convolution. In pix2pix's U-Net the last doubling's one convolution draws the image, so every
+  output pixel is a fixed linear mix of the half-resolution features that depends on where it
+  sits in its 2 x 2 block (a 2-px pattern with nearest resizing), and with smooth resizing no
+  layer can add new fine detail. The head adds shift-invariant nonlinear layers at full
+  resolution (as pix2pixHD's and SPADE's generators end); with 0 (the default) the network is
+  pix2pix's;
 * ``noise_inputs=True``: after every decoder level but the last, one map of Gaussian noise per
   sample, added to each channel with a learned per-channel strength that starts at zero (as
   StyleGAN's noise inputs, Karras et al. 2019): a spatial source of randomness for texture where
@@ -146,7 +154,7 @@ class UNetGenerator(nn.Module):
 
     def __init__(self, image_size=128, ngf=64, latent_dim=100, latent_mode="inject",
                  norm="batch", num_classes=0, upsample="transpose", mask_norm=False, mask_resize="nearest",
-                 noise_inputs=False, output_upsample=""):
+                 noise_inputs=False, output_upsample="", full_res_convs=0):
         super().__init__()
         if latent_mode not in LATENT_MODES:
             raise ValueError(f"latent_mode must be one of {LATENT_MODES}, got {latent_mode!r}")
@@ -161,6 +169,10 @@ class UNetGenerator(nn.Module):
             output_upsample = ""      # the same network; stored only when it differs, as older configs lack it
         if output_upsample:
             self.config["output_upsample"] = output_upsample
+        if full_res_convs < 0:
+            raise ValueError(f"full_res_convs must be >= 0, got {full_res_convs}")
+        if full_res_convs:            # only when on, so configs of older checkpoints stay as they were
+            self.config["full_res_convs"] = full_res_convs
         self.image_size = image_size
         self.latent_dim = latent_dim
         self.latent_mode = latent_mode
@@ -189,14 +201,23 @@ class UNetGenerator(nn.Module):
         for level in reversed(range(depth)):
             skip = 0 if level == depth - 1 else widths[level]
             in_channels = widths[level] + skip + inject
-            if level == 0:
+            if level == 0 and not full_res_convs:
                 layers = [nn.ReLU(), upsampling(in_channels, 1, output_upsample or upsample), nn.Tanh()]
+            elif level == 0:          # the last doubling gives ngf feature planes; the head draws the image
+                layers = [nn.ReLU(), upsampling(in_channels, ngf, output_upsample or upsample, bias=use_bias),
+                          norm_layer(norm, ngf)]
             else:
                 out = widths[level - 1]
                 layers = [nn.ReLU(), upsampling(in_channels, out, upsample, bias=use_bias),
                           MaskNorm(norm, out, 1 + num_classes, resize=mask_resize) if mask_norm
                           else norm_layer(norm, out)]
             self.up.append(nn.Sequential(*layers))
+        # the full-resolution head: each convolution sees the input planes again; the last draws the image
+        self.head = nn.ModuleList(
+            [nn.Sequential(nn.ReLU(), nn.Conv2d(ngf + 2 + num_classes, ngf, 3, 1, 1, bias=use_bias),
+                           norm_layer(norm, ngf)) for _ in range(full_res_convs)])
+        self.head_output = nn.Sequential(nn.ReLU(), nn.Conv2d(ngf, 1, 3, 1, 1), nn.Tanh()) \
+            if full_res_convs else None
         # per decoder level but the output one: the strength of its noise map in each channel
         self.noise_strength = nn.ParameterList(
             [nn.Parameter(torch.zeros(1, widths[level - 1], 1, 1)) for level in reversed(range(1, depth))]
@@ -213,7 +234,7 @@ class UNetGenerator(nn.Module):
         inputs = [mask, plane.to(mask.dtype)]
         if self.num_classes:
             inputs.append(class_planes(labels, self.num_classes, size).to(mask.dtype))
-        x = torch.cat(inputs, 1)
+        x = given = torch.cat(inputs, 1)
         condition = torch.cat([inputs[0], *inputs[2:]], 1)     # mask and class planes, for MaskNorm
         skips = []
         for block in self.down:
@@ -234,7 +255,9 @@ class UNetGenerator(nn.Module):
                 noise = torch.randn((batch, 1) + tuple(x.shape[-2:]), generator=noise_generator,
                                     device=x.device, dtype=torch.float32)
                 x = x + self.noise_strength[step].to(x.dtype) * noise.to(x.dtype)
-        return x
+        for layer in self.head:
+            x = layer(torch.cat([x, given.to(x.dtype)], 1))
+        return x if self.head_output is None else self.head_output(x)
 
 
 class Blur(nn.Module):
@@ -350,10 +373,11 @@ def init_weights(module, std=0.02):
 
 def build_networks(image_size, ngf, ndf, latent_dim, latent_mode, norm, num_classes, upsample="transpose",
                    mask_norm=False, spectral_norm=False, mask_resize="nearest", noise_inputs=False,
-                   blur_downsampling=False, pixel_critic=False, sharp_stem=False, output_upsample=""):
+                   blur_downsampling=False, pixel_critic=False, sharp_stem=False, output_upsample="",
+                   full_res_convs=0):
     """The generator and discriminator of one model, from plain settings."""
     generator = UNetGenerator(image_size, ngf, latent_dim, latent_mode, norm, num_classes, upsample, mask_norm,
-                              mask_resize, noise_inputs, output_upsample)
+                              mask_resize, noise_inputs, output_upsample, full_res_convs)
     discriminator = PatchDiscriminator(ndf, norm, num_classes, spectral_norm=spectral_norm,
                                        blur_downsampling=blur_downsampling, pixel_critic=pixel_critic,
                                        sharp_stem=sharp_stem)

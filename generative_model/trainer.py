@@ -126,7 +126,7 @@ def networks_of(settings):
                           settings.latent_mode, settings.norm, num_classes, settings.upsample,
                           settings.mask_norm, settings.spectral_norm, settings.mask_resize,
                           settings.noise_inputs, settings.blur_downsampling, settings.pixel_critic,
-                          settings.sharp_stem, settings.output_upsample)
+                          settings.sharp_stem, settings.output_upsample, settings.full_res_convs)
 
 
 def train_one_model(dataset, indices, out_dir, settings, resume=False):
@@ -139,6 +139,7 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
     print(f"generator {_millions(generator)}M parameters ({settings.latent_mode} latent, ngf {settings.ngf}, "
           f"{settings.upsample} upsampling"
           f"{f' ({settings.output_upsample} at the output)' if settings.output_upsample else ''}"
+          f"{f', {settings.full_res_convs} full-resolution convolutions' if settings.full_res_convs else ''}"
           f"{', mask norm' if settings.mask_norm else ''}), "
           f"discriminator {_millions(discriminator)}M (ndf {settings.ndf}"
           f"{', spectral norm' if settings.spectral_norm else ''}"

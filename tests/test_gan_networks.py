@@ -230,3 +230,36 @@ def test_pixel_critic_judges_every_pixel_and_leaves_feature_matching_to_the_patc
     rebuilt.load_state_dict(critic.state_dict())
     torch.testing.assert_close(rebuilt(mask, image, labels)[1], pixel)
     assert "pixel_critic" not in PatchDiscriminator(8).config     # older checkpoints' configs unchanged
+
+
+def test_full_res_head_adds_convolutions_at_full_resolution_and_rebuilds_from_config():
+    def full_res_convs(generator, size):
+        sizes = []
+        hooks = [m.register_forward_hook(lambda module, args, out: sizes.append(out.shape[-1]))
+                 for m in generator.modules() if isinstance(m, torch.nn.Conv2d)]
+        with torch.no_grad():
+            out = generator(mask, z, labels)
+        for hook in hooks:
+            hook.remove()
+        assert out.shape == (2, 1, size, size) and out.abs().max() <= 1
+        return sizes.count(size)
+    mask, z, labels = torch.rand(2, 1, 64, 64) * 2 - 1, torch.randn(2, 100), torch.tensor([0, 2])
+    plain = UNetGenerator(64, 4, num_classes=3, upsample="bilinear", mask_norm=True).eval()
+    headed = UNetGenerator(64, 4, num_classes=3, upsample="bilinear", mask_norm=True, full_res_convs=2).eval()
+    assert full_res_convs(plain, 64) == 1            # pix2pix: the last doubling's convolution draws the image
+    assert full_res_convs(headed, 64) == 4           # that one, the two of the head, the output convolution
+    assert headed.config["full_res_convs"] == 2 and "full_res_convs" not in plain.config   # older configs unchanged
+    rebuilt = UNetGenerator(**headed.config).eval()
+    rebuilt.load_state_dict(headed.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(mask, z, labels), headed(mask, z, labels))
+        # the head sees the input planes again: a mask changed far from the border moves the output there
+        changed = mask.clone()
+        changed[:, :, 30:34, 30:34] = -changed[:, :, 30:34, 30:34]
+        assert (headed(changed, z, labels) - headed(mask, z, labels))[:, :, 28:36, 28:36].abs().mean() > 0
+    from generative_model.settings import GanSettings
+    from generative_model.trainer import networks_of
+    built, _ = networks_of(GanSettings(image_size=64, ngf=4, ndf=4, full_res_convs=3))
+    assert built.config["full_res_convs"] == 3 and len(built.head) == 3     # the flag reaches train.py's networks
+    with pytest.raises(ValueError, match="full_res_convs"):
+        UNetGenerator(64, 4, full_res_convs=-1)

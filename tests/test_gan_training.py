@@ -183,7 +183,8 @@ def test_the_spectrum_term_pushes_a_faint_lattice_out_and_ignores_where_things_a
 
 def test_artefact_options_train_resume_and_generate(blob_dataset, masks_file, tmp_path):
     options = dict(TINY, upsample="resize", mask_norm=True, spectral_norm=True, feature_matching_weight=10.0,
-                   conditional=True, noise_inputs=True, diversity_grid=8, pixel_critic=True, spectrum_weight=1.0)
+                   conditional=True, noise_inputs=True, diversity_grid=8, pixel_critic=True, spectrum_weight=1.0,
+                   full_res_convs=1)
     train_models(blob_dataset, tmp_path, "new", GanSettings(**options))
     folder = tmp_path / "new" / "all"
     rows = list(csv.DictReader(open(folder / "losses.csv")))
@@ -191,6 +192,9 @@ def test_artefact_options_train_resume_and_generate(blob_dataset, masks_file, tm
     with pytest.raises(ValueError, match="blur_downsampling.*sharp_stem"):    # no weights differ, the flags do
         train_models(blob_dataset, tmp_path, "new", GanSettings(**{**options, "epochs": 2, "blur_downsampling": True,
                                                                    "sharp_stem": True}), resume=True)
+    with pytest.raises(ValueError, match="full_res_convs"):    # a head of another depth is another generator
+        train_models(blob_dataset, tmp_path, "new", GanSettings(**{**options, "epochs": 2, "full_res_convs": 2}),
+                     resume=True)
     train_models(blob_dataset, tmp_path, "new", GanSettings(**{**options, "epochs": 2}), resume=True)
     assert len(list(csv.DictReader(open(folder / "losses.csv")))) == 2
     summary = synthesize(tmp_path / "new", masks_file, tmp_path / "s.h5", per_class=2, batch_size=4,
@@ -198,6 +202,7 @@ def test_artefact_options_train_resume_and_generate(blob_dataset, masks_file, tm
     assert summary["per_class"] == [2, 2, 2]
     state = load_checkpoint(folder / "checkpoint.pt")
     assert state["generator_config"]["upsample"] == "resize" and state["generator_config"]["noise_inputs"]
+    assert state["generator_config"]["full_res_convs"] == 1
     assert state["discriminator_config"]["pixel_critic"]
     again = synthesize(tmp_path / "new", masks_file, tmp_path / "s2.h5", per_class=2, batch_size=4,
                        device="cpu", progress=False)
