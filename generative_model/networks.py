@@ -41,8 +41,9 @@ old checkpoints load unchanged; ``train.py`` picks the defaults):
   output pixel is a fixed linear mix of the half-resolution features that depends on where it
   sits in its 2 x 2 block (a 2-px pattern with nearest resizing), and with smooth resizing no
   layer can add new fine detail. The head adds shift-invariant nonlinear layers at full
-  resolution (as pix2pixHD's and SPADE's generators end); with 0 (the default) the network is
-  pix2pix's;
+  resolution (as pix2pixHD's and SPADE's generators end); the mask reaches them through the
+  concatenation, so they use plain batch (or instance) norm, not mask norm. With 0 (the default)
+  the network is pix2pix's;
 * ``noise_inputs=True``: after every decoder level but the last, one map of Gaussian noise per
   sample, added to each channel with a learned per-channel strength that starts at zero (as
   StyleGAN's noise inputs, Karras et al. 2019): a spatial source of randomness for texture where
@@ -212,9 +213,10 @@ class UNetGenerator(nn.Module):
                           MaskNorm(norm, out, 1 + num_classes, resize=mask_resize) if mask_norm
                           else norm_layer(norm, out)]
             self.up.append(nn.Sequential(*layers))
-        # the full-resolution head: each convolution sees the input planes again; the last draws the image
+        # the full-resolution head: each convolution sees the rectified features and the input planes
+        # as the encoder saw them (not rectified); the output convolution draws the image
         self.head = nn.ModuleList(
-            [nn.Sequential(nn.ReLU(), nn.Conv2d(ngf + 2 + num_classes, ngf, 3, 1, 1, bias=use_bias),
+            [nn.Sequential(nn.Conv2d(ngf + 2 + num_classes, ngf, 3, 1, 1, bias=use_bias),
                            norm_layer(norm, ngf)) for _ in range(full_res_convs)])
         self.head_output = nn.Sequential(nn.ReLU(), nn.Conv2d(ngf, 1, 3, 1, 1), nn.Tanh()) \
             if full_res_convs else None
@@ -256,7 +258,7 @@ class UNetGenerator(nn.Module):
                                     device=x.device, dtype=torch.float32)
                 x = x + self.noise_strength[step].to(x.dtype) * noise.to(x.dtype)
         for layer in self.head:
-            x = layer(torch.cat([x, given.to(x.dtype)], 1))
+            x = layer(torch.cat([F.relu(x), given.to(x.dtype)], 1))
         return x if self.head_output is None else self.head_output(x)
 
 

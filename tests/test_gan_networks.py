@@ -253,10 +253,14 @@ def test_full_res_head_adds_convolutions_at_full_resolution_and_rebuilds_from_co
     rebuilt.load_state_dict(headed.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(mask, z, labels), headed(mask, z, labels))
-        # the head sees the input planes again: a mask changed far from the border moves the output there
-        changed = mask.clone()
-        changed[:, :, 30:34, 30:34] = -changed[:, :, 30:34, 30:34]
-        assert (headed(changed, z, labels) - headed(mask, z, labels))[:, :, 28:36, 28:36].abs().mean() > 0
+        # the head sees the input planes as given, negative values included: with the U-Net's own
+        # path silenced, a mask moved from -1 to -0.5 in one corner still moves the output there
+        silence = headed.up[-1].register_forward_hook(lambda module, args, out: torch.zeros_like(out))
+        dark, lighter = -torch.ones(2, 1, 64, 64), -torch.ones(2, 1, 64, 64)
+        lighter[:, :, :8, :8] = -0.5
+        moved = (headed(lighter, z, labels) - headed(dark, z, labels)).abs()
+        silence.remove()
+        assert moved[:, :, :6, :6].mean() > 1e-4 and moved[:, :, 20:, 20:].max() < 1e-6
     from generative_model.settings import GanSettings
     from generative_model.trainer import networks_of
     built, _ = networks_of(GanSettings(image_size=64, ngf=4, ndf=4, full_res_convs=3))
