@@ -39,8 +39,8 @@ old checkpoints load unchanged; ``train.py`` picks the defaults):
   seeing the generator's input planes (mask, latent plane, class planes) again, before the output
   convolution. In pix2pix's U-Net the last doubling's one convolution draws the image, so every
   output pixel is a fixed linear mix of the half-resolution features that depends on where it
-  sits in its 2 x 2 block (a 2-px pattern with nearest resizing), and with smooth resizing no
-  layer can add new fine detail. The head adds shift-invariant nonlinear layers at full
+  sits in its 2 x 2 block (a 2-px pattern with nearest resizing), and with smooth resizing only
+  that one linear convolution draws the finest scale. The head adds shift-invariant nonlinear layers at full
   resolution (as pix2pixHD's and SPADE's generators end); the mask reaches them through the
   concatenation, so they use plain batch (or instance) norm, not mask norm. With 0 (the default)
   the network is pix2pix's;

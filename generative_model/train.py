@@ -44,7 +44,8 @@ upsample = "resize"               # "resize" (nearest + 3x3 conv: no checkerboar
 output_upsample = ""              # the last doubling (to full resolution) only: "resize", "bilinear",
                                   # "bicubic" or "transpose"; "" = as upsample (e.g. bilinear levels, nearest output)
 full_res_convs = 0                # > 0: that many 3x3 convolutions at full resolution after the last
-                                  # doubling, each seeing the mask again, then the output one (0 = pix2pix:
+                                  # doubling, each seeing the mask, latent and class planes again, then the
+                                  # output one (0 = pix2pix:
                                   # the last doubling's convolution draws the image)
 mask_norm = True                  # SPADE-style: the mask scales and shifts every decoder level
 mask_resize = "nearest"           # mask norm's mask at coarse levels: "nearest" (pick pixels) or "area" (average)
