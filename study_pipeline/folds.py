@@ -65,12 +65,11 @@ def prepare_split(settings, fold, train_rows, val_rows, log=print):
 
 
 def gan_settings(settings, image_size):
-    return GanSettings(image_size=image_size, epochs=settings.gan_epochs, batch_size=settings.gan_batch_size,
-                       ngf=settings.gan_ngf, ndf=settings.gan_ndf, conditional=settings.gan_conditional,
-                       upsample=settings.gan_upsample, mask_norm=settings.gan_mask_norm,
-                       spectral_norm=settings.gan_spectral_norm,
-                       feature_matching_weight=settings.gan_feature_matching_weight,
-                       seed=settings.split_seed, device=settings.device)
+    """The fold's GAN settings: each study setting gan_<name> gives the GAN's <name>; the rest are its defaults."""
+    gan_names = {field.name for field in dataclasses.fields(GanSettings)}
+    chosen = {field.name[len("gan_"):]: getattr(settings, field.name) for field in dataclasses.fields(settings)
+              if field.name.startswith("gan_") and field.name[len("gan_"):] in gan_names}
+    return GanSettings(image_size=image_size, seed=settings.split_seed, device=settings.device, **chosen)
 
 
 def synthetic_slices(settings, fold, paths, log=print):

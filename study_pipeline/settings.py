@@ -18,13 +18,15 @@ class StudySettings:
     split_seed: int = 0            # the folds (the same for every seed)
     seeds: int = 3                 # classifier seeds 0..seeds-1 on every fold
     arms: tuple = ARMS
-    # the GAN (one per fold, trained on the fold's training patients only)
+    # the GAN (one per fold, trained on the fold's training patients only); gan_<name> is GanSettings' <name>,
+    # with its default (a test keeps them equal) except gan_epochs, the study's own CPU budget
     gan_epochs: int = 10
     gan_conditional: bool = True   # one class-conditional GAN; False: one model per class, as the study
     gan_ngf: int = 16
     gan_ndf: int = 32
     gan_batch_size: int = 4
     gan_upsample: str = "resize"
+    gan_full_res_convs: int = 0
     gan_mask_norm: bool = True
     gan_spectral_norm: bool = True
     gan_feature_matching_weight: float = 10.0
