@@ -5,9 +5,9 @@
     python bench/bench_gan.py --train=False --masks=data/masks_aug_128.h5 --run=checkpoints/gan/gan_128
 
 1. Training step (generator + discriminator forward, backward and Adam step, as train.py does it)
-   at each size, for train.py's defaults (one class-conditional model, resize upsampling, mask
-   norm, spectral norm, feature matching) and the study's generator and loss (per class,
-   transposed convolutions, none of those), side by side in one process: real slices per second
+   at each size, for train.py's defaults (one class-conditional model, bilinear upsampling and two
+   full-resolution convolutions, mask norm, spectral norm, feature matching) and the study's
+   generator and loss (per class, transposed convolutions, none of those), side by side in one process: real slices per second
    (what sets the epoch time; with the diversity term each slice is generated twice) and peak
    memory (CUDA: max allocated; CPU: growth of the peak resident set size, so only the first,
    largest-so-far measurement is meaningful).
@@ -41,16 +41,18 @@ out = "bench/results/bench_gan.json"
 # -----------------------------------------------------------------------------
 
 
-VARIANTS = {   # changes to train.py's defaults
+PREVIOUS_DEFAULT = dict(upsample="resize", full_res_convs=0)   # train.py's defaults before the sixteenth session
+VARIANTS = {   # changes to train.py's defaults (those measured against the previous default start from it)
     "defaults": {},
-    "study": dict(conditional=False, upsample="transpose", mask_norm=False, spectral_norm=False,
+    "previous_default": PREVIOUS_DEFAULT,
+    "study": dict(conditional=False, upsample="transpose", full_res_convs=0, mask_norm=False, spectral_norm=False,
                   feature_matching_weight=0.0),
-    "pixel_critic": dict(pixel_critic=True),      # + the full-resolution stride-free critic
-    "blur_sharp_stem": dict(blur_downsampling=True, sharp_stem=True),   # anti-aliased critic, sharp first layer
-    "bilinear": dict(upsample="bilinear"),        # bilinear resizing in every decoder level
-    "bilinear_nearest_output": dict(upsample="bilinear", output_upsample="resize"),   # ... but the last
-    "bicubic": dict(upsample="bicubic"),          # bicubic resizing in every decoder level
-    "bilinear_head2": dict(upsample="bilinear", full_res_convs=2),   # bilinear + 2 full-resolution convolutions
+    "pixel_critic": dict(PREVIOUS_DEFAULT, pixel_critic=True),      # + the full-resolution stride-free critic
+    "blur_sharp_stem": dict(PREVIOUS_DEFAULT, blur_downsampling=True, sharp_stem=True),   # anti-aliased critic
+    "bilinear": dict(PREVIOUS_DEFAULT, upsample="bilinear"),        # bilinear resizing in every decoder level
+    "bilinear_nearest_output": dict(PREVIOUS_DEFAULT, upsample="bilinear", output_upsample="resize"),  # but the last
+    "bicubic": dict(PREVIOUS_DEFAULT, upsample="bicubic"),          # bicubic resizing in every decoder level
+    "bilinear_head2": dict(upsample="bilinear", full_res_convs=2),  # bilinear + 2 full-resolution convolutions
 }
 
 

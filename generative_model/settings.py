@@ -23,9 +23,9 @@ class GanSettings:
     latent_dim: int = 100
     latent_mode: str = "inject"
     norm: str = "batch"
-    upsample: str = "resize"     # "resize" (nearest + 3x3 conv), "bilinear", "bicubic" (+ 3x3) or "transpose" (study)
+    upsample: str = "bilinear"   # "bilinear", "resize" (nearest), "bicubic" (each + 3x3 conv) or "transpose" (study)
     output_upsample: str = ""    # the output level's upsampling when it differs from upsample ("" = the same)
-    full_res_convs: int = 0      # extra 3x3 convolutions at full resolution before the output (0 = pix2pix)
+    full_res_convs: int = 2      # extra 3x3 convolutions at full resolution before the output (0 = pix2pix)
     mask_norm: bool = True       # SPADE-style mask-conditioned normalisation in the decoder
     noise_inputs: bool = False   # per-pixel noise maps with learned strengths in the decoder (StyleGAN)
     mask_resize: str = "nearest"  # how mask norm shrinks the mask to coarse levels: "nearest" or "area"

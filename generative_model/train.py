@@ -39,14 +39,13 @@ ndf = 32                          # discriminator width (64 = pix2pix)
 latent_dim = 100                  # the study's 100-d latent vector
 latent_mode = "inject"            # "inject" (small plane + every decoder level) or "study" (FC to S*S)
 norm = "batch"                    # "batch" or "instance"
-upsample = "resize"               # "resize" (nearest + 3x3 conv: no checkerboards), "bilinear"
-                                  # (bilinear + 3x3 conv), "bicubic" (bicubic + 3x3 conv) or "transpose" (study)
+upsample = "bilinear"             # "bilinear" (bilinear + 3x3 conv), "resize" (nearest + 3x3 conv: a 2-px
+                                  # lattice), "bicubic" (bicubic + 3x3 conv) or "transpose" (study: checkerboards)
 output_upsample = ""              # the last doubling (to full resolution) only: "resize", "bilinear",
                                   # "bicubic" or "transpose"; "" = as upsample (e.g. bilinear levels, nearest output)
-full_res_convs = 0                # > 0: that many 3x3 convolutions at full resolution after the last
-                                  # doubling, each seeing the mask, latent and class planes again, then the
-                                  # output one (0 = pix2pix:
-                                  # the last doubling's convolution draws the image)
+full_res_convs = 2                # that many 3x3 convolutions at full resolution after the last doubling,
+                                  # each seeing the mask, latent and class planes again, then the output
+                                  # one (0 = pix2pix: the last doubling's convolution draws the image)
 mask_norm = True                  # SPADE-style: the mask scales and shifts every decoder level
 mask_resize = "nearest"           # mask norm's mask at coarse levels: "nearest" (pick pixels) or "area" (average)
 noise_inputs = False              # per-pixel noise maps (learned strength) after each decoder level:
@@ -62,8 +61,10 @@ spectrum_weight = 0.0             # > 0: L1 between the log amplitude spectra (2
                                   # its real slice, against periodic patterns (Durall et al. 2020); 0: off
 generator_ema = 0.0               # > 0: sample grids, generate.py and evaluate.py use a moving average of
                                   # the generator's weights with this decay (e.g. 0.999; ProGAN/StyleGAN); 0: off
-# the study's generator and loss: --upsample=transpose --mask_norm=False --spectral_norm=False
-#                                 --feature_matching_weight=0 (see generative_model/RESULTS.md)
+# the study's generator and loss: --upsample=transpose --full_res_convs=0 --mask_norm=False
+#                                 --spectral_norm=False --feature_matching_weight=0 (see generative_model/RESULTS.md)
+# the default before the sixteenth session (a 2-px lattice, 5-7 points more train-on-synthetic):
+#                                 --upsample=resize --full_res_convs=0
 seed = 0
 device = "auto"                   # "auto" = CUDA when present, else CPU
 amp = True                        # mixed precision on CUDA

@@ -25,8 +25,8 @@ class StudySettings:
     gan_ngf: int = 16
     gan_ndf: int = 32
     gan_batch_size: int = 4
-    gan_upsample: str = "resize"
-    gan_full_res_convs: int = 0
+    gan_upsample: str = "bilinear"
+    gan_full_res_convs: int = 2
     gan_mask_norm: bool = True
     gan_spectral_norm: bool = True
     gan_feature_matching_weight: float = 10.0
