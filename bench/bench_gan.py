@@ -117,7 +117,8 @@ def bench_train_step(size, settings, device, n_steps):
             "images_per_s": round(images / seconds, 2), "seconds_per_step": round(seconds / n_steps, 3),
             "peak_memory_mib": round(peak_memory_mib(device, rss_before), 1),
             "generator_params": sum(p.numel() for p in generator.parameters()),
-            "discriminator_params": sum(p.numel() for p in discriminator.parameters())}
+            "discriminator_params": sum(p.numel() for p in discriminator.parameters()),
+            "generator_config": generator.config, "discriminator_config": discriminator.config}
 
 
 def bench_generation(masks_path, run_dir, device, work_dir):

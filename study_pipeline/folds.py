@@ -64,12 +64,18 @@ def prepare_split(settings, fold, train_rows, val_rows, log=print):
     return paths
 
 
+STUDY_GAN_FILES = {"gan_data_path"}          # study settings named gan_* that are not GAN settings
+
+
 def gan_settings(settings, image_size):
     """The fold's GAN settings: each study setting gan_<name> gives the GAN's <name>; the rest are its defaults."""
-    gan_names = {field.name for field in dataclasses.fields(GanSettings)}
     chosen = {field.name[len("gan_"):]: getattr(settings, field.name) for field in dataclasses.fields(settings)
-              if field.name.startswith("gan_") and field.name[len("gan_"):] in gan_names}
-    return GanSettings(image_size=image_size, seed=settings.split_seed, device=settings.device, **chosen)
+              if field.name.startswith("gan_") and field.name not in STUDY_GAN_FILES}
+    set_here = dict(image_size=image_size, seed=settings.split_seed, device=settings.device)
+    clashes = sorted(set(chosen) & set(set_here))
+    if clashes:
+        raise ValueError(f"study settings gan_{clashes[0]} and the study's own choice of the GAN's {clashes[0]} clash")
+    return GanSettings(**set_here, **chosen)   # an unknown gan_<name> fails here, by name
 
 
 def synthetic_slices(settings, fold, paths, log=print):

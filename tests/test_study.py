@@ -90,20 +90,21 @@ def test_the_study_gan_defaults_are_the_gan_defaults_and_every_gan_setting_reach
     import dataclasses
 
     from generative_model.settings import GanSettings
-    from study_pipeline.folds import gan_settings
+    from study_pipeline.folds import STUDY_GAN_FILES, gan_settings
     from study_pipeline.settings import StudySettings
 
     gan_defaults = GanSettings()
     study_gan = [f.name for f in dataclasses.fields(StudySettings) if f.name.startswith("gan_")]
-    not_passed = {"gan_data_path"}     # a file, not a GAN setting
+    not_passed = STUDY_GAN_FILES
     own_budget = {"gan_epochs"}        # the study's CPU budget, chosen apart from the GAN's
     for name in set(study_gan) - not_passed - own_budget:
         assert getattr(StudySettings(), name) == getattr(gan_defaults, name[len("gan_"):]), name
     # a changed value of each passed setting shows up in the fold's GAN settings
     changed = dict(gan_epochs=3, gan_conditional=False, gan_ngf=8, gan_ndf=8, gan_batch_size=2,
-                   gan_upsample="bilinear", gan_full_res_convs=2, gan_mask_norm=False, gan_spectral_norm=False,
+                   gan_upsample="transpose", gan_full_res_convs=0, gan_mask_norm=False, gan_spectral_norm=False,
                    gan_feature_matching_weight=0.0)
     assert set(changed) == set(study_gan) - not_passed
+    assert all(value != getattr(gan_defaults, name[len("gan_"):]) for name, value in changed.items())
     built = gan_settings(StudySettings(split_seed=4, **changed), image_size=64)
     assert {name: getattr(built, name[len("gan_"):]) for name in changed} == changed
     assert (built.image_size, built.seed) == (64, 4)
