@@ -165,7 +165,8 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
             if changed:   # e.g. the discriminator's blur has no weights, so load_state_dict would not notice
                 raise ValueError(f"{checkpoint_path}: its {name} was built with "
                                  f"{ {k: saved.get(k) for k in changed} }, these settings give "
-                                 f"{ {k: network.config.get(k) for k in changed} }; resume with the same flags")
+                                 f"{ {k: network.config.get(k) for k in changed} }; resume with the same flags"
+                                 f" (None: that option off, e.g. --full_res_convs=0)")
         saved_ema = state.get("settings", {}).get("generator_ema", 0.0)
         if saved_ema != settings.generator_ema:     # an average cannot be added or dropped halfway
             raise ValueError(f"{checkpoint_path}: trained with --generator_ema={saved_ema}, now "
