@@ -7,8 +7,9 @@
 1. Training step (generator + discriminator forward, backward and Adam step, as train.py does it)
    at each size, for train.py's defaults (one class-conditional model, bilinear upsampling and two
    full-resolution convolutions, mask norm, spectral norm, feature matching) and the study's
-   generator and loss (per class, transposed convolutions, none of those), side by side in one process: real slices per second
-   (what sets the epoch time; with the diversity term each slice is generated twice) and peak
+   generator and loss (per class, transposed convolutions, none of those), side by side in one
+   process: real slices per second (what sets the epoch time; with the diversity term each slice
+   is generated twice) and peak
    memory (CUDA: max allocated; CPU: growth of the peak resident set size, so only the first,
    largest-so-far measurement is meaningful).
 2. Generation: generate.py's synthesis (masks file in, dataset file out, end to end) against the
