@@ -9,9 +9,8 @@
    full-resolution convolutions, mask norm, spectral norm, feature matching) and the study's
    generator and loss (per class, transposed convolutions, none of those), side by side in one
    process: real slices per second (what sets the epoch time; with the diversity term each slice
-   is generated twice) and peak
-   memory (CUDA: max allocated; CPU: growth of the peak resident set size, so only the first,
-   largest-so-far measurement is meaningful).
+   is generated twice) and peak memory (CUDA: max allocated; CPU: growth of the peak resident set
+   size, so only the first, largest-so-far measurement is meaningful).
 2. Generation: generate.py's synthesis (masks file in, dataset file out, end to end) against the
    generator's bare batched forward pass over the same masks already in memory, in the same run.
    Target: end to end >= 80% of the bare forward pass. Without --run, untrained generators of the
