@@ -52,7 +52,7 @@ VARIANTS = {   # changes to train.py's defaults (those measured against the prev
     "bilinear": dict(PREVIOUS_DEFAULT, upsample="bilinear"),        # bilinear resizing in every decoder level
     "bilinear_nearest_output": dict(PREVIOUS_DEFAULT, upsample="bilinear", output_upsample="resize"),  # but the last
     "bicubic": dict(PREVIOUS_DEFAULT, upsample="bicubic"),          # bicubic resizing in every decoder level
-    "bilinear_head2": dict(upsample="bilinear", full_res_convs=2),  # bilinear + 2 full-resolution convolutions
+    "bilinear_head2": dict(upsample="bilinear", full_res_convs=2),  # the defaults since the sixteenth session
 }
 
 

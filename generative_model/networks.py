@@ -40,8 +40,8 @@ old checkpoints load unchanged; ``train.py`` picks the defaults):
   convolution. In pix2pix's U-Net the last doubling's one convolution draws the image, so every
   output pixel is a fixed linear mix of the half-resolution features that depends on where it
   sits in its 2 x 2 block (a 2-px pattern with nearest resizing), and with smooth resizing only
-  that one linear convolution draws the finest scale. The head adds shift-invariant nonlinear layers at full
-  resolution (as pix2pixHD's and SPADE's generators end); the mask reaches them through the
+  that one linear convolution draws the finest scale. The head adds shift-invariant nonlinear
+  layers at full resolution (as pix2pixHD's and SPADE's generators end); the mask reaches them through the
   concatenation, so they use plain batch (or instance) norm, not mask norm. With 0 (the default)
   the network is pix2pix's;
 * ``noise_inputs=True``: after every decoder level but the last, one map of Gaussian noise per

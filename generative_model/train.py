@@ -63,7 +63,8 @@ generator_ema = 0.0               # > 0: sample grids, generate.py and evaluate.
                                   # the generator's weights with this decay (e.g. 0.999; ProGAN/StyleGAN); 0: off
 # the study's generator and loss: --upsample=transpose --full_res_convs=0 --mask_norm=False
 #                                 --spectral_norm=False --feature_matching_weight=0 (see generative_model/RESULTS.md)
-# the default before the sixteenth session (a 2-px lattice, 5-7 points more train-on-synthetic):
+# the default before the sixteenth session (a 2-px lattice; about 7 points more train-on-synthetic on
+#                                 19 held-out patient groups, scored without test-time warps):
 #                                 --upsample=resize --full_res_convs=0
 seed = 0
 device = "auto"                   # "auto" = CUDA when present, else CPU

@@ -71,11 +71,8 @@ def gan_settings(settings, image_size):
     """The fold's GAN settings: each study setting gan_<name> gives the GAN's <name>; the rest are its defaults."""
     chosen = {field.name[len("gan_"):]: getattr(settings, field.name) for field in dataclasses.fields(settings)
               if field.name.startswith("gan_") and field.name not in STUDY_GAN_FILES}
-    set_here = dict(image_size=image_size, seed=settings.split_seed, device=settings.device)
-    clashes = sorted(set(chosen) & set(set_here))
-    if clashes:
-        raise ValueError(f"study settings gan_{clashes[0]} and the study's own choice of the GAN's {clashes[0]} clash")
-    return GanSettings(**set_here, **chosen)   # an unknown gan_<name> fails here, by name
+    # an unknown gan_<name>, or one the study sets itself (image size, seed, device), fails here by name
+    return GanSettings(image_size=image_size, seed=settings.split_seed, device=settings.device, **chosen)
 
 
 def synthetic_slices(settings, fold, paths, log=print):
