@@ -30,7 +30,7 @@ from generative_model.spectrum import AMPLITUDE_FLOOR, log_amplitude
 from preprocess import distributed
 from preprocess.checkpoint_io import load_checkpoint_file, save_checkpoint
 from preprocess.devices import resolve_device
-from preprocess.dataset import CLASS_NAMES, SliceDataset, read_attrs, read_column
+from preprocess.dataset import CLASS_NAMES, SliceDataset, has_field, read_attrs, read_column
 from preprocess.tensorboard_log import log_scalars, tensorboard_writer
 from preprocess.weight_average import exponential_average
 
@@ -72,6 +72,14 @@ def to_model_range(batch, device):
     return mask, image, batch["labels"].to(device)
 
 
+def l1_pixel_weights(batch, tumour_weight, device):
+    """Per-pixel weights of the L1 term: 1, plus ``tumour_weight`` inside the tumour (the batch's
+    ``tumor_masks``); None when ``tumour_weight`` is 0 (every pixel alike)."""
+    if tumour_weight <= 0:
+        return None
+    return 1 + tumour_weight * (batch["tumor_masks"].to(device, torch.float32) > 0.5)
+
+
 def train_models(dataset, model_dir, run_name, settings, classes=CLASS_NAMES, resume=False,
                  created_with=None):
     """Train the per-class models (or the one class-conditional model); returns their summaries."""
@@ -88,6 +96,12 @@ def train_models(dataset, model_dir, run_name, settings, classes=CLASS_NAMES, re
                          "--blur_downsampling=True")
     if not 0.0 <= settings.generator_ema < 1.0:
         raise ValueError(f"--generator_ema={settings.generator_ema}: must be 0 (off) or a decay in (0, 1)")
+    if settings.tumour_l1_weight < 0:
+        raise ValueError(f"--tumour_l1_weight={settings.tumour_l1_weight}: must be 0 (off) or positive")
+    if settings.tumour_l1_weight > 0 and not has_field(dataset, "tumor_masks"):
+        raise ValueError(f"{dataset}: no field 'tumor_masks', which --tumour_l1_weight="
+                         f"{settings.tumour_l1_weight} needs (prepare_dataset.py writes it from the .mat files' "
+                         f"tumorMask); pass --tumour_l1_weight=0")
     attrs = read_attrs(dataset)
     if int(attrs.get("image_size", -1)) != settings.image_size:
         raise ValueError(f"{dataset}: holds {attrs.get('image_size')} px slices, "
@@ -186,7 +200,8 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
         raise FileExistsError(f"{checkpoint_path} exists; pass --resume=True to continue it "
                               f"or choose another run_name")
 
-    data = SliceDataset(dataset, fields=("images", "conditions", "labels"), indices=np.sort(indices))
+    fields = ("images", "conditions", "labels") + (("tumor_masks",) if settings.tumour_l1_weight > 0 else ())
+    data = SliceDataset(dataset, fields=fields, indices=np.sort(indices))
     shuffle_rng = torch.Generator().manual_seed(settings.seed)
     sampler = None
     if distributed.is_distributed():   # torchrun: each process a share of every global batch
@@ -217,7 +232,8 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
         bar = tqdm(loader, desc=f"{os.path.basename(out_dir)} epoch {epoch + 1}/{settings.epochs}",
                    unit="batch", dynamic_ncols=True, disable=not distributed.is_main())
         for batch in bar:
-            losses = train_step(*to_model_range(batch, device), **steps)
+            losses = train_step(*to_model_range(batch, device), **steps,
+                                l1_weights=l1_pixel_weights(batch, settings.tumour_l1_weight, device))
             if average is not None:
                 average.update_parameters(generator)
             for name, value in losses.items():
@@ -280,11 +296,15 @@ def mode_seeking_distance(fake_a, fake_b, grid=0):
     return (fake_a - fake_b).abs().mean()
 
 
-def reconstruction_l1(fake, real, best_of_two=False):
+def reconstruction_l1(fake, real, best_of_two=False, weights=None):
     """L1 distance to the real slice. ``best_of_two``: the batch holds every mask twice (two latent
     vectors, first and second half); per mask only the closer fake counts, as in best-of-many
-    sample losses, so the L1 term no longer pulls both latents to the same average slice."""
-    per_slice = (fake.float() - real.float()).abs().flatten(1).mean(1)
+    sample losses, so the L1 term no longer pulls both latents to the same average slice.
+    ``weights``: per-pixel weights (broadcast to the slices; e.g. ``l1_pixel_weights``), None = 1."""
+    distance = (fake.float() - real.float()).abs()
+    if weights is not None:
+        distance = distance * weights
+    per_slice = distance.flatten(1).mean(1)
     if best_of_two:
         half = len(per_slice) // 2
         per_slice = torch.minimum(per_slice[:half], per_slice[half:])
@@ -300,12 +320,15 @@ def spectrum_l1(fake, real, floor=AMPLITUDE_FLOOR):
 
 
 def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scaler, pool, criterion,
-               settings, use_amp):
-    """One discriminator and one generator update; returns the losses as floats."""
+               settings, use_amp, l1_weights=None):
+    """One discriminator and one generator update; returns the losses as floats. ``l1_weights``:
+    per-pixel weights of the L1 term (``l1_pixel_weights``; None: every pixel alike)."""
     device_type = mask.device.type
     if settings.diversity_weight > 0:
         # two latent vectors per mask: the mode-seeking term rewards different outputs for them
         mask, real, labels = mask.repeat(2, 1, 1, 1), real.repeat(2, 1, 1, 1), labels.repeat(2)
+        if l1_weights is not None:
+            l1_weights = l1_weights.repeat(2, 1, 1, 1)
     z = torch.randn(mask.shape[0], settings.latent_dim, device=mask.device)
     with torch.autocast(device_type, enabled=use_amp):
         fake = generator(mask, z, labels)
@@ -328,7 +351,7 @@ def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scale
         else:
             logits = discriminator(mask, fake, labels)
         loss_gan = criterion(logits, True)
-        loss_l1 = reconstruction_l1(fake, real, settings.l1_best_of_two)
+        loss_l1 = reconstruction_l1(fake, real, settings.l1_best_of_two, l1_weights)
         loss_g = loss_gan + settings.l1_weight * loss_l1
         losses = {"loss_d": loss_d, "loss_g_gan": loss_gan, "loss_g_l1": loss_l1}
         if settings.feature_matching_weight > 0:

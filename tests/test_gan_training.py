@@ -184,7 +184,7 @@ def test_the_spectrum_term_pushes_a_faint_lattice_out_and_ignores_where_things_a
 def test_artefact_options_train_resume_and_generate(blob_dataset, masks_file, tmp_path):
     options = dict(TINY, upsample="resize", mask_norm=True, spectral_norm=True, feature_matching_weight=10.0,
                    conditional=True, noise_inputs=True, diversity_grid=8, pixel_critic=True, spectrum_weight=1.0,
-                   full_res_convs=1)
+                   full_res_convs=1, tumour_l1_weight=5.0)
     train_models(blob_dataset, tmp_path, "new", GanSettings(**options))
     folder = tmp_path / "new" / "all"
     rows = list(csv.DictReader(open(folder / "losses.csv")))
@@ -244,6 +244,29 @@ def test_best_of_two_l1_counts_only_the_closer_fake_per_mask():
     assert reconstruction_l1(fake, real) == pytest.approx((0.5 + 0.2 + 0.9 + 0.1) / 4)
     # A: min(0.5, 0.9), B: min(0.2, 0.1); pairing neighbours instead would give (0.2 + 0.1) / 2
     assert reconstruction_l1(fake, real, best_of_two=True) == pytest.approx((0.5 + 0.1) / 2)
+
+
+def test_tumour_pixels_weigh_more_in_the_l1_term_when_asked():
+    from generative_model.trainer import l1_pixel_weights, reconstruction_l1
+    tumour = torch.zeros(2, 1, 4, 4)
+    tumour[:, :, :2, :2] = 1                            # a quarter of each slice
+    batch = {"tumor_masks": tumour}
+    assert l1_pixel_weights(batch, 0.0, "cpu") is None
+    weights = l1_pixel_weights(batch, 3.0, "cpu")
+    assert weights.shape == (2, 1, 4, 4) and weights.max() == 4 and weights.min() == 1
+    fake, real = torch.ones(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)
+    assert reconstruction_l1(fake, real, weights=weights) == pytest.approx(0.75 * 1 + 0.25 * 4)
+    assert reconstruction_l1(fake, real) == pytest.approx(1.0)
+
+
+def test_the_tumour_weight_needs_tumour_masks_in_the_dataset(tmp_path):
+    path = tmp_path / "no_tumours_64.h5"
+    with DatasetWriter(path, image_size=64, fields=("images", "conditions", "labels")) as out:
+        out.append(images=np.zeros((4, 64, 64), np.float32), conditions=np.zeros((4, 64, 64), np.uint8),
+                   labels=np.array([0, 1, 2, 0]))
+    with pytest.raises(ValueError, match="no_tumours_64.h5: no field 'tumor_masks'"):
+        train_models(path, tmp_path, "refused", GanSettings(**{**TINY, "tumour_l1_weight": 2.0}))
+    assert not (tmp_path / "refused").exists()
 
 
 def test_mode_seeking_on_a_coarse_grid_pays_for_regions_not_speckle():
