@@ -53,6 +53,7 @@ VARIANTS = {   # changes to train.py's defaults (those measured against the prev
     "bilinear_nearest_output": dict(PREVIOUS_DEFAULT, upsample="bilinear", output_upsample="resize"),  # but the last
     "bicubic": dict(PREVIOUS_DEFAULT, upsample="bicubic"),          # bicubic resizing in every decoder level
     "bilinear_head2": dict(upsample="bilinear", full_res_convs=2),  # the defaults since the sixteenth session
+    "tumour_l1": dict(tumour_l1_weight=20.0),                       # tumour pixels weigh 21x in the L1 term
 }
 
 
@@ -81,7 +82,7 @@ def bench_train_step(size, settings, device, n_steps):
     import torch
 
     from generative_model.image_pool import ImagePool
-    from generative_model.trainer import gan_criterion, networks_of, train_step
+    from generative_model.trainer import gan_criterion, l1_pixel_weights, networks_of, train_step
 
     torch.manual_seed(0)
     settings = dataclasses.replace(settings, image_size=size)
@@ -95,9 +96,12 @@ def bench_train_step(size, settings, device, n_steps):
     mask = (torch.rand(settings.batch_size, 1, size, size, device=device) > 0.97).float() * 2 - 1
     real = torch.rand(settings.batch_size, 1, size, size, device=device) * 2 - 1
     labels = torch.arange(settings.batch_size, device=device) % 3
+    tumour = {"tumor_masks": torch.zeros(settings.batch_size, 1, size, size)}
+    tumour["tumor_masks"][..., size // 3:size // 2, size // 3:size // 2] = 1     # a made-up tumour
     parts = dict(generator=generator, discriminator=discriminator, opt_g=opt_g, opt_d=opt_d, scaler=scaler,
                  pool=ImagePool(settings.pool_size), criterion=gan_criterion(settings.gan_loss),
-                 settings=settings, use_amp=use_amp)
+                 settings=settings, use_amp=use_amp,
+                 l1_weights=l1_pixel_weights(tumour, settings.tumour_l1_weight, device))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     train_step(mask, real, labels, **parts)  # warm-up
     peak_memory_reset(device)
@@ -113,7 +117,7 @@ def bench_train_step(size, settings, device, n_steps):
     return {"image_size": size, "conditional": settings.conditional, "upsample": settings.upsample,
             "mask_norm": settings.mask_norm, "spectral_norm": settings.spectral_norm,
             "feature_matching_weight": settings.feature_matching_weight, "ngf": settings.ngf, "ndf": settings.ndf, "batch_size": settings.batch_size,
-            "diversity_weight": settings.diversity_weight, "steps": n_steps,
+            "diversity_weight": settings.diversity_weight, "tumour_l1_weight": settings.tumour_l1_weight, "steps": n_steps,
             "images_per_s": round(images / seconds, 2), "seconds_per_step": round(seconds / n_steps, 3),
             "peak_memory_mib": round(peak_memory_mib(device, rss_before), 1),
             "generator_params": sum(p.numel() for p in generator.parameters()),
