@@ -96,12 +96,12 @@ def train_models(dataset, model_dir, run_name, settings, classes=CLASS_NAMES, re
                          "--blur_downsampling=True")
     if not 0.0 <= settings.generator_ema < 1.0:
         raise ValueError(f"--generator_ema={settings.generator_ema}: must be 0 (off) or a decay in (0, 1)")
-    if settings.tumour_l1_weight < 0:
-        raise ValueError(f"--tumour_l1_weight={settings.tumour_l1_weight}: must be 0 (off) or positive")
+    if not 0.0 <= settings.tumour_l1_weight < float("inf"):
+        raise ValueError(f"--tumour_l1_weight={settings.tumour_l1_weight}: must be 0 (off) or a positive number")
     if settings.tumour_l1_weight > 0 and not has_field(dataset, "tumor_masks"):
         raise ValueError(f"{dataset}: no field 'tumor_masks', which --tumour_l1_weight="
-                         f"{settings.tumour_l1_weight} needs (prepare_dataset.py writes it from the .mat files' "
-                         f"tumorMask); pass --tumour_l1_weight=0")
+                         f"{settings.tumour_l1_weight} needs (preprocess/prepare_dataset.py writes it from the .mat "
+                         f"files' tumorMask); pass --tumour_l1_weight=0")
     attrs = read_attrs(dataset)
     if int(attrs.get("image_size", -1)) != settings.image_size:
         raise ValueError(f"{dataset}: holds {attrs.get('image_size')} px slices, "

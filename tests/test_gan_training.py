@@ -259,6 +259,25 @@ def test_tumour_pixels_weigh_more_in_the_l1_term_when_asked():
     assert reconstruction_l1(fake, real) == pytest.approx(1.0)
 
 
+def test_the_train_step_hands_the_pixel_weights_to_the_l1_term():
+    from generative_model.image_pool import ImagePool
+    from generative_model.trainer import gan_criterion, networks_of, train_step
+    settings = GanSettings(**{**TINY, "image_size": 32, "pool_size": 0})
+    mask = torch.ones(2, 1, 32, 32)
+    real = torch.zeros(2, 1, 32, 32)
+
+    def l1_of_one_step(weights):
+        torch.manual_seed(0)
+        generator, discriminator = networks_of(settings)
+        opts = [torch.optim.Adam(m.parameters(), lr=1e-4) for m in (generator, discriminator)]
+        torch.manual_seed(1)                            # the same latents in both calls
+        return train_step(mask, real, torch.zeros(2, dtype=torch.long), generator, discriminator, *opts,
+                          scaler=torch.amp.GradScaler("cuda", enabled=False), pool=ImagePool(0),
+                          criterion=gan_criterion("lsgan"), settings=settings, use_amp=False,
+                          l1_weights=weights)["loss_g_l1"]
+    assert l1_of_one_step(3 * torch.ones(2, 1, 32, 32)) == pytest.approx(3 * l1_of_one_step(None), rel=1e-5)
+
+
 def test_the_tumour_weight_needs_tumour_masks_in_the_dataset(tmp_path):
     path = tmp_path / "no_tumours_64.h5"
     with DatasetWriter(path, image_size=64, fields=("images", "conditions", "labels")) as out:
@@ -266,6 +285,8 @@ def test_the_tumour_weight_needs_tumour_masks_in_the_dataset(tmp_path):
                    labels=np.array([0, 1, 2, 0]))
     with pytest.raises(ValueError, match="no_tumours_64.h5: no field 'tumor_masks'"):
         train_models(path, tmp_path, "refused", GanSettings(**{**TINY, "tumour_l1_weight": 2.0}))
+    with pytest.raises(ValueError, match="--tumour_l1_weight=nan"):
+        train_models(path, tmp_path, "refused", GanSettings(**{**TINY, "tumour_l1_weight": float("nan")}))
     assert not (tmp_path / "refused").exists()
 
 
