@@ -29,7 +29,7 @@ beta1 = 0.5
 gan_loss = "lsgan"                # "vanilla" (BCE, the study/pix2pix) or "lsgan"
 l1_weight = 100.0                 # lambda of the L1 term (study 0.1, pix2pix 100)
 tumour_l1_weight = 0.0            # > 0: each tumour pixel counts 1 + this in the L1 term (the dataset's
-                                  # tumor_masks; the tumour is a few % of the slice and its look is the class)
+                                  # tumor_masks; 20 measured, not adopted: generative_model/RESULTS.md)
 diversity_weight = 20.0           # mode-seeking term (0 = off); each mask then gets 2 latents
 diversity_grid = 0                # > 0: the mode-seeking term compares the 2 fakes averaged down to
                                   # grid x grid cells (speckle no longer pays); 0: pixel by pixel
