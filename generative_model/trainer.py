@@ -167,6 +167,8 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     average = exponential_average(generator, settings.generator_ema)   # None when off
 
+    fields = ("images", "conditions", "labels") + (("tumor_masks",) if settings.tumour_l1_weight > 0 else ())
+    data = SliceDataset(dataset, fields=fields, indices=np.sort(indices))   # a missing field: before any folder
     os.makedirs(os.path.join(out_dir, "samples"), exist_ok=True)
     checkpoint_path = os.path.join(out_dir, CHECKPOINT)
     history, start_epoch = [], 0
@@ -200,8 +202,6 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
         raise FileExistsError(f"{checkpoint_path} exists; pass --resume=True to continue it "
                               f"or choose another run_name")
 
-    fields = ("images", "conditions", "labels") + (("tumor_masks",) if settings.tumour_l1_weight > 0 else ())
-    data = SliceDataset(dataset, fields=fields, indices=np.sort(indices))
     shuffle_rng = torch.Generator().manual_seed(settings.seed)
     sampler = None
     if distributed.is_distributed():   # torchrun: each process a share of every global batch

@@ -290,6 +290,15 @@ def test_the_tumour_weight_needs_tumour_masks_in_the_dataset(tmp_path):
     assert not (tmp_path / "refused").exists()
 
 
+def test_a_dataset_without_conditions_is_refused_before_a_run_folder_is_made(tmp_path):
+    path = tmp_path / "no_conditions_64.h5"
+    with DatasetWriter(path, image_size=64, fields=("images", "labels")) as out:
+        out.append(images=np.zeros((4, 64, 64), np.float32), labels=np.array([0, 1, 2, 0]))
+    with pytest.raises(KeyError, match="no_conditions_64.h5: missing fields \\['conditions'\\]"):
+        train_models(path, tmp_path, "refused", GanSettings(**TINY))
+    assert not (tmp_path / "refused").exists()
+
+
 def test_mode_seeking_on_a_coarse_grid_pays_for_regions_not_speckle():
     from generative_model.trainer import mode_seeking_distance
     speckle = torch.ones(2, 1, 16, 16)
