@@ -21,6 +21,7 @@ Separately, ``paste_tumours`` (``--tumour_paste``, ``--paste_at``): a tumour of 
 margin, pasted into another slice, where it sat in its own (the default), over that slice's
 tumour, or either of the two by a coin per paste, so that class and surroundings (imaging plane,
 skull shape, scanner) stop going together; the labels are shared by how much of each tumour shows.
+The donor is any slice of the batch or (``--paste_donor=other_class``) one of another class.
 """
 import math
 
@@ -43,6 +44,7 @@ PASTE_FEATHER = 1 / 64    # and blends into its new surroundings over this share
 PASTE_COARSE = 4          # the patch's margin and edge are drawn at 1/4 of the resolution (at least
                           # one coarse pixel each when > 0)
 PASTE_PLACES = ("host", "donor", "either")  # where a pasted tumour lands (paste_tumours' ``at``)
+PASTE_DONORS = ("any", "other_class")      # which slices may give their tumour (paste_tumours' ``donors``)
 
 
 def _uniform(n, low, high, generator, device):
@@ -173,11 +175,30 @@ def _translate(stack, shift_yx):
     return _warp(stack, theta)
 
 
-def paste_tumours(images, masks, probability, generator, at, margin=PASTE_MARGIN, feather=PASTE_FEATHER):
+def _donors(n, labels, donors, has_tumour, generator, device):
+    """Each of the ``n`` slices' donor index: a random permutation of the batch (``donors="any"``), or
+    for each slice a random slice of another class with a tumour (``"other_class"``; ``labels`` (n,),
+    ``has_tumour`` (n,) bool; drawn with replacement; a slice whose batch holds no such slice draws
+    itself, i.e. gets nothing pasted)."""
+    if donors == "any":
+        return torch.randperm(n, generator=generator, device=device)
+    labels = torch.as_tensor(labels, device=device).reshape(-1)
+    if len(labels) != n:
+        raise ValueError(f"paste_tumours: {len(labels)} labels for a batch of {n} slices")
+    unfit = (labels.view(-1, 1) == labels.view(1, -1)) | ~has_tumour.view(1, -1)
+    scores = torch.rand(n, n, generator=generator, device=device).masked_fill(unfit, -1.0)
+    return torch.where((~unfit).any(1), scores.argmax(1), torch.arange(n, device=device))
+
+
+def paste_tumours(images, masks, probability, generator, at, margin=PASTE_MARGIN, feather=PASTE_FEATHER,
+                  labels=None, donors="any"):
     """Paste, into about ``probability`` of the slices of a batch, the tumour of another slice of the
     batch (the donor): where it sits in the donor (``at="donor"``: keeps where in the image a tumour
     lies, e.g. a pituitary tumour's sella), centred on the slice's own tumour (``at="host"``), or
-    one of the two by a fair coin per pasted slice (``at="either"``).
+    one of the two by a fair coin per pasted slice (``at="either"``). The donor is drawn by a random
+    permutation of the batch (``donors="any"``; a slice that draws itself gets nothing) or among the
+    slices of another class that have a tumour (``"other_class"``, needs ``labels`` (B,)), so that every
+    pasted slice puts a tumour into surroundings of another class.
 
     The pasted patch is the donor's tumour dilated by ``margin`` x the image side, its edge blended
     over ``feather`` x the side (both drawn at 1 / ``PASTE_COARSE`` of the resolution and resized:
@@ -188,12 +209,15 @@ def paste_tumours(images, masks, probability, generator, at, margin=PASTE_MARGIN
     tumours that show, as fractions."""
     if at not in PASTE_PLACES:
         raise ValueError(f"paste_tumours: at={at!r}, not one of {', '.join(PASTE_PLACES)}")
+    if donors not in PASTE_DONORS or (donors != "any" and labels is None):
+        raise ValueError(f"paste_tumours: donors={donors!r}, not one of {', '.join(PASTE_DONORS)} "
+                         f"(\"other_class\" needs the labels)")
     n, side, device = images.shape[0], images.shape[-1], images.device
     masks = masks.to(images.dtype)              # soft edges need fractions (uint8 without augmentation)
-    donor = torch.randperm(n, generator=generator, device=device)
-    chosen = torch.rand(n, generator=generator, device=device) < probability
     tumour = (masks >= 0.5).to(images.dtype)
     area = tumour.sum((-3, -2, -1))
+    donor = _donors(n, labels, donors, area > 0, generator, device)
+    chosen = torch.rand(n, generator=generator, device=device) < probability
     chosen &= (donor != torch.arange(n, device=device)) & (area > 0) & (area[donor] > 0)
     if not chosen.any():
         return images, masks, donor, torch.zeros(n, device=device)

@@ -56,6 +56,7 @@ class TrainConfig:
                                      # pasted in (needs tumour masks; augment.paste_tumours)
     paste_at: str = "donor"          # where a pasted tumour lands: "donor" (where it sat in its own
                                      # slice), "host" (on the slice's own tumour) or "either" (a coin)
+    paste_donor: str = "any"         # which slices give the pasted tumours: "any" or "other_class"
     prior_correction: float = 1.0    # scoring only: probabilities divided by the training class shares
                                      # to this power (correct_for_prior); resuming may change it (the
                                      # epochs validated before keep their scores and best.pt)
@@ -198,7 +199,8 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
             targets = F.one_hot(labels, num_classes).float()
         if config.tumour_paste > 0:
             images, masks, donor, share = paste_tumours(images, masks, config.tumour_paste, generator,
-                                                          at=config.paste_at)
+                                                          at=config.paste_at, labels=labels,
+                                                          donors=config.paste_donor)
             targets = blend_targets(targets, donor, share)
         if config.mixup > 0:
             weight = float(mixup_rng.beta(config.mixup, config.mixup))
@@ -310,7 +312,7 @@ def data_fingerprint(data):
 
 
 # settings added after runs had been saved, and what a run saved without them did
-SAVED_WITHOUT = {"tumour_paste": 0.0, "paste_at": "host"}
+SAVED_WITHOUT = {"tumour_paste": 0.0, "paste_at": "host", "paste_donor": "any"}
 SCORING_ONLY = ("prior_correction", "test_time_warps")   # change how a run is scored, not what it trains: free on resume
 
 
@@ -318,7 +320,8 @@ def check_resumable(state, config, train_data, path):
     """Refuse to resume ``path`` with settings or data other than the run's own, naming them."""
     saved = {**SAVED_WITHOUT, **state.get("train_config", {})}
     if not (saved["tumour_paste"] and config.tumour_paste):
-        saved.pop("paste_at")                 # where tumours land is moot when either run pastes none
+        saved.pop("paste_at")                 # where tumours land and whose they are is moot when
+        saved.pop("paste_donor")              # either run pastes none
     differ = [f"--{name}={value!r} (the run used {saved[name]!r})" for name, value in asdict(config).items()
               if name in saved and name not in SCORING_ONLY and saved[name] != value]
     saved_data = state.get("train_data")

@@ -84,6 +84,9 @@ paste_at = "donor"            # where a pasted tumour lands: "donor" (where it s
                               # keeps the tumour's place), "host" (on the slice's own tumour) or
                               # "either" (one of the two by a coin per pasted slice)
                               # (donor against host, leave-stretch-out: capsule_classifier/RESULTS.md)
+paste_donor = "any"           # which slices give the pasted tumours: "any" slice of the batch or one of
+                              # "other_class" (every pasted slice then mixes a tumour and surroundings of
+                              # two classes)
 tumour_crop = False           # residual preset: add a second view centred on the predicted tumour
 routing = "fast"              # "fast" or "general" dynamic routing loop
 capsule_types = 1             # capsule types of the hidden capsule layers (study: 1)

@@ -196,6 +196,36 @@ def test_a_tumour_pasted_at_the_donor_place_stays_where_it_was_and_the_own_one_s
         paste_tumours(images, masks, 1.0, torch.Generator(), "middle")
 
 
+def test_other_class_donors_give_every_pasted_slice_a_tumour_of_another_class():
+    from capsule_classifier.augment import paste_tumours
+    images, masks = _square_tumours([(8, 8), (40, 30), (20, 44), (30, 10), (44, 12), (50, 50)])
+    labels = torch.tensor([0, 0, 1, 2, 2, 1])
+    generator = torch.Generator().manual_seed(0)
+    drawn = []
+    for _ in range(20):
+        _, _, donor, share = paste_tumours(images, masks, 1.0, generator, "donor", labels=labels,
+                                           donors="other_class")
+        assert share.gt(0).all() and (labels[donor] != labels).all()
+        drawn.append(donor)
+    assert len({tuple(d.tolist()) for d in drawn}) > 1                # random, not one fixed pairing
+    any_class = [paste_tumours(images, masks, 1.0, generator, "donor")[2] for _ in range(20)]
+    assert any((labels[d] == labels).any() for d in any_class)        # the default also pairs within a class
+    one_class = torch.zeros(6, dtype=torch.long)                      # nothing of another class: nothing pasted
+    out, _, _, share = paste_tumours(images, masks, 1.0, generator, "donor", labels=one_class, donors="other_class")
+    assert not share.any() and torch.equal(out, images)
+    empty = masks.clone()
+    empty[[2, 3]] = 0                                                 # two slices without a tumour to give
+    for _ in range(20):                                               # every slice with one still gets one
+        _, _, donor, share = paste_tumours(images, empty, 1.0, generator, "donor", labels=labels,
+                                           donors="other_class")
+        assert share[[0, 1, 4, 5]].gt(0).all() and not share[[2, 3]].any()
+        assert not any(int(donor[k]) in (2, 3) for k in (0, 1, 4, 5))
+    with pytest.raises(ValueError, match="2 labels for a batch of 6"):
+        paste_tumours(images, masks, 1.0, generator, "donor", labels=labels[:2], donors="other_class")
+    with pytest.raises(ValueError, match="needs the labels"):
+        paste_tumours(images, masks, 1.0, generator, "donor", donors="other_class")
+
+
 def test_either_placement_moves_some_pasted_tumours_onto_the_own_one_and_leaves_others_in_place():
     from capsule_classifier.augment import paste_tumours
     corners = [(4 + 6 * (k % 2), 4 + 6 * k) for k in range(8)]   # tumours of 8 px, 6 px apart on columns

@@ -276,28 +276,34 @@ def test_mask_loss_trains_the_residual_network_and_is_refused_politely_elsewhere
 def test_tumour_pasting_trains_with_or_without_the_mask_loss_and_is_skipped_without_masks(blob_dataset, tmp_path,
                                                                                           monkeypatch):
     from capsule_classifier import engine
-    shares, places = [], set()
+    shares, places, mixed = [], set(), []
 
-    def spy(*args, **kwargs):
-        result = engine_paste(*args, **kwargs)
+    def spy(images, masks, *args, **kwargs):
+        result = engine_paste(images, masks, *args, **kwargs)
         shares.append(result[3])
-        places.add(kwargs["at"])
+        places.add((kwargs["at"], kwargs["donors"]))
+        pasted = result[3] > 0
+        mixed.append((kwargs["labels"][pasted] != kwargs["labels"][result[2][pasted]]).float())
         return result
     engine_paste = engine.paste_tumours
     monkeypatch.setattr(engine, "paste_tumours", spy)
     common = dict(data_path=[str(blob_dataset)], model_dir=str(tmp_path), cross_validation=False,
                   device="cpu", capsule_options={"widths": (8, 8, 16, 16), "stem_channels": 4})
-    for name, mask_weight, mixup, place in (("pasted", 0.0, 0.0, "host"), ("pasted_mixed", 0.5, 0.4, "donor")):
+    for name, mask_weight, mixup, place, donors in (("pasted", 0.0, 0.0, "host", "any"),
+                                                    ("pasted_mixed", 0.5, 0.4, "donor", "any"),
+                                                    ("other_class", 0.5, 0.0, "donor", "other_class")):
         config = TrainConfig(epochs=1, batch_size=8, mask_weight=mask_weight, mixup=mixup, tumour_paste=0.5,
-                             paste_at=place)
+                             paste_at=place, paste_donor=donors)
         run_experiment(Experiment(run_name=name, config=config, **common), log=lambda *a: None)
         record = load_checkpoint(tmp_path / name / "last.pt")
         assert record["train_config"]["tumour_paste"] == 0.5 and record["train_config"]["paste_at"] == place
         assert record["model_config"]["mask_head"] == bool(mask_weight)
         assert all(np.isfinite(row["train_loss"]) for row in record["history"])
         assert shares and torch.cat(shares).gt(0).any()          # tumours were pasted in this run
-        assert places == {place}                                   # where the flag says
-        shares.clear(), places.clear()
+        assert places == {(place, donors)}                         # where and whose the flags say
+        if donors == "other_class":                                # every pasted tumour of another class
+            assert torch.cat(mixed).eq(1).all()
+        shares.clear(), places.clear(), mixed.clear()
     pickled = tmp_path / "no_masks.pkl"
     with open(pickled, "wb") as out:
         pickle.dump([[np.random.rand(32, 32).astype(np.float32), k % 3] for k in range(12)], out)
@@ -312,6 +318,9 @@ def test_tumour_pasting_trains_with_or_without_the_mask_loss_and_is_skipped_with
                        log=lambda *a: None)
     with pytest.raises(ValueError, match="paste_at='middle'"):
         run_experiment(Experiment(run_name="refused", config=TrainConfig(paste_at="middle"), **common),
+                       log=lambda *a: None)
+    with pytest.raises(ValueError, match="paste_donor='same'"):
+        run_experiment(Experiment(run_name="refused", config=TrainConfig(paste_donor="same"), **common),
                        log=lambda *a: None)
     with pytest.raises(ValueError, match="ema_decay=1.0"):         # before any data is read
         run_experiment(Experiment(run_name="refused", config=TrainConfig(ema_decay=1.0), **common),
@@ -431,7 +440,7 @@ def test_a_learning_curve_point_trains_on_whole_patients_of_the_fold(blob_datase
                                   **{k: v for k, v in common.items() if k != "fold"}), log=lambda *a: None)
 
 
-def test_a_run_saved_before_paste_at_existed_resumes_only_with_its_placement():
+def test_a_run_saved_before_paste_at_or_paste_donor_existed_resumes_only_with_its_own():
     from dataclasses import asdict
     from capsule_classifier.engine import check_resumable
     saved = {k: v for k, v in asdict(TrainConfig(tumour_paste=0.5)).items() if k != "paste_at"}
@@ -442,6 +451,14 @@ def test_a_run_saved_before_paste_at_existed_resumes_only_with_its_placement():
     with pytest.raises(ValueError, match=r"--tumour_paste=0.5 \(the run used 0.0\)"):
         check_resumable({"train_config": before_pasting}, TrainConfig(), None, "older_run")
     check_resumable({"train_config": before_pasting}, TrainConfig(tumour_paste=0.0), None, "older_run")
+    before_donors = {k: v for k, v in asdict(TrainConfig(tumour_paste=0.5)).items() if k != "paste_donor"}
+    with pytest.raises(ValueError, match=r"--paste_donor='other_class' \(the run used 'any'\)"):
+        check_resumable({"train_config": before_donors}, TrainConfig(tumour_paste=0.5, paste_donor="other_class"),
+                        None, "seventeenth_session_run")
+    check_resumable({"train_config": before_donors}, TrainConfig(tumour_paste=0.5), None, "seventeenth_session_run")
+    unpasted = dict(before_donors, tumour_paste=0.0)           # whose tumours is moot when nothing was pasted
+    check_resumable({"train_config": unpasted}, TrainConfig(tumour_paste=0.0, paste_donor="other_class"), None,
+                    "unpasted_run")
 
 
 def test_test_time_warps_are_recorded_and_followed_by_predict(holdout_run, blob_dataset, tmp_path):
