@@ -9,6 +9,8 @@ a warm-up pass:
   residual     the default capsule network (capsule_preset=residual, mask head on)
   residual_paste  the same with --tumour_paste=0.5 (half of each batch gets another slice's tumour,
                   placed as --paste_at's default says)
+  residual_paste_other  the same with --paste_donor=other_class (the donor drawn among the slices
+                  of another class)
   compact      the previous default (capsule_preset=compact)
   resnet18     the CPU baseline (--model=resnet18)
 Printed: images per second and the bfloat16 speed-up per model, and each model's speed against the
@@ -52,7 +54,7 @@ def _model(kind, size):
     from capsule_classifier.network import make_model
     if kind == "resnet18":
         return make_model("resnet18")
-    return make_model("capsule", image_size=size, preset=kind.removesuffix("_paste"))
+    return make_model("capsule", image_size=size, preset=kind.split("_")[0])
 
 
 def measure(kind, size, precision, data, device, batch):
@@ -64,7 +66,8 @@ def measure(kind, size, precision, data, device, batch):
     model = _model(kind, size).to(device)
     config = TrainConfig(epochs=2, batch_size=batch, amp=precision == "bf16",
                          mask_weight=0.5 if kind.startswith("residual") else 0.0, vertical_flips=False,
-                         tumour_paste=0.5 if kind.endswith("_paste") else 0.0)
+                         tumour_paste=0.5 if "_paste" in kind else 0.0,
+                         paste_donor="other_class" if kind.endswith("_other") else "any")
     steps = -(-len(data) // batch)
     optimiser, scheduler = make_optimiser(model, config, steps)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
@@ -92,9 +95,9 @@ def run(flags):
                 speed[kind, precision] = measure(kind, int(size), precision, data, device, flags["batch_size"])
                 results.append({"size": int(size), "model": kind, "precision": precision,
                                 "images_per_s": round(speed[kind, precision], 1)})
-                print(f"{size:>4} px  {kind:14} {precision:5} {speed[kind, precision]:7.1f} img/s", flush=True)
+                print(f"{size:>4} px  {kind:20} {precision:5} {speed[kind, precision]:7.1f} img/s", flush=True)
             if (kind, "fp32") in speed and (kind, "bf16") in speed:
-                print(f"{size:>4} px  {kind:14} bf16 / fp32: {speed[kind, 'bf16'] / speed[kind, 'fp32']:.2f}x")
+                print(f"{size:>4} px  {kind:20} bf16 / fp32: {speed[kind, 'bf16'] / speed[kind, 'fp32']:.2f}x")
         if BASELINE in speed:
             for (kind, precision), value in speed.items():
                 print(f"{size:>4} px  {kind} {precision} against the previous default "
