@@ -216,9 +216,10 @@ def paste_tumours(images, masks, probability, generator, at, margin=PASTE_MARGIN
     masks = masks.to(images.dtype)              # soft edges need fractions (uint8 without augmentation)
     tumour = (masks >= 0.5).to(images.dtype)
     area = tumour.sum((-3, -2, -1))
-    donor = _donors(n, labels, donors, area > 0, generator, device)
+    has_tumour = area > 0
+    donor = _donors(n, labels, donors, has_tumour, generator, device)
     chosen = torch.rand(n, generator=generator, device=device) < probability
-    chosen &= (donor != torch.arange(n, device=device)) & (area > 0) & (area[donor] > 0)
+    chosen &= (donor != torch.arange(n, device=device)) & has_tumour & has_tumour[donor]
     if not chosen.any():
         return images, masks, donor, torch.zeros(n, device=device)
     hosts = chosen.nonzero().flatten()          # the work is done for the chosen slices only
