@@ -185,7 +185,7 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
     mixup_rng = np.random.default_rng([seed, distributed.rank()])
     total_loss, correct, seen, started = 0.0, 0, 0, time.time()
     bar = tqdm(batches, desc=description, unit="batch", leave=False, dynamic_ncols=True,
-               disable=not distributed.is_main())
+               **distributed.progress_bar_options())
     for rows in bar:
         index = torch.as_tensor(rows)
         images = _to_device(data.images[index], device, config.channels_last)

@@ -230,7 +230,7 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
         started = time.perf_counter()
         sums = {}
         bar = tqdm(loader, desc=f"{os.path.basename(out_dir)} epoch {epoch + 1}/{settings.epochs}",
-                   unit="batch", dynamic_ncols=True, disable=not distributed.is_main())
+                   unit="batch", dynamic_ncols=True, **distributed.progress_bar_options())
         for batch in bar:
             losses = train_step(*to_model_range(batch, device), **steps,
                                 l1_weights=l1_pixel_weights(batch, settings.tumour_l1_weight, device))

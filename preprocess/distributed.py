@@ -27,6 +27,12 @@ def is_main():
     return rank() == 0
 
 
+def progress_bar_options():
+    """Keyword arguments for a tqdm bar: silent on every process but the main one. On the main
+    process nothing is forced, so tqdm's own environment switch (``TQDM_DISABLE=1``) still works."""
+    return {} if is_main() else {"disable": True}
+
+
 def setup(device):
     """Join the process group when launched by torchrun; returns this process's device."""
     if not is_distributed():

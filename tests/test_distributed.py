@@ -1,6 +1,7 @@
 """The classifier under torchrun (gloo, 2 processes on the CPU): one set of outputs, training that
 follows a single-process run with the same global batch, and resume."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -80,3 +81,20 @@ def test_gan_under_torchrun_trains_once_and_writes_one_set_of_files(blob_dataset
     assert sorted(p.name for p in (folder / "samples").iterdir()) == ["epoch_001.png", "epoch_002.png"]
     assert done.stdout.count("glioma: 2 epochs") == 1
     assert json.loads((tmp_path / "gan" / "run.json").read_text())["models"] == {"glioma": "glioma/checkpoint.pt"}
+
+
+def test_progress_bars_only_on_the_main_process_and_tqdm_env_switch_respected(monkeypatch):
+    from tqdm import tqdm
+
+    from preprocess import distributed
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setenv("RANK", "1")
+    assert tqdm(range(2), **distributed.progress_bar_options()).disable
+    monkeypatch.setenv("RANK", "0")
+    assert not tqdm(range(2), **distributed.progress_bar_options()).disable
+    # tqdm reads its environment switch when imported (as bench/ sets it), and only for arguments not given
+    code = "from tqdm import tqdm; from preprocess import distributed; " \
+           "print(tqdm(range(2), **distributed.progress_bar_options()).disable)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)})
+    assert done.stdout.strip() == "True", done.stderr[-2000:]
