@@ -83,18 +83,19 @@ def test_gan_under_torchrun_trains_once_and_writes_one_set_of_files(blob_dataset
     assert json.loads((tmp_path / "gan" / "run.json").read_text())["models"] == {"glioma": "glioma/checkpoint.pt"}
 
 
-def test_progress_bars_only_on_the_main_process_and_tqdm_env_switch_respected(monkeypatch):
-    from tqdm import tqdm
-
-    from preprocess import distributed
-    monkeypatch.delenv("TQDM_DISABLE", raising=False)
-    monkeypatch.setenv("RANK", "1")
-    assert tqdm(range(2), **distributed.progress_bar_options()).disable
-    monkeypatch.setenv("RANK", "0")
-    assert not tqdm(range(2), **distributed.progress_bar_options()).disable
-    # tqdm reads its environment switch when imported (as bench/ sets it), and only for arguments not given
+def test_progress_bars_only_on_the_main_process_and_tqdm_env_switch_respected():
+    # a fresh process per case: tqdm reads TQDM_DISABLE when imported (as bench/ sets it before importing),
+    # and only for arguments that the call does not give
     code = "from tqdm import tqdm; from preprocess import distributed; " \
            "print(tqdm(range(2), **distributed.progress_bar_options()).disable)"
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)})
-    assert done.stdout.strip() == "True", done.stderr[-2000:]
+    base = {k: v for k, v in os.environ.items() if k not in ("TQDM_DISABLE", "RANK")}
+
+    def bar_disabled(**env):
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                              env={**base, "PYTHONPATH": str(ROOT), **env})
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip() == "True"
+
+    assert bar_disabled(RANK="1")
+    assert not bar_disabled(RANK="0")
+    assert bar_disabled(RANK="0", TQDM_DISABLE="1")
