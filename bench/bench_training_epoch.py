@@ -11,6 +11,8 @@ a warm-up pass:
                   placed as --paste_at's default says)
   residual_paste_other  the same with --paste_donor=other_class (the donor drawn among the slices
                   of another class)
+  residual_paste_matched  the same with --paste_levels=matched (pasted before the intensity changes,
+                  scaled to the slice's tissue level: one median per slice per batch)
   compact      the previous default (capsule_preset=compact)
   resnet18     the CPU baseline (--model=resnet18)
 Printed: images per second and the bfloat16 speed-up per model, and each model's speed against the
@@ -67,7 +69,8 @@ def measure(kind, size, precision, data, device, batch):
     config = TrainConfig(epochs=2, batch_size=batch, amp=precision == "bf16",
                          mask_weight=0.5 if kind.startswith("residual") else 0.0, vertical_flips=False,
                          tumour_paste=0.5 if "_paste" in kind else 0.0,
-                         paste_donor="other_class" if kind.endswith("_other") else "any")
+                         paste_donor="other_class" if kind.endswith("_other") else "any",
+                         paste_levels="matched" if kind.endswith("_matched") else "raw")
     steps = -(-len(data) // batch)
     optimiser, scheduler = make_optimiser(model, config, steps)
     scaler = torch.amp.GradScaler(device.type, enabled=False)

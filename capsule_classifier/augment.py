@@ -21,7 +21,9 @@ Separately, ``paste_tumours`` (``--tumour_paste``, ``--paste_at``): a tumour of 
 margin, pasted into another slice, where it sat in its own (the default), over that slice's
 tumour, or either of the two by a coin per paste, so that class and surroundings (imaging plane,
 skull shape, scanner) stop going together; the labels are shared by how much of each tumour shows.
-The donor is any slice of the batch or (``--paste_donor=other_class``) one of another class.
+The donor is any slice of the batch or (``--paste_donor=other_class``) one of another class; with
+``--paste_levels=matched`` the patch is scaled to its new slice's tissue level and pasted before the
+intensity changes, which then treat the whole slice alike.
 """
 import math
 
@@ -45,6 +47,10 @@ PASTE_COARSE = 4          # the patch's margin and edge are drawn at 1/4 of the 
                           # one coarse pixel each when > 0)
 PASTE_PLACES = ("host", "donor", "either")  # where a pasted tumour lands (paste_tumours' ``at``)
 PASTE_DONORS = ("any", "other_class")      # which slices may give their tumour (paste_tumours' ``donors``)
+PASTE_LEVELS = ("raw", "matched")          # pasted as it is after the intensity changes, or before them and
+                                           # scaled to its new slice's tissue level (engine.train_epoch)
+TISSUE_FLOOR = 0.05       # intensities at or below this are background, not tissue (tissue_levels)
+LEVEL_SCALE_LIMITS = (0.5, 2.0)   # a pasted patch is scaled by at most this much to match its new slice
 
 
 def _uniform(n, low, high, generator, device):
@@ -141,12 +147,19 @@ def rotated_copies(images, labels, copies=STUDY_ROTATIONS):
 
 
 def augment_batch(images, labels, mode, generator, vertical_flips=True, masks=None):
-    """Augmented (images, labels, masks) for one training batch on the batch's device.
+    """Augmented (images, labels, masks) for one training batch on the batch's device: its
+    geometry (``augment_geometry``), then its intensities (``augment_intensity``).
 
     ``masks`` (B, 1, S, S) tumour masks, or None, go through the same flips, warps and rotations
     as their images (bilinear, so warped edges become fractions) and never through intensity
     changes. ``vertical_flips=False`` flips left-right only (in ``"study"`` mode the 180 degree
     copies still turn images upside down)."""
+    images, labels, masks = augment_geometry(images, labels, mode, generator, vertical_flips, masks)
+    return augment_intensity(images, mode, generator), labels, masks
+
+
+def augment_geometry(images, labels, mode, generator, vertical_flips=True, masks=None):
+    """The flips, warps and rotations of ``augment_batch`` alone: (images, labels, masks)."""
     if mode not in MODES:
         raise ValueError(f"unknown augmentation {mode!r}; use one of {MODES}")
     if mode == "none":
@@ -157,12 +170,17 @@ def augment_batch(images, labels, mode, generator, vertical_flips=True, masks=No
         stack = random_flips(stack, generator, vertical_flips)
     else:
         stack = random_affine(random_flips(stack, generator, vertical_flips), generator)
-    images, masks = (stack, None) if masks is None else (stack[:, :1], stack[:, 1:])
+    return (stack, labels, None) if masks is None else (stack[:, :1], labels, stack[:, 1:])
+
+
+def augment_intensity(images, mode, generator):
+    """The intensity changes of ``augment_batch`` alone: gamma and contrast (``"mri"``), and a bias
+    field, blur and noise after them (``"scanner"``); the other modes change no intensity."""
     if mode in ("mri", "scanner"):
         images = random_intensity(images, generator)
     if mode == "scanner":
         images = random_noise(random_blur(random_bias_field(images, generator), generator), generator)
-    return images, labels, masks
+    return images
 
 
 def _translate(stack, shift_yx):
@@ -190,8 +208,16 @@ def _donors(n, labels, donors, has_tumour, generator, device):
     return torch.where((~unfit).any(1), scores.argmax(1), torch.arange(n, device=device))
 
 
+def tissue_levels(images, tumour, floor=TISSUE_FLOOR):
+    """Each slice's tissue level (B,): the median of its pixels above ``floor`` outside its tumour
+    (``tumour`` (B, 1, S, S), 1 inside); NaN where a slice has no such pixel."""
+    values = images.detach().flatten(1).float()
+    tissue = (values > floor) & (tumour.flatten(1) < 0.5)
+    return torch.nanmedian(torch.where(tissue, values, torch.full_like(values, float("nan"))), dim=1).values
+
+
 def paste_tumours(images, masks, probability, generator, at, margin=PASTE_MARGIN, feather=PASTE_FEATHER,
-                  labels=None, donors="any"):
+                  labels=None, donors="any", match_levels=False):
     """Paste, into about ``probability`` of the slices of a batch, the tumour of another slice of the
     batch (the donor): where it sits in the donor (``at="donor"``: keeps where in the image a tumour
     lies, e.g. a pituitary tumour's sella), centred on the slice's own tumour (``at="host"``), or
@@ -206,7 +232,12 @@ def paste_tumours(images, masks, probability, generator, at, margin=PASTE_MARGIN
     share of the label that goes to the donor, its tumour area over the tumour area that shows
     (donor's plus what the patch leaves of the slice's own); 0 where nothing was pasted (no tumour
     in the slice or in its donor, or the slice drew itself). ``masks`` (B, 1, S, S) become the
-    tumours that show, as fractions."""
+    tumours that show, as fractions.
+
+    With ``match_levels`` the donor's patch is first scaled by the ratio of the two slices' tissue
+    levels (``tissue_levels``, the ratio limited to ``LEVEL_SCALE_LIMITS``), so that a tumour keeps
+    its brightness relative to the tissue around it (slices are normalised one by one, so the same
+    tissue can sit at other intensities in another slice)."""
     if at not in PASTE_PLACES:
         raise ValueError(f"paste_tumours: at={at!r}, not one of {', '.join(PASTE_PLACES)}")
     if donors not in PASTE_DONORS or (donors != "any" and labels is None):
@@ -231,7 +262,12 @@ def paste_tumours(images, masks, probability, generator, at, margin=PASTE_MARGIN
         patch = F.max_pool2d((patch > 0).to(images.dtype), 2 * reach + 1, stride=1, padding=reach)
         patch = F.avg_pool2d(patch, 2 * blend + 1, stride=1, padding=blend, count_include_pad=False)
         patch = F.interpolate(patch, size=images.shape[-2:], mode="bilinear", align_corners=False)
-    moved = torch.cat([images[givers], tumour[givers], patch], 1)
+    donor_images = images[givers]
+    if match_levels:
+        levels = tissue_levels(images, tumour)
+        scale = torch.nan_to_num(levels[hosts] / levels[givers], nan=1.0).clamp(*LEVEL_SCALE_LIMITS)
+        donor_images = (donor_images * scale.view(-1, 1, 1, 1).to(images.dtype)).clamp(0, 1)
+    moved = torch.cat([donor_images, tumour[givers], patch], 1)
     if at != "donor":                           # centred on the slice's own tumour: move it there
         rows = torch.arange(side, device=device, dtype=images.dtype)
         centre = torch.stack([(tumour.sum(-1).squeeze(1) * rows).sum(-1),

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from capsule_classifier.augment import augment_batch, fixed_affine, paste_tumours
+from capsule_classifier.augment import augment_geometry, augment_intensity, fixed_affine, paste_tumours
 from capsule_classifier.checkpoint import model_record, prior_from_counts
 from preprocess import distributed
 from preprocess.checkpoint_io import load_checkpoint_file, save_checkpoint
@@ -57,6 +57,8 @@ class TrainConfig:
     paste_at: str = "donor"          # where a pasted tumour lands: "donor" (where it sat in its own
                                      # slice), "host" (on the slice's own tumour) or "either" (a coin)
     paste_donor: str = "any"         # which slices give the pasted tumours: "any" or "other_class"
+    paste_levels: str = "raw"        # "raw": pasted after the intensity augmentation, as it is; "matched":
+                                     # before it, scaled to the slice's tissue level (augment.paste_tumours)
     prior_correction: float = 1.0    # scoring only: probabilities divided by the training class shares
                                      # to this power (correct_for_prior); resuming may change it (the
                                      # epochs validated before keep their scores and best.pt)
@@ -192,16 +194,23 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
         labels = labels_all[index].to(device)
         masks = (data.masks[index].to(device).unsqueeze(1) if config.mask_weight or config.tumour_paste
                  else None)
-        images, labels, masks = augment_batch(images, labels, config.augmentation, generator,
-                                              config.vertical_flips, masks)
+        # pasting with matched levels comes between the geometry and the intensity changes, so one
+        # gamma and contrast treat a pasted tumour and its new surroundings alike
+        matched = config.tumour_paste > 0 and config.paste_levels == "matched"
+        images, labels, masks = augment_geometry(images, labels, config.augmentation, generator,
+                                                 config.vertical_flips, masks)
+        if not matched:
+            images = augment_intensity(images, config.augmentation, generator)
         targets = labels                  # class indices, or (B, C) distributions once slices are mixed
         if config.tumour_paste > 0 or config.mixup > 0:
             targets = F.one_hot(labels, num_classes).float()
         if config.tumour_paste > 0:
             images, masks, donor, share = paste_tumours(images, masks, config.tumour_paste, generator,
                                                           at=config.paste_at, labels=labels,
-                                                          donors=config.paste_donor)
+                                                          donors=config.paste_donor, match_levels=matched)
             targets = blend_targets(targets, donor, share)
+        if matched:
+            images = augment_intensity(images, config.augmentation, generator)
         if config.mixup > 0:
             weight = float(mixup_rng.beta(config.mixup, config.mixup))
             images, masks, partner = mix_batch(images, masks, weight, generator)
@@ -312,7 +321,7 @@ def data_fingerprint(data):
 
 
 # settings added after runs had been saved, and what a run saved without them did
-SAVED_WITHOUT = {"tumour_paste": 0.0, "paste_at": "host", "paste_donor": "any"}
+SAVED_WITHOUT = {"tumour_paste": 0.0, "paste_at": "host", "paste_donor": "any", "paste_levels": "raw"}
 SCORING_ONLY = ("prior_correction", "test_time_warps")   # change how a run is scored, not what it trains: free on resume
 
 
@@ -320,8 +329,9 @@ def check_resumable(state, config, train_data, path):
     """Refuse to resume ``path`` with settings or data other than the run's own, naming them."""
     saved = {**SAVED_WITHOUT, **state.get("train_config", {})}
     if not (saved["tumour_paste"] and config.tumour_paste):
-        saved.pop("paste_at")                 # where tumours land and whose they are is moot when
-        saved.pop("paste_donor")              # either run pastes none
+        for name in ("paste_at", "paste_donor", "paste_levels"):
+            saved.pop(name)                   # where tumours land, whose and how bright is moot when
+                                              # either run pastes none
     differ = [f"--{name}={value!r} (the run used {saved[name]!r})" for name, value in asdict(config).items()
               if name in saved and name not in SCORING_ONLY and saved[name] != value]
     saved_data = state.get("train_data")

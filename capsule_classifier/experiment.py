@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torchinfo import summary
 
-from capsule_classifier.augment import PASTE_DONORS, PASTE_PLACES
+from capsule_classifier.augment import PASTE_DONORS, PASTE_LEVELS, PASTE_PLACES
 from capsule_classifier.checkpoint import (load_checkpoint, load_model, scoring_prior, scoring_warps,
                                            trained_vertical_flips)
 from capsule_classifier.data import load_sources
@@ -181,6 +181,8 @@ def check_settings(exp):
         raise ValueError(f"--paste_at={config.paste_at!r}: one of {', '.join(PASTE_PLACES)}")
     if config.paste_donor not in PASTE_DONORS:
         raise ValueError(f"--paste_donor={config.paste_donor!r}: one of {', '.join(PASTE_DONORS)}")
+    if config.paste_levels not in PASTE_LEVELS:
+        raise ValueError(f"--paste_levels={config.paste_levels!r}: one of {', '.join(PASTE_LEVELS)}")
     if not 0 <= config.ema_decay < 1:
         raise ValueError(f"--ema_decay={config.ema_decay}: 0 (off) or a decay in (0, 1)")
     if config.prior_correction < 0:

@@ -87,6 +87,10 @@ paste_at = "donor"            # where a pasted tumour lands: "donor" (where it s
 paste_donor = "any"           # which slices give the pasted tumours: "any" slice of the batch or one of
                               # "other_class" (every pasted slice then mixes a tumour and surroundings of
                               # two classes)
+paste_levels = "raw"          # "raw": the donor's patch pasted as it is after the intensity augmentation;
+                              # "matched": pasted before it, scaled to the slice's tissue level (median
+                              # outside the tumour), so a tumour keeps its brightness relative to the
+                              # tissue around it
 tumour_crop = False           # residual preset: add a second view centred on the predicted tumour
 routing = "fast"              # "fast" or "general" dynamic routing loop
 capsule_types = 1             # capsule types of the hidden capsule layers (study: 1)

@@ -323,3 +323,27 @@ def test_macro_f1_counts_only_the_classes_a_fold_holds():
     pooled = np.array(summary["confusion_matrix"])
     assert pooled.sum() == 6 and summary["pooled_macro_f1"] == pytest.approx(macro_f1_of_confusion(pooled))
     assert summary["pooled_macro_f1"] == pytest.approx(np.mean([0.5, 2 / 3, 1.0]))   # F1 per class
+
+
+def test_matched_levels_keep_a_pasted_tumour_as_bright_against_its_new_tissue_as_against_its_own():
+    from capsule_classifier.augment import LEVEL_SCALE_LIMITS, paste_tumours, tissue_levels
+    images, masks = _square_tumours([(8, 8), (40, 40)])            # apart: each keeps its own tumour
+    images[0][images[0] > 0] = 0.4                                 # slice 0: tissue 0.4, tumour 0.8
+    images[0, 0, 8:16, 8:16] = 0.8
+    images[1][images[1] > 0] = 0.2                                 # slice 1: tissue 0.2, tumour 0.3
+    images[1, 0, 40:48, 40:48] = 0.3
+    torch.testing.assert_close(tissue_levels(images, masks), torch.tensor([0.4, 0.2]))
+    raw = paste_tumours(images, masks, 1.0, torch.Generator().manual_seed(1), "donor", margin=0, feather=0)[0]
+    out, _, donor, share = paste_tumours(images, masks, 1.0, torch.Generator().manual_seed(1), "donor",
+                                         margin=0, feather=0, match_levels=True)
+    assert donor.tolist() == [1, 0] and share.gt(0).all()
+    assert raw[1, 0, 10, 10] == pytest.approx(0.8) and raw[0, 0, 42, 42] == pytest.approx(0.3)   # as they were
+    assert out[1, 0, 10, 10] == pytest.approx(0.4)                # 0.8 x 0.2 / 0.4: twice its tissue, as before
+    assert out[0, 0, 42, 42] == pytest.approx(0.6)                # 0.3 x 0.4 / 0.2: 1.5 x its tissue, as before
+    torch.testing.assert_close(out[0, 0, 8:16, 8:16], images[0, 0, 8:16, 8:16])   # own tumours untouched
+    faint = images.clone()
+    faint[1][faint[1] > 0] = 0.06                                  # a far darker slice: the scale is limited
+    faint[1, 0, 40:48, 40:48] = 0.09
+    out = paste_tumours(faint, masks, 1.0, torch.Generator().manual_seed(1), "donor", margin=0, feather=0,
+                        match_levels=True)[0]
+    assert out[0, 0, 42, 42] == pytest.approx(0.09 * LEVEL_SCALE_LIMITS[1])

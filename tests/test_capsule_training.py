@@ -276,34 +276,44 @@ def test_mask_loss_trains_the_residual_network_and_is_refused_politely_elsewhere
 def test_tumour_pasting_trains_with_or_without_the_mask_loss_and_is_skipped_without_masks(blob_dataset, tmp_path,
                                                                                           monkeypatch):
     from capsule_classifier import engine
-    shares, places, mixed = [], set(), []
+    shares, places, mixed, steps = [], set(), [], []
 
     def spy(images, masks, *args, **kwargs):
         result = engine_paste(images, masks, *args, **kwargs)
         shares.append(result[3])
-        places.add((kwargs["at"], kwargs["donors"]))
+        places.add((kwargs["at"], kwargs["donors"], kwargs["match_levels"]))
         pasted = result[3] > 0
         mixed.append((kwargs["labels"][pasted] != kwargs["labels"][result[2][pasted]]).float())
+        steps.append("paste")
         return result
-    engine_paste = engine.paste_tumours
+
+    def intensity_spy(*args, **kwargs):
+        steps.append("intensity")
+        return engine_intensity(*args, **kwargs)
+    engine_paste, engine_intensity = engine.paste_tumours, engine.augment_intensity
     monkeypatch.setattr(engine, "paste_tumours", spy)
+    monkeypatch.setattr(engine, "augment_intensity", intensity_spy)
     common = dict(data_path=[str(blob_dataset)], model_dir=str(tmp_path), cross_validation=False,
                   device="cpu", capsule_options={"widths": (8, 8, 16, 16), "stem_channels": 4})
-    for name, mask_weight, mixup, place, donors in (("pasted", 0.0, 0.0, "host", "any"),
-                                                    ("pasted_mixed", 0.5, 0.4, "donor", "any"),
-                                                    ("other_class", 0.5, 0.0, "donor", "other_class")):
+    for name, mask_weight, mixup, place, donors, levels in (
+            ("pasted", 0.0, 0.0, "host", "any", "raw"), ("pasted_mixed", 0.5, 0.4, "donor", "any", "raw"),
+            ("other_class", 0.5, 0.0, "donor", "other_class", "raw"), ("matched", 0.5, 0.0, "donor", "any", "matched")):
         config = TrainConfig(epochs=1, batch_size=8, mask_weight=mask_weight, mixup=mixup, tumour_paste=0.5,
-                             paste_at=place, paste_donor=donors)
+                             paste_at=place, paste_donor=donors, paste_levels=levels)
         run_experiment(Experiment(run_name=name, config=config, **common), log=lambda *a: None)
         record = load_checkpoint(tmp_path / name / "last.pt")
         assert record["train_config"]["tumour_paste"] == 0.5 and record["train_config"]["paste_at"] == place
+        assert record["train_config"]["paste_levels"] == levels
         assert record["model_config"]["mask_head"] == bool(mask_weight)
         assert all(np.isfinite(row["train_loss"]) for row in record["history"])
         assert shares and torch.cat(shares).gt(0).any()          # tumours were pasted in this run
-        assert places == {(place, donors)}                         # where and whose the flags say
+        assert places == {(place, donors, levels == "matched")}    # where, whose and how the flags say
         if donors == "other_class":                                # every pasted tumour of another class
             assert torch.cat(mixed).eq(1).all()
-        shares.clear(), places.clear(), mixed.clear()
+        # every batch: the intensity changes before the paste (raw), or after it (matched levels)
+        order = ["intensity", "paste"] if levels == "raw" else ["paste", "intensity"]
+        assert steps[:2] == order and steps == order * (len(steps) // 2)
+        shares.clear(), places.clear(), mixed.clear(), steps.clear()
     pickled = tmp_path / "no_masks.pkl"
     with open(pickled, "wb") as out:
         pickle.dump([[np.random.rand(32, 32).astype(np.float32), k % 3] for k in range(12)], out)
@@ -321,6 +331,9 @@ def test_tumour_pasting_trains_with_or_without_the_mask_loss_and_is_skipped_with
                        log=lambda *a: None)
     with pytest.raises(ValueError, match="paste_donor='same'"):
         run_experiment(Experiment(run_name="refused", config=TrainConfig(paste_donor="same"), **common),
+                       log=lambda *a: None)
+    with pytest.raises(ValueError, match="paste_levels='bright'"):
+        run_experiment(Experiment(run_name="refused", config=TrainConfig(paste_levels="bright"), **common),
                        log=lambda *a: None)
     with pytest.raises(ValueError, match="ema_decay=1.0"):         # before any data is read
         run_experiment(Experiment(run_name="refused", config=TrainConfig(ema_decay=1.0), **common),
@@ -440,7 +453,7 @@ def test_a_learning_curve_point_trains_on_whole_patients_of_the_fold(blob_datase
                                   **{k: v for k, v in common.items() if k != "fold"}), log=lambda *a: None)
 
 
-def test_a_run_saved_before_paste_at_or_paste_donor_existed_resumes_only_with_its_own():
+def test_a_run_saved_before_paste_at_paste_donor_or_paste_levels_existed_resumes_only_with_its_own():
     from dataclasses import asdict
     from capsule_classifier.engine import check_resumable
     saved = {k: v for k, v in asdict(TrainConfig(tumour_paste=0.5)).items() if k != "paste_at"}
@@ -456,6 +469,11 @@ def test_a_run_saved_before_paste_at_or_paste_donor_existed_resumes_only_with_it
         check_resumable({"train_config": before_donors}, TrainConfig(tumour_paste=0.5, paste_donor="other_class"),
                         None, "seventeenth_session_run")
     check_resumable({"train_config": before_donors}, TrainConfig(tumour_paste=0.5), None, "seventeenth_session_run")
+    before_levels = {k: v for k, v in asdict(TrainConfig(tumour_paste=0.5)).items() if k != "paste_levels"}
+    with pytest.raises(ValueError, match=r"--paste_levels='matched' \(the run used 'raw'\)"):
+        check_resumable({"train_config": before_levels}, TrainConfig(tumour_paste=0.5, paste_levels="matched"),
+                        None, "nineteenth_session_run")
+    check_resumable({"train_config": before_levels}, TrainConfig(tumour_paste=0.5), None, "nineteenth_session_run")
     unpasted = dict(before_donors, tumour_paste=0.0)           # whose tumours is moot when nothing was pasted
     check_resumable({"train_config": unpasted}, TrainConfig(tumour_paste=0.0, paste_donor="other_class"), None,
                     "unpasted_run")
