@@ -347,3 +347,20 @@ def test_matched_levels_keep_a_pasted_tumour_as_bright_against_its_new_tissue_as
     out = paste_tumours(faint, masks, 1.0, torch.Generator().manual_seed(1), "donor", margin=0, feather=0,
                         match_levels=True)[0]
     assert out[0, 0, 42, 42] == pytest.approx(0.09 * LEVEL_SCALE_LIMITS[1])
+
+
+def test_tumour_statistics_read_brightness_against_the_tissue_and_tell_place_only_when_asked(blob_dataset, tmp_path):
+    from capsule_classifier import tumour_statistics
+    image = np.full((32, 32), 0.2, dtype=np.float32)
+    tumour = np.zeros((32, 32), bool)
+    tumour[8:12, 20:24] = True
+    image[tumour] = 0.6
+    values = tumour_statistics.slice_statistics(image, tumour, ring_px=1)
+    assert values[0] == pytest.approx(3.0) and values[3] == pytest.approx(0.0) and values[4] == pytest.approx(1.0)
+    assert values[5] == pytest.approx(16 / 1024) and values[6] == pytest.approx(9.5 / 32)
+    flags = dict(data_path=str(blob_dataset), k_folds=3, group_by="patient", split_seed=0, out="")
+    # the toy classes differ by where the disc sits, not by how bright it is
+    unplaced = tumour_statistics.run(dict(flags, place=False))["accuracy_mean"]
+    placed = tumour_statistics.run(dict(flags, place=True, out=str(tmp_path / "placed.json")))
+    assert unplaced < 0.6 and placed["accuracy_mean"] > unplaced + 0.3 and len(placed["folds"]) == 3
+    assert "area share" in (tmp_path / "placed.json").read_text()
