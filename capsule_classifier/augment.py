@@ -208,11 +208,17 @@ def _donors(n, labels, donors, has_tumour, generator, device):
     return torch.where((~unfit).any(1), scores.argmax(1), torch.arange(n, device=device))
 
 
+def tissue_mask(images, tumour, floor=TISSUE_FLOOR):
+    """Where the tissue is: pixels above ``floor`` outside the tumour (``tumour`` 1 or True inside);
+    works on torch tensors and numpy arrays alike."""
+    return (images > floor) & (tumour < 0.5)
+
+
 def tissue_levels(images, tumour, floor=TISSUE_FLOOR):
-    """Each slice's tissue level (B,): the median of its pixels above ``floor`` outside its tumour
-    (``tumour`` (B, 1, S, S), 1 inside); NaN where a slice has no such pixel."""
+    """Each slice's tissue level (B,): the median of its ``tissue_mask`` pixels (``tumour`` (B, 1, S, S),
+    1 inside); NaN where a slice has no such pixel."""
     values = images.detach().flatten(1).float()
-    tissue = (values > floor) & (tumour.flatten(1) < 0.5)
+    tissue = tissue_mask(values, tumour.flatten(1), floor)
     return torch.nanmedian(torch.where(tissue, values, torch.full_like(values, float("nan"))), dim=1).values
 
 

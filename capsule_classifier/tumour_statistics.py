@@ -4,13 +4,18 @@ statistics read inside each slice's true tumour mask, scored on the same folds a
     python capsule_classifier/tumour_statistics.py --data_path=data/figshare_dev_256.h5 --k_folds=5 --group_by=stretch
 
 Per slice, each divided by the slice's tissue level (the median of its pixels above
-augment.TISSUE_FLOOR outside the tumour, so that per-slice normalisation drops out): the tumour's
+augment.TISSUE_FLOOR outside the tumour, augment.tissue_mask, so that per-slice normalisation drops out): the tumour's
 mean, 10th and 90th percentile and standard deviation, and the mean of a ring around it (1/32 of
 the image side wide). ``--place=True`` adds the tumour's area share and where it sits (row, distance
 of its column from the middle). Not a classifier to use: it reads the true tumour masks, which
 prediction does not have. It is a reference that needs no imaging plane, skull or scanner cue, for
 the folds where the networks meet a plane they never saw with that class (capsule_classifier/RESULTS.md).
 """
+import numpy as np
+from scipy import ndimage
+
+from capsule_classifier.augment import tissue_mask
+
 data_path = "data/figshare_dev_256.h5"   # a prepared dataset file with tumor_masks
 k_folds = 5
 group_by = "stretch"          # "patient" or "stretch", as train.py's --group_by
@@ -25,11 +30,7 @@ PLACE = ("area share", "row", "column offset")
 
 def slice_statistics(image, tumour, ring_px):
     """The statistics of one slice (see the module docstring) as a list, intensity ones first."""
-    import numpy as np
-    from scipy import ndimage
-
-    from capsule_classifier.augment import TISSUE_FLOOR
-    tissue = (image > TISSUE_FLOOR) & ~tumour
+    tissue = tissue_mask(image, tumour)
     level = np.median(image[tissue]) if tissue.any() else 1.0
     inside = image[tumour] if tumour.any() else np.zeros(1, dtype=image.dtype)
     ring = ndimage.binary_dilation(tumour, iterations=ring_px) & tissue
@@ -41,7 +42,6 @@ def slice_statistics(image, tumour, ring_px):
 
 
 def run(flags):
-    import numpy as np
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
