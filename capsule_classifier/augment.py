@@ -30,6 +30,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from preprocess.intensity import TISSUE_FLOOR, tissue_mask
+
 MODES = ("affine", "mri", "scanner", "study", "none")
 MAX_ROTATION_DEG = 15.0
 MAX_SCALE = 0.10
@@ -49,7 +51,6 @@ PASTE_PLACES = ("host", "donor", "either")  # where a pasted tumour lands (paste
 PASTE_DONORS = ("any", "other_class")      # which slices may give their tumour (paste_tumours' ``donors``)
 PASTE_LEVELS = ("raw", "matched")          # pasted as it is after the intensity changes, or before them and
                                            # scaled to its new slice's tissue level (engine.train_epoch)
-TISSUE_FLOOR = 0.05       # intensities at or below this are background, not tissue (tissue_levels)
 LEVEL_SCALE_LIMITS = (0.5, 2.0)   # a pasted patch is scaled by at most this much to match its new slice
 
 
@@ -206,12 +207,6 @@ def _donors(n, labels, donors, has_tumour, generator, device):
     unfit = (labels.view(-1, 1) == labels.view(1, -1)) | ~has_tumour.view(1, -1)
     scores = torch.rand(n, n, generator=generator, device=device).masked_fill(unfit, -1.0)
     return torch.where((~unfit).any(1), scores.argmax(1), torch.arange(n, device=device))
-
-
-def tissue_mask(images, tumour, floor=TISSUE_FLOOR):
-    """Where the tissue is: pixels above ``floor`` outside the tumour (``tumour`` 1 or True inside);
-    works on torch tensors and numpy arrays alike."""
-    return (images > floor) & (tumour < 0.5)
 
 
 def tissue_levels(images, tumour, floor=TISSUE_FLOOR):

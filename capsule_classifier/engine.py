@@ -219,10 +219,13 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
             if not config.mask_weight:
                 logits = model(images)
             else:
-                logits, mask_logits = model(images, with_mask=True)
+                # a model with a tumour-levels expert also returns the expert's own logits
+                logits, mask_logits, *expert_logits = model(images, with_mask=True)
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
             if config.mask_weight:
                 loss = loss + config.mask_weight * mask_loss(mask_logits, masks)
+                for expert in expert_logits:
+                    loss = loss + F.cross_entropy(expert.float(), targets, label_smoothing=config.label_smoothing)
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimiser)

@@ -38,7 +38,8 @@ MASK_HEAD_PREFIX = "mask_head."
 RENAMED_FLAGS = {"Train": "train", "Test": "test", "CrossValidation": "cross_validation",
                  "LoadSavedModel": "load_saved_model", "FreezeLayers": "freeze_layers"}
 # ... that become the capsule network's options, and that are used before an Experiment exists
-CAPSULE_OPTION_FLAGS = ("routing", "capsule_types", "scaled_norm", "tumour_crop")
+CAPSULE_OPTION_FLAGS = ("routing", "capsule_types", "scaled_norm", "tumour_crop", "tumour_levels")
+RESIDUAL_ONLY_OPTIONS = ("tumour_crop", "tumour_levels")
 SCRIPT_ONLY_FLAGS = ("threads", "preset")
 
 
@@ -106,8 +107,10 @@ def build_model(exp, image_size):
     options = dict(exp.capsule_options) if exp.model == "capsule" else {}
     if exp.model == "capsule" and exp.capsule_preset == "residual":
         options["mask_head"] = uses_mask_head(exp)
-    elif options.pop("tumour_crop", False):
-        raise ValueError("--tumour_crop applies to the residual capsule network (capsule_preset=residual)")
+    else:
+        for name in RESIDUAL_ONLY_OPTIONS:
+            if options.pop(name, False):
+                raise ValueError(f"--{name} applies to the residual capsule network (capsule_preset=residual)")
     return make_model(exp.model, image_size=image_size, preset=exp.capsule_preset,
                       freeze_children=exp.freeze_children if exp.freeze_layers else 0, pretrained=exp.pretrained,
                       **options)

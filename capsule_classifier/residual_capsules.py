@@ -21,6 +21,11 @@ class capsules with dynamic routing, plus an optional tumour-mask head used only
                slice centred on the tumour the mask head predicts (sized from its predicted area,
                sampled at a quarter of the image size) and adds its class logits: the decision
                then rests on the tumour and its surroundings, not only on the whole slice
+    tumour levels (option ``tumour_levels``) the mask head predicts at the first stage's resolution
+               (32 x 32: its third-stage logits upsampled plus a 1x1 convolution of the first
+               stage), and an expert reads the tumour's brightness against the tissue from it
+               (capsule_classifier/tumour_levels.py); its logits, trained with their own
+               cross-entropy, are added to the capsules'
 
 Why not the compact study network: on patients from other stretches of the figshare numbering it
 scored 0.68-0.70 where a ResNet18 scored 0.85 with the same recipe (see the README). Our
@@ -35,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from capsule_classifier.network import dynamic_routing, squash
+from capsule_classifier.tumour_levels import TumourLevelsExpert
 
 STEM_TARGET = 32      # the trunk starts at 32 x 32 whatever the image size (64 costs twice as much)
 CROP_MARGIN = 2.5     # the tumour window's side is this many times the side of the predicted tumour
@@ -117,7 +123,7 @@ class ResidualCapsuleClassifier(nn.Module):
     def __init__(self, image_size=256, num_classes=3, widths=(32, 64, 128, 256), stem_channels=24,
                  stem_target=STEM_TARGET, primary_types=16, primary_dim=8, class_dim=16,
                  routing_iterations=3, logit_scale=10.0, mask_head=True, tumour_crop=False,
-                 architecture="residual"):
+                 tumour_levels=False, architecture="residual"):
         super().__init__()
         if architecture != "residual":
             raise ValueError(f"architecture must be 'residual', got {architecture!r}")
@@ -129,9 +135,11 @@ class ResidualCapsuleClassifier(nn.Module):
                            stem_channels=stem_channels, stem_target=stem_target,
                            primary_types=primary_types, primary_dim=primary_dim, class_dim=class_dim,
                            routing_iterations=routing_iterations, logit_scale=logit_scale,
-                           mask_head=mask_head, tumour_crop=tumour_crop, architecture="residual")
-        if tumour_crop and not mask_head:
-            raise ValueError("tumour_crop needs the mask head (mask_head=True, a mask loss weight > 0)")
+                           mask_head=mask_head, tumour_crop=tumour_crop, tumour_levels=tumour_levels,
+                           architecture="residual")
+        for option, wanted in (("tumour_crop", tumour_crop), ("tumour_levels", tumour_levels)):
+            if wanted and not mask_head:
+                raise ValueError(f"{option} needs the mask head (mask_head=True, a mask loss weight > 0)")
         stem, channels = [], 1
         for _ in range(max(0, round(math.log2(image_size / stem_target)))):
             stem += [nn.Conv2d(channels, stem_channels, 3, 2, 1, bias=False), nn.BatchNorm2d(stem_channels),
@@ -151,6 +159,9 @@ class ResidualCapsuleClassifier(nn.Module):
         # the mask head reads the third stage (8 x 8 from a 32 px stem)
         self.mask_stage = min(len(widths) - 1, 2)
         self.mask_head = nn.Conv2d(widths[self.mask_stage], 1, 1) if mask_head else None
+        # tumour levels: a finer mask (first stage) and the brightness expert reading it
+        self.fine_mask = nn.Conv2d(widths[0], 1, 1) if tumour_levels else None
+        self.levels_expert = TumourLevelsExpert(num_classes) if tumour_levels else None
         self.crop_branch = None
         if tumour_crop:
             self.crop_branch = ResidualCapsuleClassifier(
@@ -171,14 +182,26 @@ class ResidualCapsuleClassifier(nn.Module):
         primary = primary.reshape(batch, self.primary_types, self.primary_dim, h * w).permute(0, 3, 1, 2)
         return self.class_capsules(squash(primary, dim=-1))   # (B, classes, class_dim)
 
+    def _mask_logits(self, taps):
+        """The mask head's logits: third stage (8 x 8 from a 32 px stem), or with tumour levels the
+        first stage's resolution (the third stage's logits upsampled plus the first stage's)."""
+        logits = self.mask_head(taps[self.mask_stage])
+        if self.fine_mask is not None:
+            logits = F.interpolate(logits, size=taps[0].shape[-2:], mode="bilinear",
+                                   align_corners=False) + self.fine_mask(taps[0])
+        return logits
+
     def _outputs(self, x, with_mask=False):
-        """(class capsules, mask logits or None); with the tumour crop the capsules of both views
-        are concatenated along the class-capsule dimension. The mask head runs only when its
-        output is needed (training, or to place the tumour window)."""
+        """(class capsules, mask logits or None, tumour-levels logits or None); with the tumour crop
+        the capsules of both views are concatenated along the class-capsule dimension. The mask
+        head runs only when its output is needed (training, to place the tumour window, or for the
+        tumour levels)."""
         features, taps = self._features(x)
         capsules = self._classify(features)
-        needs_mask = self.mask_head is not None and (with_mask or self.crop_branch is not None)
-        mask_logits = self.mask_head(taps[self.mask_stage]) if needs_mask else None
+        needs_mask = self.mask_head is not None and (
+            with_mask or self.crop_branch is not None or self.levels_expert is not None)
+        mask_logits = self._mask_logits(taps) if needs_mask else None
+        levels_logits = self.levels_expert(x, mask_logits) if self.levels_expert is not None else None
         if self.crop_branch is not None:
             theta = tumour_window(mask_logits)
             size = self.crop_branch.config["image_size"]
@@ -187,14 +210,17 @@ class ResidualCapsuleClassifier(nn.Module):
                                    align_corners=False)
             crop_capsules = self.crop_branch._classify(self.crop_branch._features(window)[0])
             capsules = torch.cat([capsules, crop_capsules], dim=-1)
-        return capsules, mask_logits
+        return capsules, mask_logits, levels_logits
 
-    def _logits(self, capsules):
-        """``logit_scale`` x capsule length; with the tumour crop, the sum over both views."""
+    def _logits(self, capsules, levels_logits=None):
+        """``logit_scale`` x capsule length; with the tumour crop, the sum over both views; with
+        tumour levels, plus the expert's logits."""
         if self.crop_branch is None:
-            return self.logit_scale * capsules.norm(dim=-1)
-        whole, window = capsules.split(capsules.shape[-1] // 2, dim=-1)
-        return self.logit_scale * (whole.norm(dim=-1) + window.norm(dim=-1))
+            logits = self.logit_scale * capsules.norm(dim=-1)
+        else:
+            whole, window = capsules.split(capsules.shape[-1] // 2, dim=-1)
+            logits = self.logit_scale * (whole.norm(dim=-1) + window.norm(dim=-1))
+        return logits if levels_logits is None else logits + levels_logits
 
     def embed(self, x):
         """The class capsules, flattened (B, classes * class_dim, twice that with the tumour crop):
@@ -203,12 +229,17 @@ class ResidualCapsuleClassifier(nn.Module):
 
     def forward(self, x, with_mask=False):
         """Class logits; with ``with_mask`` (training) also the tumour-mask logits of the third stage
-        (8 x 8 from a 32 px stem). Through ``forward`` so that DistributedDataParallel sees it."""
+        (8 x 8 from a 32 px stem; 32 x 32 with tumour levels) and, with tumour levels, the expert's
+        own logits, which training gives their own loss. Through ``forward`` so that
+        DistributedDataParallel sees it."""
         if with_mask and self.mask_head is None:
             raise RuntimeError("this model was built without a mask head (mask_head=False)")
-        capsules, mask_logits = self._outputs(x, with_mask=with_mask)
-        return (self._logits(capsules), mask_logits) if with_mask else self._logits(capsules)
+        capsules, mask_logits, levels_logits = self._outputs(x, with_mask=with_mask)
+        logits = self._logits(capsules, levels_logits)
+        if not with_mask:
+            return logits
+        return (logits, mask_logits) if levels_logits is None else (logits, mask_logits, levels_logits)
 
     def forward_with_mask(self, x):
-        """(class logits, tumour-mask logits); training only."""
+        """(class logits, tumour-mask logits[, tumour-levels logits]); training only."""
         return self(x, with_mask=True)

@@ -93,6 +93,9 @@ paste_levels = "raw"          # "raw": the donor's patch pasted as it is after t
                               # tissue around it (matched against raw, leave-stretch-out, 5 folds, seed 0:
                               # 0.885 against 0.879, not adopted; capsule_classifier/RESULTS.md)
 tumour_crop = False           # residual preset: add a second view centred on the predicted tumour
+tumour_levels = False         # residual preset: a finer mask head and an expert reading the predicted
+                              # tumour's brightness against the tissue (capsule_classifier/tumour_levels.py),
+                              # its logits added to the capsules'
 routing = "fast"              # "fast" or "general" dynamic routing loop
 capsule_types = 1             # capsule types of the hidden capsule layers (study: 1)
 scaled_norm = False           # start capsule batch-norm scales at 1/sqrt(D) so squash is not saturated

@@ -4,7 +4,8 @@ statistics read inside each slice's true tumour mask, scored on the same folds a
     python capsule_classifier/tumour_statistics.py --data_path=data/figshare_dev_256.h5 --k_folds=5 --group_by=stretch
 
 Per slice, each divided by the slice's tissue level (the median of its pixels above
-augment.TISSUE_FLOOR outside the tumour, augment.tissue_mask, so that per-slice normalisation drops out): the tumour's
+preprocess.intensity.TISSUE_FLOOR outside the tumour, preprocess.intensity.tissue_level, so that per-slice
+normalisation drops out): the tumour's
 mean, 10th and 90th percentile and standard deviation, and the mean of a ring around it (1/32 of
 the image side wide). ``--place=True`` adds the tumour's area share and where it sits (row, distance
 of its column from the middle). Not a classifier to use: it reads the true tumour masks, which
@@ -14,7 +15,7 @@ the folds where the networks meet a plane they never saw with that class (capsul
 import numpy as np
 from scipy import ndimage
 
-from capsule_classifier.augment import tissue_mask
+from preprocess.intensity import tissue_level, tissue_mask
 
 data_path = "data/figshare_dev_256.h5"   # a prepared dataset file with tumor_masks
 k_folds = 5
@@ -31,7 +32,7 @@ PLACE = ("area share", "row", "column offset")
 def slice_statistics(image, tumour, ring_px):
     """The statistics of one slice (see the module docstring) as a list, intensity ones first."""
     tissue = tissue_mask(image, tumour)
-    level = np.median(image[tissue]) if tissue.any() else 1.0
+    level = tissue_level(image, tumour) if tissue.any() else 1.0
     inside = image[tumour] if tumour.any() else np.zeros(1, dtype=image.dtype)
     ring = ndimage.binary_dilation(tumour, iterations=ring_px) & tissue
     side = image.shape[-1]

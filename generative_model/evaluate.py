@@ -6,7 +6,8 @@
 
 Writes <out_dir>/evaluation.json (every number, with the commands of the classifier runs),
 <out_dir>/real_vs_synthetic.png, spectrum.png (periodic artefacts: synthetic minus real mean log
-amplitude spectra, generative_model/spectrum.py) and, with --feature_checkpoint, quality.json and quality.png (KID,
+amplitude spectra, generative_model/spectrum.py), tumour_contrast.png (tumour brightness over tissue
+per class, real against synthetic: generative_model/tumour_contrast.py) and, with --feature_checkpoint, quality.json and quality.png (KID,
 FD, precision/recall and memorisation in that classifier's feature space). With --heldout (real
 slices of patients the GAN never saw, from preprocess/split_dataset.py), train-on-synthetic is
 tested on those patients. The classifier part calls capsule_classifier/train.py as a
@@ -60,6 +61,7 @@ if __name__ == "__main__":
                                              histogram_distances, latent_diversity)
     from generative_model.quality_report import quality_report
     from generative_model.spectrum import spectral_artefacts
+    from generative_model.tumour_contrast import tumour_contrast_report
     from preprocess.dataset import read_attrs
     from preprocess.flags import apply_cli_flags
 
@@ -78,7 +80,13 @@ if __name__ == "__main__":
         report["histogram_distance"] = histogram_distances(real, synthetic)
         report["grid"] = comparison_grid(real, synthetic, out / "real_vs_synthetic.png", seed=seed)
         report["spectrum"] = spectral_artefacts(real, synthetic, heldout or None, out / "spectrum.png")
-        print(json.dumps({k: report[k] for k in ("diversity", "histogram_distance", "spectrum")}, indent=1))
+        try:
+            report["tumour_contrast"] = tumour_contrast_report(real, synthetic, heldout or None,
+                                                               out / "tumour_contrast.png", feature_slices, seed)
+        except KeyError as missing:     # a file without tumour masks: the rest still counts
+            report["tumour_contrast"] = {"skipped": str(missing).strip("'\"")}
+        print(json.dumps({k: report[k] for k in ("diversity", "histogram_distance", "spectrum", "tumour_contrast")},
+                         indent=1))
         if heldout:
             report["heldout_leakage"] = leakage = heldout_leakage(run_dir, synthetic, heldout)
             if leakage["heldout_patients_the_gan_saw"] or leakage["synthetic_slices_from_heldout_masks"]:

@@ -273,6 +273,31 @@ def test_mask_loss_trains_the_residual_network_and_is_refused_politely_elsewhere
     assert any("mask_weight=0.5 ignored" in line for line in said) and compact.mask_weight == 0
 
 
+def test_tumour_levels_train_their_expert_with_its_own_loss(blob_dataset, tmp_path, monkeypatch):
+    from capsule_classifier import engine
+    losses = []
+
+    def spy(logits, *args, **kwargs):
+        losses.append(logits.shape)
+        return cross_entropy(logits, *args, **kwargs)
+    cross_entropy = engine.F.cross_entropy
+    monkeypatch.setattr(engine.F, "cross_entropy", spy)
+    common = dict(data_path=[str(blob_dataset)], model_dir=str(tmp_path), cross_validation=False, device="cpu")
+    options = {"widths": (8, 8, 16, 16), "stem_channels": 4}
+    config = TrainConfig(epochs=1, batch_size=8, mask_weight=0.5)
+    run_experiment(Experiment(run_name="plain", config=config, capsule_options=options, **common), log=lambda *a: None)
+    plain = len(losses)
+    run_experiment(Experiment(run_name="levels", config=config, capsule_options={**options, "tumour_levels": True},
+                              **common), log=lambda *a: None)
+    assert plain > 0 and len(losses) - plain == 2 * plain          # two cross-entropies a step
+    record = load_checkpoint(tmp_path / "levels" / "last.pt")
+    assert record["model_config"]["tumour_levels"] and "levels_expert.classify.0.weight" in record["state_dict"]
+    assert all(np.isfinite(row["train_loss"]) for row in record["history"])
+    with pytest.raises(ValueError, match="tumour_levels"):
+        run_experiment(Experiment(run_name="compact", config=config, capsule_preset="compact",
+                                  capsule_options={**TINY, "tumour_levels": True}, **common), log=lambda *a: None)
+
+
 def test_tumour_pasting_trains_with_or_without_the_mask_loss_and_is_skipped_without_masks(blob_dataset, tmp_path,
                                                                                           monkeypatch):
     from capsule_classifier import engine

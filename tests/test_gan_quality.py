@@ -85,6 +85,9 @@ def test_quality_report_and_leakage_check(blob_dataset, tmp_path):
     leakage = heldout_leakage(tmp_path / "gan", synthetic, heldout)
     assert leakage["heldout_patients_the_gan_saw"] == 0 and leakage["synthetic_slices_from_heldout_masks"] == 0
     assert heldout_leakage(tmp_path / "gan", synthetic, train)["heldout_patients_the_gan_saw"] > 0
+    from generative_model.tumour_contrast import tumour_contrast_report
+    contrast = tumour_contrast_report(train, synthetic, heldout)      # synthetic slices keep their masks
+    assert all(contrast[name]["synthetic"]["slices"] > 0 for name in ("meningioma", "glioma", "pituitary"))
 
     checkpoint = _train_feature_classifier(train, tmp_path / "classifier")
     report = quality_report(checkpoint, train, synthetic, heldout, tmp_path / "quality", device="cpu")
@@ -197,3 +200,30 @@ def test_train_on_synthetic_over_classifier_seeds(tmp_path, monkeypatch):
     assert tstr["over_seeds"]["accuracy_std"] == pytest.approx(0.01)
     assert "over_seeds" not in evaluation.classifier_comparison(
         "real.h5", "synthetic.h5", 64, tmp_path, runs=("synthetic_to_real",), heldout_path="heldout.h5")["synthetic_to_real"]
+
+
+def test_tumour_contrast_finds_a_class_whose_synthetic_tumours_do_not_enhance(tmp_path):
+    from generative_model.tumour_contrast import tumour_contrast_report
+    from preprocess.intensity import tumour_contrast
+    image = np.full((8, 8), 0.4, dtype=np.float32)
+    image[:2] = 0.0                                            # background is not tissue
+    tumour = np.zeros((8, 8), dtype=bool)
+    tumour[4:6, 4:6] = True
+    image[tumour] = 0.6
+    assert tumour_contrast(image, tumour) == pytest.approx(1.5)
+    assert np.isnan(tumour_contrast(image, np.zeros_like(tumour)))
+    real = write_blob_dataset(tmp_path / "real.h5", n=36, seed=0)
+    synthetic = write_blob_dataset(tmp_path / "synthetic.h5", n=36, seed=1)
+    with h5py.File(synthetic, "r+") as f:                      # class 1's tumours as bright as the tissue
+        images, masks, labels = f["images"][:], f["tumor_masks"][:], f["labels"][:]
+        images[(labels == 1)[:, None, None] & (masks > 0)] = 0.3
+        f["images"][:] = images
+    report = tumour_contrast_report(real, synthetic, real, tmp_path / "contrast.png")
+    ratios = [report[name]["synthetic_over_real_median"] for name in ("meningioma", "glioma", "pituitary")]
+    assert ratios[1] < 0.5 and all(0.8 < r < 1.25 for r in (ratios[0], ratios[2]))
+    assert report["glioma"]["wasserstein_synthetic"] > 1.0 > 0.5 > report["meningioma"]["wasserstein_synthetic"]
+    assert report["glioma"]["wasserstein_heldout"] == 0.0 and report["glioma"]["real"]["slices"] == 12
+    assert (tmp_path / "contrast.png").stat().st_size > 5_000
+    _images_file(tmp_path / "bare.h5", _blob_images(tmp_path, 0))
+    with pytest.raises(KeyError, match="bare.h5"):
+        tumour_contrast_report(real, tmp_path / "bare.h5")

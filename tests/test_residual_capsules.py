@@ -111,3 +111,48 @@ def test_resnet18_baseline():
     assert model_from_config("resnet50", {"num_classes": 3, "dropout": 0.4}).config["depth"] == 50  # old
     with pytest.raises(ValueError, match="ResNet50 only"):
         make_model("resnet18", pretrained="imagenet")
+
+
+def test_tumour_level_features_read_brightness_against_the_tissue():
+    from capsule_classifier.tumour_levels import NUM_LEVELS, tumour_level_features
+    images = torch.zeros(2, 1, 64, 64)
+    images[:, :, 8:56, 8:56] = 0.4                             # tissue on a black background
+    tumour = torch.zeros(2, 1, 64, 64)
+    tumour[:, :, 24:40, 24:40] = 1                             # 256 of 4,096 pixels
+    images[0][tumour[0] > 0] = 0.8                             # bright tumour (twice the tissue)
+    images[1][tumour[1] > 0] = 0.4                             # tumour as bright as the tissue
+    features = tumour_level_features(images, tumour)
+    assert features.shape == (2, NUM_LEVELS)
+    torch.testing.assert_close(features[:, 0], torch.log(torch.tensor([0.801 / 0.401, 1.0])), atol=0.01, rtol=0)
+    torch.testing.assert_close(features[:, 1], torch.zeros(2), atol=1e-3, rtol=0)   # uniform inside
+    torch.testing.assert_close(features[:, 2], torch.zeros(2), atol=0.01, rtol=0)   # ring = tissue
+    torch.testing.assert_close(features[:, 3], torch.log(torch.tensor([256 / 4096 + 1e-3] * 2)), atol=1e-3, rtol=0)
+    # ratios: a global contrast change leaves them; the same tumour probabilities at a coarser grid agree
+    torch.testing.assert_close(tumour_level_features(images * 0.5, tumour)[:, :3], features[:, :3], atol=0.01, rtol=0)
+    coarse = torch.nn.functional.avg_pool2d(tumour, 4)
+    assert (tumour_level_features(images, coarse)[:, 0] - features[:, 0]).abs().max() < 0.1
+
+
+def test_tumour_levels_add_an_expert_trained_by_its_own_logits():
+    torch.manual_seed(0)
+    model = ResidualCapsuleClassifier(image_size=128, stem_channels=4, widths=(4, 8, 8, 8), tumour_levels=True)
+    x = torch.rand(4, 1, 128, 128)
+    logits, mask_logits, levels_logits = model.forward_with_mask(x)
+    assert logits.shape == levels_logits.shape == (4, 3)
+    assert mask_logits.shape == (4, 1, 32, 32)                 # the first stage's resolution
+    (logits.sum() + levels_logits.sum() + mask_logits.sum()).backward()
+    assert model.levels_expert.classify[0].weight.grad.abs().sum() > 0
+    assert model.fine_mask.weight.grad.abs().sum() > 0
+    model.zero_grad()
+    levels_logits = model.forward_with_mask(x)[2]
+    levels_logits.sum().backward()                             # the expert reads a detached mask
+    assert model.fine_mask.weight.grad is None and model.stages[0].body[0].weight.grad is None
+    model.eval()
+    with torch.no_grad():
+        capsules, _, expert = model._outputs(x)
+        torch.testing.assert_close(model(x), model.logit_scale * capsules.norm(dim=-1) + expert)
+    rebuilt = model_from_config("capsule", model.config).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    torch.testing.assert_close(rebuilt(x), model(x))
+    with pytest.raises(ValueError, match="mask head"):
+        ResidualCapsuleClassifier(image_size=128, mask_head=False, tumour_levels=True)
