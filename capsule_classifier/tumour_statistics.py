@@ -3,11 +3,10 @@ statistics read inside each slice's true tumour mask, scored on the same folds a
 
     python capsule_classifier/tumour_statistics.py --data_path=data/figshare_dev_256.h5 --k_folds=5 --group_by=stretch
 
-Per slice, each divided by the slice's tissue level (the median of its pixels above
-preprocess.intensity.TISSUE_FLOOR outside the tumour, preprocess.intensity.tissue_level, so that per-slice
-normalisation drops out): the tumour's
-mean, 10th and 90th percentile and standard deviation, and the mean of a ring around it (1/32 of
-the image side wide). ``--place=True`` adds the tumour's area share and where it sits (row, distance
+Per slice, each divided by the slice's tissue level (preprocess.intensity.tissue_level: the median of
+its pixels above TISSUE_FLOOR outside the tumour, so that per-slice normalisation drops out): the
+tumour's mean, 10th and 90th percentile and standard deviation, and the mean of a ring around it
+(1/32 of the image side wide). ``--place=True`` adds the tumour's area share and where it sits (row, distance
 of its column from the middle). Not a classifier to use: it reads the true tumour masks, which
 prediction does not have. It is a reference that needs no imaging plane, skull or scanner cue, for
 the folds where the networks meet a plane they never saw with that class (capsule_classifier/RESULTS.md).
