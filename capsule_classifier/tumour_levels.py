@@ -8,7 +8,7 @@ perceptron turns them into class logits; the network trains it with its own cros
 its logits to the class capsules' (a product of two experts).
 
 Why: on the leave-stretch-out fold whose axial meningiomas the networks miss, five such numbers read
-with the true masks classified 137 of 207 of them rightly, networks 74-115
+with the true masks classified 137 of 207 of them rightly, networks 74-120
 (capsule_classifier/tumour_statistics.py, capsule_classifier/RESULTS.md). The mask the expert reads
 is detached: the mask loss alone trains the mask head.
 """

@@ -33,6 +33,7 @@ feature_checkpoint = ""                 # classifier trained on the real trainin
                                         # --model=resnet18): its penultimate features are the space of
                                         # KID, FD, precision/recall and memorisation ("" = skip them)
 feature_slices = 2000                   # at most this many slices per file for the feature metrics
+                                        # and the tumour contrast
 out_dir = ""                            # "" = <model_dir>/<run_name>/evaluation
 diversity_masks = 8                     # masks per class for the diversity measurement
 diversity_latents = 4                   # latent vectors per mask
@@ -62,7 +63,7 @@ if __name__ == "__main__":
     from generative_model.quality_report import quality_report
     from generative_model.spectrum import spectral_artefacts
     from generative_model.tumour_contrast import tumour_contrast_report
-    from preprocess.dataset import read_attrs
+    from preprocess.dataset import has_field, read_attrs
     from preprocess.flags import apply_cli_flags
 
     from preprocess.distributed import leave_unless_rank_zero
@@ -80,11 +81,10 @@ if __name__ == "__main__":
         report["histogram_distance"] = histogram_distances(real, synthetic)
         report["grid"] = comparison_grid(real, synthetic, out / "real_vs_synthetic.png", seed=seed)
         report["spectrum"] = spectral_artefacts(real, synthetic, heldout or None, out / "spectrum.png")
-        try:
-            report["tumour_contrast"] = tumour_contrast_report(real, synthetic, heldout or None,
-                                                               out / "tumour_contrast.png", feature_slices, seed)
-        except KeyError as missing:     # a file without tumour masks: the rest still counts
-            report["tumour_contrast"] = {"skipped": str(missing).strip("'\"")}
+        unmasked = [path for path in (real, synthetic, heldout) if path and not has_field(path, "tumor_masks")]
+        report["tumour_contrast"] = (
+            {"skipped": f"no tumor_masks in {', '.join(unmasked)}"} if unmasked else
+            tumour_contrast_report(real, synthetic, heldout or None, out / "tumour_contrast.png", feature_slices, seed))
         print(json.dumps({k: report[k] for k in ("diversity", "histogram_distance", "spectrum", "tumour_contrast")},
                          indent=1))
         if heldout:
