@@ -18,6 +18,7 @@ class GanSettings:
     diversity_weight: float = 20.0  # mode-seeking term (-weight * min(|G(z1)-G(z2)| / |z1-z2|, cap)); 0 = off
     diversity_grid: int = 0      # > 0: the mode-seeking term compares the fakes averaged down to grid x grid cells
     l1_best_of_two: bool = False  # with two latents per mask, L1 counts only the fake closer to the real slice
+    l1_scale: int = 1            # > 1: L1 compares fake and real averaged over l1_scale x l1_scale cells
     pool_size: int = 50
     ngf: int = 16
     ndf: int = 32

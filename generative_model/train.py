@@ -35,6 +35,9 @@ diversity_grid = 0                # > 0: the mode-seeking term compares the 2 fa
                                   # grid x grid cells (speckle no longer pays); 0: pixel by pixel
 l1_best_of_two = False            # True: of the 2 fakes per mask, only the closer one pays the L1
                                   # term, so the other is free to differ (needs diversity_weight > 0)
+l1_scale = 1                      # > 1: the L1 term compares fake and real slice averaged over cells of
+                                  # l1_scale x l1_scale px (4 at 128 px: 32 x 32 cells), so it holds the
+                                  # layout and the critic alone draws texture inside a cell (1 = pixel by pixel)
 pool_size = 50                    # image pool for the discriminator (0 = off)
 ngf = 16                          # generator width (64 = pix2pix; see the README for CPU/GPU)
 ndf = 32                          # discriminator width (64 = pix2pix)

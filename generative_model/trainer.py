@@ -89,6 +89,9 @@ def train_models(dataset, model_dir, run_name, settings, classes=CLASS_NAMES, re
     if settings.diversity_grid < 0 or settings.diversity_grid > settings.image_size:
         raise ValueError(f"--diversity_grid={settings.diversity_grid}: must be 0 (pixel by pixel) "
                          f"or 1..image_size ({settings.image_size})")
+    if settings.l1_scale < 1 or settings.image_size % settings.l1_scale:
+        raise ValueError(f"--l1_scale={settings.l1_scale}: must be a whole number >= 1 that divides "
+                         f"image_size ({settings.image_size})")
     if settings.l1_best_of_two and settings.diversity_weight <= 0:
         raise ValueError("--l1_best_of_two=True needs --diversity_weight > 0 (the two latents per mask it chooses from)")
     if settings.sharp_stem and not settings.blur_downsampling:
@@ -296,12 +299,18 @@ def mode_seeking_distance(fake_a, fake_b, grid=0):
     return (fake_a - fake_b).abs().mean()
 
 
-def reconstruction_l1(fake, real, best_of_two=False, weights=None):
+def reconstruction_l1(fake, real, best_of_two=False, weights=None, scale=1):
     """L1 distance to the real slice. ``best_of_two``: the batch holds every mask twice (two latent
     vectors, first and second half); per mask only the closer fake counts, as in best-of-many
     sample losses, so the L1 term no longer pulls both latents to the same average slice.
-    ``weights``: per-pixel weights (broadcast to the slices; e.g. ``l1_pixel_weights``), None = 1."""
-    distance = (fake.float() - real.float()).abs()
+    ``weights``: per-pixel weights (broadcast to the slices; e.g. ``l1_pixel_weights``), None = 1.
+    ``scale`` > 1: fake and real are first averaged over scale x scale cells (weights too), so the
+    term asks for the right brightness per cell and leaves the pattern inside it to the critic."""
+    fake, real = fake.float(), real.float()
+    if scale > 1:
+        fake, real = F.avg_pool2d(fake, scale), F.avg_pool2d(real, scale)
+        weights = None if weights is None else F.avg_pool2d(weights.float(), scale)  # a cell's mean weight
+    distance = (fake - real).abs()
     if weights is not None:
         distance = distance * weights
     per_slice = distance.flatten(1).mean(1)
@@ -351,7 +360,7 @@ def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scale
         else:
             logits = discriminator(mask, fake, labels)
         loss_gan = criterion(logits, True)
-        loss_l1 = reconstruction_l1(fake, real, settings.l1_best_of_two, l1_weights)
+        loss_l1 = reconstruction_l1(fake, real, settings.l1_best_of_two, l1_weights, settings.l1_scale)
         loss_g = loss_gan + settings.l1_weight * loss_l1
         losses = {"loss_d": loss_d, "loss_g_gan": loss_gan, "loss_g_l1": loss_l1}
         if settings.feature_matching_weight > 0:

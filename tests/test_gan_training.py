@@ -184,7 +184,7 @@ def test_the_spectrum_term_pushes_a_faint_lattice_out_and_ignores_where_things_a
 def test_artefact_options_train_resume_and_generate(blob_dataset, masks_file, tmp_path):
     options = dict(TINY, upsample="resize", mask_norm=True, spectral_norm=True, feature_matching_weight=10.0,
                    conditional=True, noise_inputs=True, diversity_grid=8, pixel_critic=True, spectrum_weight=1.0,
-                   full_res_convs=1, tumour_l1_weight=5.0)
+                   full_res_convs=1, tumour_l1_weight=5.0, l1_scale=2)
     train_models(blob_dataset, tmp_path, "new", GanSettings(**options))
     folder = tmp_path / "new" / "all"
     rows = list(csv.DictReader(open(folder / "losses.csv")))
@@ -244,6 +244,26 @@ def test_best_of_two_l1_counts_only_the_closer_fake_per_mask():
     assert reconstruction_l1(fake, real) == pytest.approx((0.5 + 0.2 + 0.9 + 0.1) / 4)
     # A: min(0.5, 0.9), B: min(0.2, 0.1); pairing neighbours instead would give (0.2 + 0.1) / 2
     assert reconstruction_l1(fake, real, best_of_two=True) == pytest.approx((0.5 + 0.1) / 2)
+
+
+def test_a_coarse_l1_scale_ignores_the_pattern_inside_a_cell_but_not_its_brightness():
+    from generative_model.trainer import reconstruction_l1
+    real = torch.zeros(2, 1, 8, 8)
+    checker = (torch.arange(8).view(8, 1) + torch.arange(8)) % 2 * 2.0 - 1.0   # +-1, mean 0 in every 2x2 cell
+    fake = checker.expand(2, 1, 8, 8)
+    assert reconstruction_l1(fake, real) == pytest.approx(1.0)
+    assert reconstruction_l1(fake, real, scale=2) == pytest.approx(0.0)
+    assert reconstruction_l1(fake + 0.25, real, scale=4) == pytest.approx(0.25)
+    weights = torch.ones(2, 1, 8, 8)
+    weights[:, :, :4, :4] = 3.0                          # one 4x4 cell of four weighs 3
+    assert reconstruction_l1(torch.ones(2, 1, 8, 8), real, weights=weights, scale=4) == pytest.approx((3 + 1 + 1 + 1) / 4)
+
+
+def test_an_l1_scale_that_does_not_divide_the_image_is_refused(blob_dataset, tmp_path):
+    for scale in (0, 3):
+        with pytest.raises(ValueError, match=f"--l1_scale={scale}: .* divides image_size \\(64\\)"):
+            train_models(blob_dataset, tmp_path, "refused", GanSettings(**{**TINY, "l1_scale": scale}))
+    assert not (tmp_path / "refused").exists()
 
 
 def test_tumour_pixels_weigh_more_in_the_l1_term_when_asked():
