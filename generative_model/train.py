@@ -37,7 +37,9 @@ l1_best_of_two = False            # True: of the 2 fakes per mask, only the clos
                                   # term, so the other is free to differ (needs diversity_weight > 0)
 l1_scale = 1                      # > 1: the L1 term compares fake and real slice averaged over cells of
                                   # l1_scale x l1_scale px (4 at 128 px: 32 x 32 cells), so it holds the
-                                  # layout and the critic alone draws texture inside a cell (1 = pixel by pixel)
+                                  # layout and leaves the pattern inside a cell to the critic and the
+                                  # mode-seeking term (1 = pixel by pixel). Note the units: l1_scale is a
+                                  # cell's size, diversity_grid the number of cells (4 px = grid 32 at 128 px)
 pool_size = 50                    # image pool for the discriminator (0 = off)
 ngf = 16                          # generator width (64 = pix2pix; see the README for CPU/GPU)
 ndf = 32                          # discriminator width (64 = pix2pix)
