@@ -70,6 +70,10 @@ old checkpoints load unchanged; ``train.py`` picks the defaults):
   al. 2018), which keeps the critic's gradients tame; ``PatchDiscriminator(..., features=True)``
   also returns its intermediate activations for pix2pixHD's feature-matching loss.
 
+Latent encoder (training only, ``train.py --latent_encoder=True``): a small strided network from a
+real slice to the mean and log-variance of a Gaussian over the latent vector (BicycleGAN's encoder,
+Zhu et al. 2017), so that the latent which pays the L1 term is the one that explains its real slice.
+
 Discriminator: pix2pix's 70 x 70 PatchGAN over the (mask, image) pair (plus class planes), giving
 one real/fake logit per overlapping 70 x 70 patch (the blurs of ``blur_downsampling`` widen the
 field to 84 px, 83 with ``sharp_stem``). Weights start from Normal(0, 0.02).
@@ -349,6 +353,30 @@ class PatchDiscriminator(nn.Module):
     def patch_features(self, mask, image, labels=None):
         """The PatchGAN's activations only (feature matching's real side: no logits needed)."""
         return self._patch(self._pair(mask, image, labels), True)[1]
+
+
+class LatentEncoder(nn.Module):
+    """Slice (B, 1, S, S) in [-1, 1] -> (mean, log-variance) of q(z | slice), each (B, latent_dim).
+
+    Stride-2 4x4 convolutions (no normalisation: a batch statistic would tie a slice's code to its
+    batch) down to 8 x 8, averaged over the positions, then one linear layer for both outputs."""
+
+    def __init__(self, image_size=128, ndf=32, latent_dim=100):
+        super().__init__()
+        self.config = dict(image_size=image_size, ndf=ndf, latent_dim=latent_dim)
+        levels = unet_depth(image_size) - int(math.log2(SEED_PLANE))
+        layers, width = [], 1
+        for level in range(levels):
+            out = ndf * min(2 ** level, 4)
+            layers += [nn.Conv2d(width, out, 4, 2, 1), nn.LeakyReLU(0.2)]
+            width = out
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.posterior = nn.Linear(width, 2 * latent_dim)
+        init_weights(self)
+
+    def forward(self, image):
+        mean, log_variance = self.posterior(self.features(image)).chunk(2, dim=1)
+        return mean, log_variance
 
 
 def receptive_field(discriminator):

@@ -19,6 +19,9 @@ class GanSettings:
     diversity_grid: int = 0      # > 0: the mode-seeking term compares the fakes averaged down to grid x grid cells
     l1_best_of_two: bool = False  # with two latents per mask, L1 counts only the fake closer to the real slice
     l1_scale: int = 1            # > 1: L1 compares fake and real averaged over l1_scale x l1_scale cells
+    latent_encoder: bool = False  # BicycleGAN: the L1-paying latent encoded from the real slice, the other drawn
+    kl_weight: float = 0.1       # with latent_encoder: weight of KL(q(z | real slice) || N(0, I)), summed over z
+    latent_regression_weight: float = 0.5  # with latent_encoder: |encoder mean of G(mask, z) - z| for drawn z
     pool_size: int = 50
     ngf: int = 16
     ndf: int = 32

@@ -40,6 +40,15 @@ l1_scale = 1                      # > 1: the L1 term compares fake and real slic
                                   # layout and leaves the pattern inside a cell to the critic and the
                                   # mode-seeking term (1 = pixel by pixel). Note the units: l1_scale is a
                                   # cell's size, diversity_grid the number of cells (4 px = grid 32 at 128 px)
+latent_encoder = False            # True: BicycleGAN (Zhu et al. 2017). Of the 2 latents per mask the first is
+                                  # encoded from the real slice (a small encoder, training only) and pays the
+                                  # L1 and feature-matching terms; the second is drawn from N(0, I), as at
+                                  # synthesis, and pays the adversarial term and latent regression only, so
+                                  # the L1 no longer pulls every latent to one average slice
+kl_weight = 0.1                   # with latent_encoder: KL of the encoded latent to N(0, I), summed over its
+                                  # dimensions (BicycleGAN's 0.01 at L1 10; the same ratio at our L1 100)
+latent_regression_weight = 0.5    # with latent_encoder: L1 between the encoder's mean for the drawn latent's
+                                  # fake and that latent (BicycleGAN's lambda_z), so the drawn latent shows
 pool_size = 50                    # image pool for the discriminator (0 = off)
 ngf = 16                          # generator width (64 = pix2pix; see the README for CPU/GPU)
 ndf = 32                          # discriminator width (64 = pix2pix)

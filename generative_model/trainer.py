@@ -3,7 +3,8 @@
 Each model lives in its own folder (``<model_dir>/<run_name>/<class name>/`` or ``.../all/``):
 
     checkpoint.pt      generator, discriminator, optimisers, epoch, loss history, settings
-                       (and ``generator_ema``, the averaged generator, with --generator_ema > 0)
+                       (and ``generator_ema``, the averaged generator, with --generator_ema > 0;
+                       ``encoder``, the latent encoder, with --latent_encoder=True)
     losses.csv         per-epoch mean losses, learning rate and seconds
     losses.png         the same as curves
     samples/epoch_NNN.png   mask | real | three fakes from different latent vectors, 4 rows
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from generative_model.figures import save_image_grid, write_loss_table
 from generative_model.image_pool import ImagePool
-from generative_model.networks import build_networks
+from generative_model.networks import LatentEncoder, build_networks
 from generative_model.saved_runs import CHECKPOINT, CONDITIONAL_FOLDER, models_already_in, write_run_index
 from generative_model.spectrum import AMPLITUDE_FLOOR, log_amplitude
 from preprocess import distributed
@@ -94,6 +95,12 @@ def train_models(dataset, model_dir, run_name, settings, classes=CLASS_NAMES, re
                          f"image_size ({settings.image_size})")
     if settings.l1_best_of_two and settings.diversity_weight <= 0:
         raise ValueError("--l1_best_of_two=True needs --diversity_weight > 0 (the two latents per mask it chooses from)")
+    if settings.latent_encoder and settings.l1_best_of_two:
+        raise ValueError("--latent_encoder=True already frees the drawn latent from the L1 term (only the encoded "
+                         "one pays it); pass --l1_best_of_two=False")
+    for flag in ("kl_weight", "latent_regression_weight"):
+        if not 0.0 <= getattr(settings, flag) < float("inf"):
+            raise ValueError(f"--{flag}={getattr(settings, flag)}: must be 0 (off) or a positive number")
     if settings.sharp_stem and not settings.blur_downsampling:
         raise ValueError("--sharp_stem=True replaces the blur before the critic's first stride, so it needs "
                          "--blur_downsampling=True")
@@ -146,13 +153,25 @@ def networks_of(settings):
                           settings.sharp_stem, settings.output_upsample, settings.full_res_convs)
 
 
+def encoder_of(settings):
+    """The (untrained) latent encoder of --latent_encoder=True, or None when it is off."""
+    if not settings.latent_encoder:
+        return None
+    return LatentEncoder(settings.image_size, settings.ndf, settings.latent_dim)
+
+
 def train_one_model(dataset, indices, out_dir, settings, resume=False):
-    """Train one generator/discriminator pair on the given rows of the dataset file."""
+    """Train one generator/discriminator pair (and the latent encoder, when on) on the given rows of
+    the dataset file."""
     device = distributed.setup(resolve_device(settings.device))
     torch.manual_seed(settings.seed)            # the same initial weights in every process
     generator, discriminator = networks_of(settings)
-    generator.to(device)
-    discriminator.to(device)
+    encoder = encoder_of(settings)
+    trained = {"generator": generator, "discriminator": discriminator}
+    if encoder is not None:
+        trained["encoder"] = encoder
+    for network in trained.values():
+        network.to(device)
     print(f"generator {_millions(generator)}M parameters ({settings.latent_mode} latent, ngf {settings.ngf}, "
           f"{settings.upsample} upsampling"
           f"{f' ({settings.output_upsample} at the output)' if settings.output_upsample else ''}"
@@ -162,9 +181,13 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
           f"{', spectral norm' if settings.spectral_norm else ''}"
           f"{', blurred downsampling' if settings.blur_downsampling else ''}"
           f"{', sharp stem' if settings.sharp_stem else ''}"
-          f"{', full-resolution pixel critic' if settings.pixel_critic else ''}), {settings.norm} norm, on {device}")
+          f"{', full-resolution pixel critic' if settings.pixel_critic else ''}), {settings.norm} norm, "
+          f"{f'latent encoder {_millions(encoder)}M, ' if encoder is not None else ''}on {device}")
     betas = (settings.beta1, 0.999)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=settings.lr, betas=betas)
+    # the encoder learns with the generator (BicycleGAN): one optimiser, a second parameter group
+    opt_g = torch.optim.Adam([{"params": generator.parameters()}] +
+                             ([{"params": encoder.parameters()}] if encoder is not None else []),
+                             lr=settings.lr, betas=betas)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=settings.lr, betas=betas)
     use_amp = settings.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -177,7 +200,10 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
     history, start_epoch = [], 0
     if resume and os.path.exists(checkpoint_path):
         state = load_checkpoint_file(checkpoint_path)
-        for name, network in (("generator", generator), ("discriminator", discriminator)):
+        if ("encoder" in state) != (encoder is not None):
+            raise ValueError(f"{checkpoint_path}: trained with --latent_encoder={'encoder' in state}, now "
+                             f"{settings.latent_encoder}; resume with the same value")
+        for name, network in trained.items():
             saved = state.get(f"{name}_config", network.config)
             changed = sorted(key for key in set(saved) | set(network.config)
                              if saved.get(key) != network.config.get(key))
@@ -190,8 +216,8 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
         if saved_ema != settings.generator_ema:     # an average cannot be added or dropped halfway
             raise ValueError(f"{checkpoint_path}: trained with --generator_ema={saved_ema}, now "
                              f"{settings.generator_ema}; resume with the same value")
-        generator.load_state_dict(state["generator"])
-        discriminator.load_state_dict(state["discriminator"])
+        for name, network in trained.items():
+            network.load_state_dict(state[name])
         if average is not None:
             average.module.load_state_dict(state["generator_ema"])
             average.n_averaged.fill_(state["generator_ema_updates"])
@@ -218,7 +244,7 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
                          generator=torch.Generator().manual_seed(settings.seed + 1)).to(device)
     pool = ImagePool(settings.pool_size)
     criterion = gan_criterion(settings.gan_loss)
-    steps = dict(generator=generator, discriminator=discriminator, opt_g=opt_g, opt_d=opt_d,
+    steps = dict(generator=generator, discriminator=discriminator, encoder=encoder, opt_g=opt_g, opt_d=opt_d,
                  scaler=scaler, pool=pool, criterion=criterion, settings=settings, use_amp=use_amp)
 
     writer = tensorboard_writer(out_dir, start_epoch) if distributed.is_main() else None
@@ -261,8 +287,8 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
         write_loss_table(history, os.path.join(out_dir, "losses.csv"), os.path.join(out_dir, "losses.png"))
         averaged = {} if average is None else {"generator_ema": average.module.state_dict(),
                                                 "generator_ema_updates": int(average.n_averaged)}
-        save_checkpoint({"generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
-                         "generator_config": generator.config, "discriminator_config": discriminator.config,
+        save_checkpoint({**{name: network.state_dict() for name, network in trained.items()},
+                         **{f"{name}_config": network.config for name, network in trained.items()},
                          "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "scaler": scaler.state_dict(),
                          "rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history,
                          "settings": dataclasses.asdict(settings), "class_names": list(CLASS_NAMES),
@@ -328,18 +354,40 @@ def spectrum_l1(fake, real, floor=AMPLITUDE_FLOOR):
     return (log_amplitude(fake, floor) - log_amplitude(real, floor)).abs().mean()
 
 
+def kl_to_standard_normal(mean, log_variance):
+    """KL(N(mean, exp(log_variance)) || N(0, I)), summed over the latent's dimensions, mean over the batch."""
+    mean, log_variance = mean.float(), log_variance.float()
+    return 0.5 * (mean.pow(2) + log_variance.exp() - 1 - log_variance).sum(1).mean()
+
+
+def latent_regression(encoder, fake, z):
+    """Mean |encoder mean of ``fake`` - z| with the encoder's weights held fixed (BicycleGAN's cLR term:
+    its gradient reaches the generator only, so the generator must draw each z recognisably)."""
+    fixed = {name: weight.detach() for name, weight in encoder.named_parameters()}
+    mean, _ = torch.func.functional_call(encoder, fixed, (fake,))
+    return (mean.float() - z.float()).abs().mean()
+
+
 def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scaler, pool, criterion,
-               settings, use_amp, l1_weights=None):
+               settings, use_amp, l1_weights=None, encoder=None):
     """One discriminator and one generator update; returns the losses as floats. ``l1_weights``:
-    per-pixel weights of the L1 term (``l1_pixel_weights``; None: every pixel alike)."""
+    per-pixel weights of the L1 term (``l1_pixel_weights``; None: every pixel alike). ``encoder``
+    (--latent_encoder): the first latent of each mask is encoded from its real slice and only that
+    fake pays the terms that compare it with the real slice; the second is drawn from N(0, I)."""
     device_type = mask.device.type
-    if settings.diversity_weight > 0:
+    if settings.diversity_weight > 0 or encoder is not None:
         # two latent vectors per mask: the mode-seeking term rewards different outputs for them
         mask, real, labels = mask.repeat(2, 1, 1, 1), real.repeat(2, 1, 1, 1), labels.repeat(2)
         if l1_weights is not None:
             l1_weights = l1_weights.repeat(2, 1, 1, 1)
+    half = mask.shape[0] // 2
+    paired = slice(None) if encoder is None else slice(0, half)   # the fakes compared with their real slice
     z = torch.randn(mask.shape[0], settings.latent_dim, device=mask.device)
     with torch.autocast(device_type, enabled=use_amp):
+        if encoder is not None:
+            mean, log_variance = encoder(real[:half])
+            encoded = mean.float() + torch.exp(0.5 * log_variance.float()) * z[:half]   # reparameterised
+            z = torch.cat([encoded, z[half:]])
         fake = generator(mask, z, labels)
 
         pair = pool.query(torch.cat([mask, fake.detach()], 1))
@@ -355,19 +403,20 @@ def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scale
         if settings.feature_matching_weight > 0:
             logits, fake_features = discriminator(mask, fake, labels, features=True)
             with torch.no_grad():
-                real_features = discriminator.patch_features(mask, real, labels)
-            loss_fm = feature_matching(fake_features, real_features)
+                real_features = discriminator.patch_features(mask[paired], real[paired], labels[paired])
+            loss_fm = feature_matching([f[paired] for f in fake_features], real_features)
         else:
             logits = discriminator(mask, fake, labels)
         loss_gan = criterion(logits, True)
-        loss_l1 = reconstruction_l1(fake, real, settings.l1_best_of_two, l1_weights, settings.l1_scale)
+        loss_l1 = reconstruction_l1(fake[paired], real[paired], settings.l1_best_of_two,
+                                    None if l1_weights is None else l1_weights[paired], settings.l1_scale)
         loss_g = loss_gan + settings.l1_weight * loss_l1
         losses = {"loss_d": loss_d, "loss_g_gan": loss_gan, "loss_g_l1": loss_l1}
         if settings.feature_matching_weight > 0:
             loss_g = loss_g + settings.feature_matching_weight * loss_fm
             losses["loss_feature_matching"] = loss_fm
         if settings.spectrum_weight > 0:
-            loss_spectrum = spectrum_l1(fake, real)
+            loss_spectrum = spectrum_l1(fake[paired], real[paired])
             loss_g = loss_g + settings.spectrum_weight * loss_spectrum
             losses["loss_spectrum"] = loss_spectrum
         if settings.diversity_weight > 0:
@@ -377,9 +426,17 @@ def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scale
             loss_div = -torch.clamp(ratio, max=DIVERSITY_CAP)
             loss_g = loss_g + settings.diversity_weight * loss_div
             losses["loss_diversity"] = loss_div
+        if encoder is not None:
+            loss_kl = kl_to_standard_normal(mean, log_variance)
+            loss_latent = latent_regression(encoder, fake[half:], z[half:])
+            loss_g = loss_g + settings.kl_weight * loss_kl + settings.latent_regression_weight * loss_latent
+            losses["loss_kl"] = loss_kl
+            losses["loss_latent_regression"] = loss_latent
     opt_g.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward()
     distributed.average_gradients(generator)
+    if encoder is not None:
+        distributed.average_gradients(encoder)
     scaler.step(opt_g)
     scaler.update()
     discriminator.requires_grad_(True)

@@ -385,3 +385,60 @@ def test_generator_average_is_kept_resumed_and_used_for_synthesis(blob_dataset, 
         assert torch.allclose(state["generator_ema"][name].float(), value.float(), atol=1e-6), name
     with pytest.raises(ValueError, match="generator_ema"):
         train_models(blob_dataset, tmp_path, "bad", GanSettings(**{**options, "generator_ema": 1.0}))
+
+
+def test_a_latent_encoder_trains_resumes_and_a_run_without_it_is_not_resumed(blob_dataset, masks_file, tmp_path):
+    options = dict(TINY, conditional=True, latent_encoder=True, diversity_weight=0.0)
+    train_models(blob_dataset, tmp_path, "bicycle", GanSettings(**options))
+    folder = tmp_path / "bicycle" / "all"
+    row = next(csv.DictReader(open(folder / "losses.csv")))
+    assert float(row["loss_kl"]) > 0 and float(row["loss_latent_regression"]) > 0
+    before = load_checkpoint(folder / "checkpoint.pt")
+    assert before["encoder_config"]["latent_dim"] == GanSettings().latent_dim
+    with pytest.raises(ValueError, match="--latent_encoder=True, now False"):
+        train_models(blob_dataset, tmp_path, "bicycle", GanSettings(**{**options, "epochs": 2, "latent_encoder": False}),
+                     resume=True)
+    train_models(blob_dataset, tmp_path, "bicycle", GanSettings(**{**options, "epochs": 2}), resume=True)
+    after = load_checkpoint(folder / "checkpoint.pt")
+    assert after["epoch"] == 2
+    assert not torch.equal(after["encoder"]["posterior.weight"], before["encoder"]["posterior.weight"])
+    summary = synthesize(tmp_path / "bicycle", masks_file, tmp_path / "s.h5", per_class=2, batch_size=4,
+                         device="cpu", progress=False)          # synthesis draws latents; no encoder needed
+    assert summary["per_class"] == [2, 2, 2]
+
+
+def test_with_a_latent_encoder_only_the_encoded_fakes_pay_the_l1_term(monkeypatch):
+    from generative_model import trainer
+    from generative_model.image_pool import ImagePool
+    seen = []
+    original = trainer.reconstruction_l1
+    monkeypatch.setattr(trainer, "reconstruction_l1", lambda fake, real, *rest: seen.append(
+        (len(fake), len(real))) or original(fake, real, *rest))
+    for encoder_on in (False, True):
+        settings = GanSettings(**{**TINY, "image_size": 32, "pool_size": 0, "latent_encoder": encoder_on})
+        generator, discriminator = trainer.networks_of(settings)
+        encoder = trainer.encoder_of(settings)
+        trainer.train_step(torch.ones(2, 1, 32, 32), torch.zeros(2, 1, 32, 32), torch.zeros(2, dtype=torch.long),
+                           generator, discriminator, torch.optim.Adam(generator.parameters()),
+                           torch.optim.Adam(discriminator.parameters()), torch.amp.GradScaler("cuda", enabled=False),
+                           ImagePool(0), trainer.gan_criterion("lsgan"), settings, False, encoder=encoder)
+    assert seen == [(4, 4), (2, 2)]     # two latents per mask either way; with the encoder only the first pays
+
+
+def test_latent_regression_reaches_the_generator_not_the_encoder():
+    from generative_model.networks import LatentEncoder
+    from generative_model.trainer import kl_to_standard_normal, latent_regression
+    encoder = LatentEncoder(image_size=32, ndf=4, latent_dim=8)
+    fake = torch.randn(3, 1, 32, 32, requires_grad=True)
+    latent_regression(encoder, fake, torch.randn(3, 8)).backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+    assert all(weight.grad is None for weight in encoder.parameters())
+    assert kl_to_standard_normal(torch.zeros(2, 3), torch.zeros(2, 3)) == pytest.approx(0.0)
+    assert kl_to_standard_normal(torch.ones(2, 3), torch.zeros(2, 3)) == pytest.approx(1.5)   # 0.5 * 1 per dim
+
+
+def test_a_latent_encoder_with_best_of_two_l1_is_refused(blob_dataset, tmp_path):
+    with pytest.raises(ValueError, match="--latent_encoder=True .* --l1_best_of_two=False"):
+        train_models(blob_dataset, tmp_path, "refused", GanSettings(**{**TINY, "latent_encoder": True,
+                                                                       "l1_best_of_two": True}))
+    assert not (tmp_path / "refused").exists()
