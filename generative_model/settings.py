@@ -22,6 +22,7 @@ class GanSettings:
     latent_encoder: bool = False  # BicycleGAN: the L1-paying latent encoded from the real slice, the other drawn
     kl_weight: float = 0.1       # with latent_encoder: weight of KL(q(z | real slice) || N(0, I)), summed over z
     latent_regression_weight: float = 0.5  # with latent_encoder: |encoder mean of G(mask, z) - z| for drawn z
+    drawn_feature_matching: bool = False  # with latent_encoder: the drawn latent's fake pays feature matching too
     pool_size: int = 50
     ngf: int = 16
     ndf: int = 32

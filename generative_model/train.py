@@ -49,6 +49,9 @@ kl_weight = 0.1                   # with latent_encoder: KL of the encoded laten
                                   # dimensions (BicycleGAN's 0.01 at L1 10; the same ratio at our L1 100)
 latent_regression_weight = 0.5    # with latent_encoder: L1 between the encoder's mean for the drawn latent's
                                   # fake and that latent (BicycleGAN's lambda_z), so the drawn latent shows
+drawn_feature_matching = False    # with latent_encoder: the drawn latent's fake pays the feature-matching term
+                                  # against its real slice too (the critic's features, not pixels: an anchor
+                                  # softer than L1); False: only the encoded one does
 pool_size = 50                    # image pool for the discriminator (0 = off)
 ngf = 16                          # generator width (64 = pix2pix; see the README for CPU/GPU)
 ndf = 32                          # discriminator width (64 = pix2pix)

@@ -98,6 +98,9 @@ def train_models(dataset, model_dir, run_name, settings, classes=CLASS_NAMES, re
     if settings.latent_encoder and settings.l1_best_of_two:
         raise ValueError("--latent_encoder=True already frees the drawn latent from the L1 term (only the encoded "
                          "one pays it); pass --l1_best_of_two=False")
+    if settings.drawn_feature_matching and not settings.latent_encoder:
+        raise ValueError("--drawn_feature_matching=True needs --latent_encoder=True (without the encoder every "
+                         "fake pays feature matching already)")
     for flag in ("kl_weight", "latent_regression_weight"):
         if not 0.0 <= getattr(settings, flag) < float("inf"):
             raise ValueError(f"--{flag}={getattr(settings, flag)}: must be 0 (off) or a positive number")
@@ -382,6 +385,7 @@ def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scale
             l1_weights = l1_weights.repeat(2, 1, 1, 1)
     half = mask.shape[0] // 2
     paired = slice(None) if encoder is None else slice(0, half)   # the fakes compared with their real slice
+    matched = slice(None) if settings.drawn_feature_matching else paired     # ... by the critic's features
     z = torch.randn(mask.shape[0], settings.latent_dim, device=mask.device)
     with torch.autocast(device_type, enabled=use_amp):
         if encoder is not None:
@@ -403,8 +407,8 @@ def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scale
         if settings.feature_matching_weight > 0:
             logits, fake_features = discriminator(mask, fake, labels, features=True)
             with torch.no_grad():
-                real_features = discriminator.patch_features(mask[paired], real[paired], labels[paired])
-            loss_fm = feature_matching([f[paired] for f in fake_features], real_features)
+                real_features = discriminator.patch_features(mask[matched], real[matched], labels[matched])
+            loss_fm = feature_matching([f[matched] for f in fake_features], real_features)
         else:
             logits = discriminator(mask, fake, labels)
         loss_gan = criterion(logits, True)

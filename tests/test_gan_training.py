@@ -407,22 +407,26 @@ def test_a_latent_encoder_trains_resumes_and_a_run_without_it_is_not_resumed(blo
     assert summary["per_class"] == [2, 2, 2]
 
 
-def test_with_a_latent_encoder_only_the_encoded_fakes_pay_the_l1_term(monkeypatch):
+def test_with_a_latent_encoder_only_the_encoded_fakes_pay_the_paired_terms(monkeypatch):
     from generative_model import trainer
     from generative_model.image_pool import ImagePool
     seen = []
-    original = trainer.reconstruction_l1
+    l1, matching = trainer.reconstruction_l1, trainer.feature_matching
     monkeypatch.setattr(trainer, "reconstruction_l1", lambda fake, real, *rest: seen.append(
-        (len(fake), len(real))) or original(fake, real, *rest))
-    for encoder_on in (False, True):
-        settings = GanSettings(**{**TINY, "image_size": 32, "pool_size": 0, "latent_encoder": encoder_on})
+        ("l1", len(fake), len(real))) or l1(fake, real, *rest))
+    monkeypatch.setattr(trainer, "feature_matching", lambda fake, real: seen.append(
+        ("fm", len(fake[0]), len(real[0]))) or matching(fake, real))
+    for encoder_on, drawn_matching in ((False, False), (True, False), (True, True)):
+        settings = GanSettings(**{**TINY, "image_size": 32, "pool_size": 0, "latent_encoder": encoder_on,
+                                  "drawn_feature_matching": drawn_matching})
         generator, discriminator = trainer.networks_of(settings)
         encoder = trainer.encoder_of(settings)
         trainer.train_step(torch.ones(2, 1, 32, 32), torch.zeros(2, 1, 32, 32), torch.zeros(2, dtype=torch.long),
                            generator, discriminator, torch.optim.Adam(generator.parameters()),
                            torch.optim.Adam(discriminator.parameters()), torch.amp.GradScaler("cuda", enabled=False),
                            ImagePool(0), trainer.gan_criterion("lsgan"), settings, False, encoder=encoder)
-    assert seen == [(4, 4), (2, 2)]     # two latents per mask either way; with the encoder only the first pays
+    # two latents per mask each time; with the encoder only the first pays L1 (and, unless asked, feature matching)
+    assert seen == [("fm", 4, 4), ("l1", 4, 4), ("fm", 2, 2), ("l1", 2, 2), ("fm", 4, 4), ("l1", 2, 2)]
 
 
 def test_latent_regression_reaches_the_generator_not_the_encoder():
@@ -437,8 +441,10 @@ def test_latent_regression_reaches_the_generator_not_the_encoder():
     assert kl_to_standard_normal(torch.ones(2, 3), torch.zeros(2, 3)) == pytest.approx(1.5)   # 0.5 * 1 per dim
 
 
-def test_a_latent_encoder_with_best_of_two_l1_is_refused(blob_dataset, tmp_path):
+def test_a_latent_encoder_with_best_of_two_l1_or_drawn_matching_without_an_encoder_is_refused(blob_dataset, tmp_path):
     with pytest.raises(ValueError, match="--latent_encoder=True .* --l1_best_of_two=False"):
         train_models(blob_dataset, tmp_path, "refused", GanSettings(**{**TINY, "latent_encoder": True,
                                                                        "l1_best_of_two": True}))
+    with pytest.raises(ValueError, match="--drawn_feature_matching=True needs --latent_encoder=True"):
+        train_models(blob_dataset, tmp_path, "refused", GanSettings(**{**TINY, "drawn_feature_matching": True}))
     assert not (tmp_path / "refused").exists()
