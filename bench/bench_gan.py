@@ -54,6 +54,8 @@ VARIANTS = {   # changes to train.py's defaults (those measured against the prev
     "bicubic": dict(PREVIOUS_DEFAULT, upsample="bicubic"),          # bicubic resizing in every decoder level
     "bilinear_head2": dict(upsample="bilinear", full_res_convs=2),  # the defaults since the sixteenth session
     "tumour_l1": dict(tumour_l1_weight=20.0),                       # tumour pixels weigh 21x in the L1 term
+    "latent_encoder": dict(latent_encoder=True, diversity_weight=0.0, kl_weight=0.01,   # BicycleGAN (23rd session)
+                           drawn_feature_matching=True),
 }
 
 
@@ -82,14 +84,17 @@ def bench_train_step(size, settings, device, n_steps):
     import torch
 
     from generative_model.image_pool import ImagePool
-    from generative_model.trainer import gan_criterion, l1_pixel_weights, networks_of, train_step
+    from generative_model.trainer import encoder_of, gan_criterion, l1_pixel_weights, networks_of, train_step
 
     torch.manual_seed(0)
     settings = dataclasses.replace(settings, image_size=size)
     generator, discriminator = networks_of(settings)
+    encoder = encoder_of(settings)       # None unless the variant trains one
     generator.to(device)
     discriminator.to(device)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    trained_with_generator = [generator] + ([encoder.to(device)] if encoder is not None else [])
+    opt_g = torch.optim.Adam([p for network in trained_with_generator for p in network.parameters()],
+                             lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -100,7 +105,7 @@ def bench_train_step(size, settings, device, n_steps):
     tumour["tumor_masks"][..., size // 3:size // 2, size // 3:size // 2] = 1     # a made-up tumour
     parts = dict(generator=generator, discriminator=discriminator, opt_g=opt_g, opt_d=opt_d, scaler=scaler,
                  pool=ImagePool(settings.pool_size), criterion=gan_criterion(settings.gan_loss),
-                 settings=settings, use_amp=use_amp,
+                 settings=settings, use_amp=use_amp, encoder=encoder,
                  l1_weights=l1_pixel_weights(tumour, settings.tumour_l1_weight, device))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     train_step(mask, real, labels, **parts)  # warm-up
@@ -117,7 +122,8 @@ def bench_train_step(size, settings, device, n_steps):
     return {"image_size": size, "conditional": settings.conditional, "upsample": settings.upsample,
             "mask_norm": settings.mask_norm, "spectral_norm": settings.spectral_norm,
             "feature_matching_weight": settings.feature_matching_weight, "ngf": settings.ngf, "ndf": settings.ndf, "batch_size": settings.batch_size,
-            "diversity_weight": settings.diversity_weight, "tumour_l1_weight": settings.tumour_l1_weight, "steps": n_steps,
+            "diversity_weight": settings.diversity_weight, "tumour_l1_weight": settings.tumour_l1_weight,
+            "latent_encoder": settings.latent_encoder, "steps": n_steps,
             "images_per_s": round(images / seconds, 2), "seconds_per_step": round(seconds / n_steps, 3),
             "peak_memory_mib": round(peak_memory_mib(device, rss_before), 1),
             "generator_params": sum(p.numel() for p in generator.parameters()),
@@ -233,8 +239,8 @@ if __name__ == "__main__":
         raise SystemExit(f"error: unknown --variants {unknown}; known: {list(VARIANTS)}")
     for size in sizes if train else ():
         for name in variants:
-            settings = GanSettings(batch_size=batch_size, ngf=ngf, ndf=ndf, latent_mode=latent_mode,
-                                   diversity_weight=diversity_weight, **VARIANTS[name])
+            settings = GanSettings(**{**dict(batch_size=batch_size, ngf=ngf, ndf=ndf, latent_mode=latent_mode,
+                                             diversity_weight=diversity_weight), **VARIANTS[name]})
             row = {"variant": name, **bench_train_step(size, settings, dev, steps)}
             report["train_step"].append(row)
             print(f"train step {name:>23s} {size:4d} px ngf {ngf} ndf {ndf} batch {batch_size}: "
