@@ -66,6 +66,11 @@ old checkpoints load unchanged; ``train.py`` picks the defaults):
   discriminator then returns both logit maps (a list); the GAN losses sum over them, and feature
   matching uses the PatchGAN's layers only (measured alone, judged by eye in a run stopped at
   epoch 5: the lattice came back);
+* ``critic_scales=N`` (discriminator, N > 1): pix2pixHD's multi-scale critic (Wang et al. 2018), N PatchGANs of
+  the same design, the k-th judging the (mask, image) pair averaged down k times by 2, so their 70-px fields cover
+  70, 140, 280 ... px of the slice: the coarse ones judge the layout of the whole brain, the first the texture.
+  Their logit maps are returned as one list (the GAN losses sum over it) and their activations as one list
+  (feature matching averages over all of them);
 * ``spectral_norm=True`` (discriminator): spectral normalisation of every convolution (Miyato et
   al. 2018), which keeps the critic's gradients tame; ``PatchDiscriminator(..., features=True)``
   also returns its intermediate activations for pix2pixHD's feature-matching loss.
@@ -379,6 +384,39 @@ class LatentEncoder(nn.Module):
         return mean, log_variance
 
 
+class MultiScaleDiscriminator(nn.Module):
+    """``scales`` PatchDiscriminators, the k-th on the pair shrunk k times by a 3 x 3 stride-2 average
+    (pix2pixHD); the same calls as PatchDiscriminator, with every critic's logit maps in one list."""
+
+    def __init__(self, scales=2, **patch_options):
+        super().__init__()
+        if scales < 2:
+            raise ValueError(f"critic_scales must be at least 2 for a multi-scale critic, got {scales}")
+        self.critics = nn.ModuleList([PatchDiscriminator(**patch_options) for _ in range(scales)])
+        self.config = dict(self.critics[0].config, critic_scales=scales)
+
+    @staticmethod
+    def shrink(x):
+        return F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
+
+    def forward(self, mask, image, labels=None, features=False):
+        logits, activations = [], []
+        for critic in self.critics:
+            out = critic(mask, image, labels, features=features)
+            maps, layers = out if features else (out, [])
+            logits += maps if isinstance(maps, list) else [maps]
+            activations += layers
+            mask, image = self.shrink(mask), self.shrink(image)
+        return (logits, activations) if features else logits
+
+    def patch_features(self, mask, image, labels=None):
+        activations = []
+        for critic in self.critics:
+            activations += critic.patch_features(mask, image, labels)
+            mask, image = self.shrink(mask), self.shrink(image)
+        return activations
+
+
 def receptive_field(discriminator):
     """Receptive field in pixels of one output logit of a PatchDiscriminator's PatchGAN map."""
     field = 1
@@ -404,11 +442,14 @@ def init_weights(module, std=0.02):
 def build_networks(image_size, ngf, ndf, latent_dim, latent_mode, norm, num_classes, upsample="transpose",
                    mask_norm=False, spectral_norm=False, mask_resize="nearest", noise_inputs=False,
                    blur_downsampling=False, pixel_critic=False, sharp_stem=False, output_upsample="",
-                   full_res_convs=0):
+                   full_res_convs=0, critic_scales=1):
     """The generator and discriminator of one model, from plain settings."""
     generator = UNetGenerator(image_size, ngf, latent_dim, latent_mode, norm, num_classes, upsample, mask_norm,
                               mask_resize, noise_inputs, output_upsample, full_res_convs)
-    discriminator = PatchDiscriminator(ndf, norm, num_classes, spectral_norm=spectral_norm,
-                                       blur_downsampling=blur_downsampling, pixel_critic=pixel_critic,
-                                       sharp_stem=sharp_stem)
+    critic = dict(ndf=ndf, norm=norm, num_classes=num_classes, spectral_norm=spectral_norm,
+                  blur_downsampling=blur_downsampling, pixel_critic=pixel_critic, sharp_stem=sharp_stem)
+    if critic_scales < 1:
+        raise ValueError(f"critic_scales must be at least 1, got {critic_scales}")
+    discriminator = PatchDiscriminator(**critic) if critic_scales == 1 else \
+        MultiScaleDiscriminator(critic_scales, **critic)
     return generator, discriminator

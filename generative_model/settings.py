@@ -38,6 +38,7 @@ class GanSettings:
     blur_downsampling: bool = False  # blur before each stride-2 convolution of the discriminator
     sharp_stem: bool = False     # with blur_downsampling: first critic conv at stride 1, unblurred, then a BlurPool
     pixel_critic: bool = False   # a second, stride-free critic at full resolution (7 x 7 field)
+    critic_scales: int = 1       # > 1: pix2pixHD's multi-scale critic, one PatchGAN per halving of the pair
     spectral_norm: bool = True   # spectral normalisation of the discriminator's convolutions
     feature_matching_weight: float = 10.0  # pix2pixHD feature-matching loss on the discriminator's layers
     spectrum_weight: float = 0.0  # L1 between log amplitude spectra of each fake and its real slice

@@ -74,6 +74,9 @@ sharp_stem = False                # with blur_downsampling: the critic's first c
                                   # the unblurred pair, then blur + subsample (a BlurPool): sharp, not aliased
 pixel_critic = False              # discriminator: a second critic at full resolution, no strides
                                   # (7 x 7 field): judges fine texture off any grid
+critic_scales = 1                 # > 1: pix2pixHD's multi-scale discriminator: that many PatchGANs, the k-th
+                                  # on the (mask, slice) pair averaged down k times by 2 (at 2: 70- and 140-px
+                                  # fields), so the layout of the whole brain is judged as well as texture
 spectral_norm = True              # spectral normalisation in the discriminator
 feature_matching_weight = 10.0    # pix2pixHD feature-matching loss (0: off, as the study)
 spectrum_weight = 0.0             # > 0: L1 between the log amplitude spectra (2-d FFT) of each fake and

@@ -37,6 +37,7 @@ from preprocess.weight_average import exponential_average
 
 GRID_ROWS = 4
 GRID_FAKES = 3
+MIN_CRITIC_INPUT = 32  # smallest side a PatchGAN (three strides, two 4x4 stride-1 convolutions) still maps
 DIVERSITY_CAP = 0.2  # mode-seeking term stops rewarding beyond this image/latent distance ratio
 
 
@@ -95,6 +96,9 @@ def train_models(dataset, model_dir, run_name, settings, classes=CLASS_NAMES, re
                          f"image_size ({settings.image_size})")
     if settings.l1_best_of_two and settings.diversity_weight <= 0:
         raise ValueError("--l1_best_of_two=True needs --diversity_weight > 0 (the two latents per mask it chooses from)")
+    if settings.critic_scales < 1 or settings.image_size / 2 ** (settings.critic_scales - 1) < MIN_CRITIC_INPUT:
+        raise ValueError(f"--critic_scales={settings.critic_scales}: must be at least 1, and the coarsest critic "
+                         f"needs the {settings.image_size}-px pair halved no further than {MIN_CRITIC_INPUT} px")
     if settings.latent_encoder and settings.l1_best_of_two:
         raise ValueError("--latent_encoder=True already frees the drawn latent from the L1 term (only the encoded "
                          "one pays it); pass --l1_best_of_two=False")
@@ -153,7 +157,8 @@ def networks_of(settings):
                           settings.latent_mode, settings.norm, num_classes, settings.upsample,
                           settings.mask_norm, settings.spectral_norm, settings.mask_resize,
                           settings.noise_inputs, settings.blur_downsampling, settings.pixel_critic,
-                          settings.sharp_stem, settings.output_upsample, settings.full_res_convs)
+                          settings.sharp_stem, settings.output_upsample, settings.full_res_convs,
+                          settings.critic_scales)
 
 
 def encoder_of(settings):
@@ -184,7 +189,8 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
           f"{', spectral norm' if settings.spectral_norm else ''}"
           f"{', blurred downsampling' if settings.blur_downsampling else ''}"
           f"{', sharp stem' if settings.sharp_stem else ''}"
-          f"{', full-resolution pixel critic' if settings.pixel_critic else ''}), {settings.norm} norm, "
+          f"{', full-resolution pixel critic' if settings.pixel_critic else ''}"
+          f"{f', {settings.critic_scales} scales' if settings.critic_scales > 1 else ''}), {settings.norm} norm, "
           f"{f'latent encoder {_millions(encoder)}M, ' if encoder is not None else ''}on {device}")
     betas = (settings.beta1, 0.999)
     # the encoder learns with the generator (BicycleGAN): one optimiser, a second parameter group

@@ -267,3 +267,28 @@ def test_full_res_head_adds_convolutions_at_full_resolution_and_rebuilds_from_co
     assert built.config["full_res_convs"] == 3 and len(built.head) == 3     # the flag reaches train.py's networks
     with pytest.raises(ValueError, match="full_res_convs"):
         UNetGenerator(64, 4, full_res_convs=-1)
+
+
+def test_a_multi_scale_critic_judges_the_pair_at_every_halving():
+    from generative_model.networks import MultiScaleDiscriminator
+    torch.manual_seed(0)
+    critic = MultiScaleDiscriminator(3, ndf=4, num_classes=3, spectral_norm=True).eval()
+    mask, image, labels = torch.rand(2, 1, 128, 128), torch.rand(2, 1, 128, 128), torch.tensor([0, 2])
+    logits, activations = critic(mask, image, labels, features=True)
+    single = PatchDiscriminator(ndf=4, num_classes=3)
+    assert [m.shape[-1] for m in logits] == [single(mask, image, labels).shape[-1],
+                                            single(mask[..., :64, :64], image[..., :64, :64], labels).shape[-1],
+                                            single(mask[..., :32, :32], image[..., :32, :32], labels).shape[-1]]
+    assert len(activations) == 3 * 4 and len(critic.patch_features(mask, image, labels)) == 12
+    # the k-th critic judges the pair averaged down k times, with its own weights
+    shrink = critic.shrink
+    assert torch.allclose(logits[0], critic.critics[0](mask, image, labels))
+    assert torch.allclose(logits[2], critic.critics[2](shrink(shrink(mask)), shrink(shrink(image)), labels))
+    assert not torch.allclose(logits[1], critic.critics[2](shrink(mask), shrink(image), labels))
+    assert critic.config["critic_scales"] == 3 and critic.config["ndf"] == 4
+    with pytest.raises(ValueError, match="at least 2"):
+        MultiScaleDiscriminator(1, ndf=4)
+    with pytest.raises(ValueError, match="critic_scales must be at least 1"):
+        build_networks(64, 4, 4, 8, "inject", "batch", 0, critic_scales=0)
+    _, two = build_networks(64, 4, 4, 8, "inject", "batch", 0, critic_scales=2)
+    assert isinstance(two, MultiScaleDiscriminator)

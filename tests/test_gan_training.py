@@ -184,7 +184,7 @@ def test_the_spectrum_term_pushes_a_faint_lattice_out_and_ignores_where_things_a
 def test_artefact_options_train_resume_and_generate(blob_dataset, masks_file, tmp_path):
     options = dict(TINY, upsample="resize", mask_norm=True, spectral_norm=True, feature_matching_weight=10.0,
                    conditional=True, noise_inputs=True, diversity_grid=8, pixel_critic=True, spectrum_weight=1.0,
-                   full_res_convs=1, tumour_l1_weight=5.0, l1_scale=2)
+                   full_res_convs=1, tumour_l1_weight=5.0, l1_scale=2, critic_scales=2)
     train_models(blob_dataset, tmp_path, "new", GanSettings(**options))
     folder = tmp_path / "new" / "all"
     rows = list(csv.DictReader(open(folder / "losses.csv")))
@@ -203,7 +203,7 @@ def test_artefact_options_train_resume_and_generate(blob_dataset, masks_file, tm
     state = load_checkpoint(folder / "checkpoint.pt")
     assert state["generator_config"]["upsample"] == "resize" and state["generator_config"]["noise_inputs"]
     assert state["generator_config"]["full_res_convs"] == 1
-    assert state["discriminator_config"]["pixel_critic"]
+    assert state["discriminator_config"]["pixel_critic"] and state["discriminator_config"]["critic_scales"] == 2
     again = synthesize(tmp_path / "new", masks_file, tmp_path / "s2.h5", per_class=2, batch_size=4,
                        device="cpu", progress=False)
     assert np.array_equal(read_images(tmp_path / "s.h5"), read_images(again["out"]))   # seeded noise maps
@@ -257,6 +257,13 @@ def test_a_coarse_l1_scale_ignores_the_pattern_inside_a_cell_but_not_its_brightn
     weights = torch.ones(2, 1, 8, 8)
     weights[:, :, :4, :4] = 3.0                          # one 4x4 cell of four weighs 3
     assert reconstruction_l1(torch.ones(2, 1, 8, 8), real, weights=weights, scale=4) == pytest.approx((3 + 1 + 1 + 1) / 4)
+
+
+def test_a_critic_scale_that_halves_the_pair_too_far_is_refused(blob_dataset, tmp_path):
+    for scales in (0, 3):     # 64 px halved twice: 16 px, under the PatchGAN's 32
+        with pytest.raises(ValueError, match=f"--critic_scales={scales}: .* 64-px pair"):
+            train_models(blob_dataset, tmp_path, "refused", GanSettings(**{**TINY, "critic_scales": scales}))
+    assert not (tmp_path / "refused").exists()
 
 
 def test_an_l1_scale_that_does_not_divide_the_image_is_refused(blob_dataset, tmp_path):
