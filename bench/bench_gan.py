@@ -26,7 +26,8 @@ batch_size = 4
 ngf = 16                         # train.py's defaults; 64 / 64 = pix2pix's widths
 ndf = 32
 latent_mode = "inject"
-diversity_weight = 20.0          # as train.py: each mask with two latents (2x generator work)
+diversity_weight = 20.0          # as train.py: each mask with two latents (2x generator work); a variant
+                                 # that sets its own (latent_encoder: 0) overrides it
 train = True                     # run the training-step benchmark
 generation = True                # run the generation benchmark
 masks = ""                       # augmented-mask file for the generation benchmark ("" = make one)
