@@ -70,7 +70,7 @@ old checkpoints load unchanged; ``train.py`` picks the defaults):
   the same design, the k-th judging the (mask, image) pair averaged down k times by 2, so their 70-px fields cover
   70, 140, 280 ... px of the slice: the coarse ones judge the layout of the whole brain, the first the texture.
   Their logit maps are returned as one list (the GAN losses sum over it) and their activations as one list
-  (feature matching averages over all of them);
+  (feature matching averages over all of them); with ``pixel_critic`` each scale has its own pixel critic;
 * ``spectral_norm=True`` (discriminator): spectral normalisation of every convolution (Miyato et
   al. 2018), which keeps the critic's gradients tame; ``PatchDiscriminator(..., features=True)``
   also returns its intermediate activations for pix2pixHD's feature-matching loss.

@@ -20,7 +20,7 @@ class GanSettings:
     l1_best_of_two: bool = False  # with two latents per mask, L1 counts only the fake closer to the real slice
     l1_scale: int = 1            # > 1: L1 compares fake and real averaged over l1_scale x l1_scale cells
     latent_encoder: bool = False  # BicycleGAN: the L1-paying latent encoded from the real slice, the other drawn
-    kl_weight: float = 0.1       # with latent_encoder: weight of KL(q(z | real slice) || N(0, I)), summed over z
+    kl_weight: float = 0.01      # with latent_encoder: weight of KL(q(z | real slice) || N(0, I)), summed over z
     latent_regression_weight: float = 0.5  # with latent_encoder: |encoder mean of G(mask, z) - z| for drawn z
     drawn_feature_matching: bool = False  # with latent_encoder: the drawn latent's fake pays feature matching too
     pool_size: int = 50

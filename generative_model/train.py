@@ -41,14 +41,16 @@ l1_scale = 1                      # > 1: the L1 term compares fake and real slic
                                   # mode-seeking term (1 = pixel by pixel). Note the units: l1_scale is a
                                   # cell's size, diversity_grid the number of cells (4 px = grid 32 at 128 px)
 latent_encoder = False            # True: BicycleGAN (Zhu et al. 2017). Of the 2 latents per mask the first is
-                                  # encoded from the real slice (a small encoder, training only) and pays the
-                                  # L1 and feature-matching terms; the second is drawn from N(0, I), as at
-                                  # synthesis, and pays the adversarial term and latent regression only, so
-                                  # the L1 no longer pulls every latent to one average slice
-kl_weight = 0.1                   # with latent_encoder: KL of the encoded latent to N(0, I), summed over its
-                                  # dimensions (BicycleGAN's 0.01 at L1 10; the same ratio at our L1 100)
+                                  # encoded from the real slice (a small encoder, training only) and alone pays
+                                  # the L1 and feature-matching terms; the second is drawn from N(0, I), as at
+                                  # synthesis, and pays latent regression instead; both pay the adversarial
+                                  # term. So the L1 no longer pulls every latent to one average slice. Needs
+                                  # --diversity_weight=0. Measured, not adopted (generative_model/RESULTS.md)
+kl_weight = 0.01                  # with latent_encoder: KL of the encoded latent to N(0, I), summed over its
+                                  # dimensions (BicycleGAN's value; 0.1 collapsed the encoder onto N(0, I))
 latent_regression_weight = 0.5    # with latent_encoder: L1 between the encoder's mean for the drawn latent's
-                                  # fake and that latent (BicycleGAN's lambda_z), so the drawn latent shows
+                                  # fake and that latent (BicycleGAN's lambda_z), so that the drawn latent
+                                  # must show in its slice
 drawn_feature_matching = False    # with latent_encoder: the drawn latent's fake pays the feature-matching term
                                   # against its real slice too (the critic's features, not pixels: an anchor
                                   # softer than L1); False: only the encoded one does

@@ -99,9 +99,10 @@ def train_models(dataset, model_dir, run_name, settings, classes=CLASS_NAMES, re
     if settings.critic_scales < 1 or settings.image_size / 2 ** (settings.critic_scales - 1) < MIN_CRITIC_INPUT:
         raise ValueError(f"--critic_scales={settings.critic_scales}: must be at least 1, and the coarsest critic "
                          f"needs the {settings.image_size}-px pair halved no further than {MIN_CRITIC_INPUT} px")
-    if settings.latent_encoder and settings.l1_best_of_two:
-        raise ValueError("--latent_encoder=True already frees the drawn latent from the L1 term (only the encoded "
-                         "one pays it); pass --l1_best_of_two=False")
+    if settings.latent_encoder and settings.diversity_weight > 0:
+        raise ValueError("--latent_encoder=True pins the first latent's slice to the real one by L1, so a "
+                         "mode-seeking term would push the drawn latent's slice away from it (and reach the "
+                         "encoder); pass --diversity_weight=0")
     if settings.drawn_feature_matching and not settings.latent_encoder:
         raise ValueError("--drawn_feature_matching=True needs --latent_encoder=True (without the encoder every "
                          "fake pays feature matching already)")
@@ -385,7 +386,8 @@ def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scale
     fake pays the terms that compare it with the real slice; the second is drawn from N(0, I)."""
     device_type = mask.device.type
     if settings.diversity_weight > 0 or encoder is not None:
-        # two latent vectors per mask: the mode-seeking term rewards different outputs for them
+        # two latent vectors per mask: the mode-seeking term rewards different outputs for them, or
+        # (latent encoder) the first is encoded from the real slice and the second drawn
         mask, real, labels = mask.repeat(2, 1, 1, 1), real.repeat(2, 1, 1, 1), labels.repeat(2)
         if l1_weights is not None:
             l1_weights = l1_weights.repeat(2, 1, 1, 1)

@@ -448,10 +448,10 @@ def test_latent_regression_reaches_the_generator_not_the_encoder():
     assert kl_to_standard_normal(torch.ones(2, 3), torch.zeros(2, 3)) == pytest.approx(1.5)   # 0.5 * 1 per dim
 
 
-def test_a_latent_encoder_with_best_of_two_l1_or_drawn_matching_without_an_encoder_is_refused(blob_dataset, tmp_path):
-    with pytest.raises(ValueError, match="--latent_encoder=True .* --l1_best_of_two=False"):
-        train_models(blob_dataset, tmp_path, "refused", GanSettings(**{**TINY, "latent_encoder": True,
-                                                                       "l1_best_of_two": True}))
+def test_a_latent_encoder_with_mode_seeking_or_drawn_matching_without_an_encoder_is_refused(blob_dataset, tmp_path):
+    # (best-of-two L1 needs the mode-seeking term, so it cannot meet the encoder either)
+    with pytest.raises(ValueError, match="--latent_encoder=True .* --diversity_weight=0"):
+        train_models(blob_dataset, tmp_path, "refused", GanSettings(**{**TINY, "latent_encoder": True}))
     with pytest.raises(ValueError, match="--drawn_feature_matching=True needs --latent_encoder=True"):
         train_models(blob_dataset, tmp_path, "refused", GanSettings(**{**TINY, "drawn_feature_matching": True}))
     assert not (tmp_path / "refused").exists()
