@@ -85,7 +85,8 @@ def bench_train_step(size, settings, device, n_steps):
     import torch
 
     from generative_model.image_pool import ImagePool
-    from generative_model.trainer import encoder_of, gan_criterion, l1_pixel_weights, networks_of, train_step
+    from generative_model.trainer import (encoder_of, gan_criterion, generator_optimiser, l1_pixel_weights,
+                                          networks_of, train_step)
 
     torch.manual_seed(0)
     settings = dataclasses.replace(settings, image_size=size)
@@ -93,9 +94,9 @@ def bench_train_step(size, settings, device, n_steps):
     encoder = encoder_of(settings)       # None unless the variant trains one
     generator.to(device)
     discriminator.to(device)
-    trained_with_generator = [generator] + ([encoder.to(device)] if encoder is not None else [])
-    opt_g = torch.optim.Adam([p for network in trained_with_generator for p in network.parameters()],
-                             lr=2e-4, betas=(0.5, 0.999))
+    if encoder is not None:
+        encoder.to(device)
+    opt_g = generator_optimiser(generator, encoder, settings)     # train.py's lr 2e-4, beta1 0.5
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)

@@ -97,6 +97,7 @@ SEED_PLANE = 8          # side of the small latent plane of the "inject" mode
 MASK_RESIZES = ("nearest", "area")   # how MaskNorm brings the condition to a coarser level (see MaskNorm)
 INJECT_CHANNELS = 4     # latent feature planes added to each decoder level in "inject" mode
 PIXEL_CRITIC_SHARE = 4  # the pixel critic is ndf / 4 channels wide (8 at the CPU default ndf 32)
+MIN_CRITIC_INPUT = 32   # smallest side a PatchGAN (three strides, two 4x4 stride-1 convolutions) still maps
 
 
 def norm_layer(norm, channels):

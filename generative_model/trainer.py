@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from generative_model.figures import save_image_grid, write_loss_table
 from generative_model.image_pool import ImagePool
-from generative_model.networks import LatentEncoder, build_networks
+from generative_model.networks import MIN_CRITIC_INPUT, LatentEncoder, build_networks
 from generative_model.saved_runs import CHECKPOINT, CONDITIONAL_FOLDER, models_already_in, write_run_index
 from generative_model.spectrum import AMPLITUDE_FLOOR, log_amplitude
 from preprocess import distributed
@@ -37,7 +37,6 @@ from preprocess.weight_average import exponential_average
 
 GRID_ROWS = 4
 GRID_FAKES = 3
-MIN_CRITIC_INPUT = 32  # smallest side a PatchGAN (three strides, two 4x4 stride-1 convolutions) still maps
 DIVERSITY_CAP = 0.2  # mode-seeking term stops rewarding beyond this image/latent distance ratio
 
 
@@ -169,6 +168,13 @@ def encoder_of(settings):
     return LatentEncoder(settings.image_size, settings.ndf, settings.latent_dim)
 
 
+def generator_optimiser(generator, encoder, settings):
+    """Adam over the generator and, when on, the latent encoder (BicycleGAN: the encoder learns with the
+    generator; a second parameter group)."""
+    groups = [{"params": generator.parameters()}] + ([{"params": encoder.parameters()}] if encoder is not None else [])
+    return torch.optim.Adam(groups, lr=settings.lr, betas=(settings.beta1, 0.999))
+
+
 def train_one_model(dataset, indices, out_dir, settings, resume=False):
     """Train one generator/discriminator pair (and the latent encoder, when on) on the given rows of
     the dataset file."""
@@ -193,12 +199,8 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
           f"{', full-resolution pixel critic' if settings.pixel_critic else ''}"
           f"{f', {settings.critic_scales} scales' if settings.critic_scales > 1 else ''}), {settings.norm} norm, "
           f"{f'latent encoder {_millions(encoder)}M, ' if encoder is not None else ''}on {device}")
-    betas = (settings.beta1, 0.999)
-    # the encoder learns with the generator (BicycleGAN): one optimiser, a second parameter group
-    opt_g = torch.optim.Adam([{"params": generator.parameters()}] +
-                             ([{"params": encoder.parameters()}] if encoder is not None else []),
-                             lr=settings.lr, betas=betas)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=settings.lr, betas=betas)
+    opt_g = generator_optimiser(generator, encoder, settings)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=settings.lr, betas=(settings.beta1, 0.999))
     use_amp = settings.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     average = exponential_average(generator, settings.generator_ema)   # None when off
