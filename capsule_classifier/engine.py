@@ -23,6 +23,7 @@ from preprocess.checkpoint_io import load_checkpoint_file, save_checkpoint
 from preprocess.tensorboard_log import log_scalars, tensorboard_writer
 from preprocess.weight_average import exponential_average
 from capsule_classifier.report import classification_metrics
+from capsule_classifier.stretch_adversary import StretchAdversary, last_stage, reversal_strength, training_stretches
 
 RECIPES = ("onecycle", "study_sgd")
 EVAL_BATCH = 64
@@ -64,6 +65,8 @@ class TrainConfig:
                                      # epochs validated before keep their scores and best.pt)
     test_time_warps: bool = True     # scoring only: average the final scores over TEST_TIME_WARPS of
                                      # each slice as well (5x the views; per-epoch validation stays single-view)
+    stretch_adversary: float = 0.0   # > 0: weight of a class-conditional stretch adversary behind a gradient
+                                     # reversal (residual capsule network; capsule_classifier/stretch_adversary.py)
 
 
 NO_MASKS = "a data file has no tumor_masks"
@@ -81,9 +84,11 @@ def mask_loss_problem(has_mask_head, has_masks):
     return tumour_paste_problem(has_masks)
 
 
-def make_optimiser(model, config, steps_per_epoch):
-    """(optimiser, per-step scheduler or None) for the recipe named in ``config``."""
-    parameters = [p for p in model.parameters() if p.requires_grad]
+def make_optimiser(model, config, steps_per_epoch, extra=None):
+    """(optimiser, per-step scheduler or None) for the recipe named in ``config``; ``extra`` (a module
+    or None) trains alongside the model (the stretch adversary)."""
+    modules = [model] if extra is None else [model, extra]
+    parameters = [p for module in modules for p in module.parameters() if p.requires_grad]
     if config.recipe == "study_sgd":
         return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum), None
     if config.recipe != "onecycle":
@@ -169,10 +174,20 @@ def blend_targets(targets, partner, partner_share):
     return (1 - share) * targets + share * targets[partner]
 
 
-def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch, description, average=None):
+def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch, description, average=None,
+                adversary=None, stretches=None):
     """One pass over ``data`` (LabelledImages); returns (mean loss, accuracy, images per second).
-    ``average`` (an ``AveragedModel``) is updated after every step."""
+    ``average`` (an ``AveragedModel``) is updated after every step. ``adversary`` (a
+    ``StretchAdversary``) with ``stretches`` (the stretch index of every slice of ``data``) adds
+    ``config.stretch_adversary`` x its loss on the last stage's features."""
     model.train()
+    captured = {}
+    hook = None
+    if adversary is not None:
+        adversary.train()
+        stretches_all = torch.as_tensor(stretches)
+        hook = last_stage(getattr(model, "module", model)).register_forward_hook(
+            lambda module, inputs, output: captured.__setitem__("features", output))
     seed = _epoch_seed(config.seed, epoch)
     torch.manual_seed(seed)
     # under torchrun every process takes its share of each global batch, with its own augmentation
@@ -188,7 +203,7 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
     total_loss, correct, seen, started = 0.0, 0, 0, time.time()
     bar = tqdm(batches, desc=description, unit="batch", leave=False, dynamic_ncols=True,
                **distributed.progress_bar_options())
-    for rows in bar:
+    for step, rows in enumerate(bar):
         index = torch.as_tensor(rows)
         images = _to_device(data.images[index], device, config.channels_last)
         labels = labels_all[index].to(device)
@@ -226,6 +241,13 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
                 loss = loss + config.mask_weight * mask_loss(mask_logits, masks)
                 for expert in expert_logits:
                     loss = loss + F.cross_entropy(expert.float(), targets, label_smoothing=config.label_smoothing)
+            if adversary is not None:
+                progress = (epoch + step / len(batches)) / config.epochs
+                stretch_logits = adversary(captured.pop("features"), reversal_strength(progress))
+                # the study's augmentation follows each slice by its rotated copies
+                batch_stretches = stretches_all[index].repeat_interleave(len(labels) // len(index))
+                loss = loss + config.stretch_adversary * adversary.loss(
+                    stretch_logits, batch_stretches.to(device), labels)
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimiser)
@@ -238,6 +260,8 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
         correct += (logits.argmax(1) == (targets.argmax(1) if targets.dim() == 2 else targets)).sum().item()
         seen += len(labels)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{seen / (time.time() - started):.0f}")
+    if hook is not None:
+        hook.remove()
     total_loss, correct, seen = distributed.sum_over_processes([total_loss, correct, seen], device)
     return total_loss / max(seen, 1), correct / max(seen, 1), seen / (time.time() - started)
 
@@ -298,13 +322,16 @@ def predict(model, images, device, batch_size=EVAL_BATCH, channels_last=False, a
 
 
 def _state(model, average, model_name, train_data, optimiser, scheduler, scaler, history, best, config,
-           epoch, counts):
+           epoch, counts, adversary=None):
     """last.pt: ``state_dict`` holds the weights to use (the average when there is one);
-    the raw training weights and the average's count are kept to resume exactly."""
+    the raw training weights and the average's count (and the stretch adversary's weights) are kept
+    to resume exactly."""
     record = model_record(model_name, average.module if average is not None else model, train_data.image_size)
     if average is not None:
         record.update(train_state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
                       ema_count=int(average.n_averaged))
+    if adversary is not None:
+        record.update(adversary_state_dict={k: v.detach().cpu() for k, v in adversary.state_dict().items()})
     record.update(optimiser=optimiser.state_dict(), scheduler=scheduler.state_dict() if scheduler else None,
                   scaler=scaler.state_dict(), history=history, best=best, epoch=epoch,
                   train_config=asdict(config), train_data=data_fingerprint(train_data), class_counts=counts)
@@ -324,7 +351,8 @@ def data_fingerprint(data):
 
 
 # settings added after runs had been saved, and what a run saved without them did
-SAVED_WITHOUT = {"tumour_paste": 0.0, "paste_at": "host", "paste_donor": "any", "paste_levels": "raw"}
+SAVED_WITHOUT = {"tumour_paste": 0.0, "paste_at": "host", "paste_donor": "any", "paste_levels": "raw",
+                 "stretch_adversary": 0.0}
 SCORING_ONLY = ("prior_correction", "test_time_warps")   # change how a run is scored, not what it trains: free on resume
 
 
@@ -347,6 +375,20 @@ def check_resumable(state, config, train_data, path):
     if differ:
         raise ValueError(f"cannot resume {path}: " + "; ".join(differ) + ". Resume with the run's own "
                          "flags, or start a new run (another --run_name)")
+
+
+def _stretch_adversary(model, train_data, config, device):
+    """(StretchAdversary, stretch index per training slice) when ``config.stretch_adversary`` > 0,
+    else (None, None); refused where it cannot work, naming why."""
+    if not config.stretch_adversary:
+        return None, None
+    if config.stretch_adversary < 0:
+        raise ValueError(f"--stretch_adversary={config.stretch_adversary}: 0 (off) or a positive weight")
+    if distributed.is_distributed():
+        raise ValueError("--stretch_adversary is not supported under torchrun (its head is not synchronised)")
+    last_stage(model)                   # refuses networks without a residual trunk
+    stretches, allowed = training_stretches(train_data)
+    return StretchAdversary(model.config["widths"][-1], allowed).to(device), stretches
 
 
 def fit(model, model_name, train_data, val_data, config, run_dir, device, resume=False,
@@ -382,8 +424,9 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
     if distributed.is_distributed():
         trained = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    adversary, stretches = _stretch_adversary(model, train_data, config, device)
     steps = max(1, math.ceil(len(train_data) / config.batch_size))
-    optimiser, scheduler = make_optimiser(model, config, steps)
+    optimiser, scheduler = make_optimiser(model, config, steps, extra=adversary)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and autocast_dtype(device) == torch.float16)
     average = make_average(model, config)
     evaluated = average.module if average is not None else model
@@ -395,6 +438,8 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
         if average is not None:
             average.module.load_state_dict(state["state_dict"])
             average.n_averaged.fill_(state["ema_count"])
+        if adversary is not None:
+            adversary.load_state_dict(state["adversary_state_dict"])
         optimiser.load_state_dict(state["optimiser"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
@@ -409,12 +454,16 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
     num_classes = getattr(trained, "module", trained).config["num_classes"]
     counts = class_counts(train_data, num_classes)
     prior = prior_from_counts(counts)
+    chance = adversary.chance_loss(train_data.labels) if adversary is not None else None
     for epoch in range(start, config.epochs):
         started = time.time()
         loss, accuracy, speed = train_epoch(trained, train_data, config, optimiser, scheduler, scaler,
-                                            device, epoch, f"epoch {epoch + 1}/{config.epochs}", average)
+                                            device, epoch, f"epoch {epoch + 1}/{config.epochs}", average,
+                                            adversary, stretches)
         record = {"epoch": epoch + 1, "train_loss": loss, "train_accuracy": accuracy, "val_loss": None,
                   "val_accuracy": None, "val_macro_f1": None, "images_per_s": speed}
+        if adversary is not None:
+            record["stretch_loss"] = adversary.epoch_loss()
         metrics = None
         if val_data is not None:
             # bfloat16 on the CPU only trains: validation runs in float32 there
@@ -436,17 +485,21 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
                 save_checkpoint(saved, best_path)
         if distributed.is_main():
             save_checkpoint(_state(model, average, model_name, train_data, optimiser, scheduler, scaler, history,
-                                   best, config, epoch + 1, counts), last_path)
+                                   best, config, epoch + 1, counts, adversary), last_path)
         distributed.barrier()       # every process reads the checkpoints rank 0 has just written
         validated = (f"val loss {record['val_loss']:.3f}  val acc {metrics['accuracy']:.3f}  "
                      f"val F1 {metrics['macro_f1']:.3f}  " if metrics else "")
+        adversarial = (f"stretch loss {record['stretch_loss']:.3f} (chance {chance:.3f})  "
+                       if adversary is not None else "")
         log(f"epoch {epoch + 1}/{config.epochs}  loss {loss:.3f}  train acc {accuracy:.3f}  {validated}"
-            f"{speed:.0f} img/s  {time.time() - started:.0f}s")
+            f"{adversarial}{speed:.0f} img/s  {time.time() - started:.0f}s")
         scalars = {"loss/train": loss, "accuracy/train": accuracy,
                    "learning_rate": optimiser.param_groups[0]["lr"], "images_per_s": speed}
         if metrics:
             scalars.update({"loss/validation": record["val_loss"], "accuracy/validation": metrics["accuracy"],
                             "macro_f1/validation": metrics["macro_f1"]})
+        if adversary is not None:
+            scalars["loss/stretch"] = record["stretch_loss"]
         log_scalars(writer, epoch + 1, scalars)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)

@@ -254,7 +254,8 @@ def _pretrain(exp, synthetic, start_state, run_dir, device, histories, log):
     log(f"pre-training on {len(synthetic)} synthetic slices for {exp.pretrain_epochs} epochs")
     train, val = _split_off_validation(dataclasses.replace(exp, group_by="patient"), synthetic, synthetic.source_ids)
     model = _fresh_model(exp, synthetic.image_size, start_state)
-    config = TrainConfig(**{**exp.config.__dict__, "epochs": exp.pretrain_epochs})
+    # synthetic slices have no figshare numbering: the stretch adversary is for the real ones
+    config = TrainConfig(**{**exp.config.__dict__, "epochs": exp.pretrain_epochs, "stretch_adversary": 0.0})
     history, _ = fit(model, exp.model, train, val, config, os.path.join(run_dir, "pretrain"), device,
                      resume=exp.resume, log=log)
     histories["pretrain"] = history

@@ -92,6 +92,10 @@ paste_levels = "raw"          # "raw": the donor's patch pasted as it is after t
                               # outside the tumour), so a tumour keeps its brightness relative to the
                               # tissue around it (matched against raw, leave-stretch-out, 5 folds, seed 0:
                               # 0.885 against 0.879, not adopted; capsule_classifier/RESULTS.md)
+stretch_adversary = 0.0       # > 0: residual preset: weight of a training-only head that, behind a gradient
+                              # reversal, tells apart the stretches of the figshare numbering holding the
+                              # slice's class, so the trunk learns to hide plane / scanner cues
+                              # (capsule_classifier/stretch_adversary.py; 0: off)
 tumour_crop = False           # residual preset: add a second view centred on the predicted tumour
 tumour_levels = False         # residual preset: a finer mask head and an expert reading the predicted
                               # tumour's brightness against the tissue (capsule_classifier/tumour_levels.py),

@@ -1,0 +1,120 @@
+"""The class-conditional stretch adversary: gradient reversal, the loss restricted to the stretches of
+the slice's class, training beside the model, exact resume, refusals."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from capsule_classifier import stretch_adversary
+from capsule_classifier.checkpoint import load_checkpoint
+from capsule_classifier.data import load_sources
+from capsule_classifier.engine import TrainConfig, fit
+from capsule_classifier.experiment import Experiment, run_experiment
+from capsule_classifier.network import make_model
+from capsule_classifier.stretch_adversary import (StretchAdversary, reversal_strength, reverse_gradient,
+                                                   training_stretches)
+
+SMALL = {"widths": (8, 8, 16, 16), "stem_channels": 4}
+
+
+def test_the_reversal_flips_and_scales_the_gradient_only():
+    x = torch.randn(4, 3, requires_grad=True)
+    y = reverse_gradient(x, 0.25)
+    assert torch.equal(y, x)
+    (y * torch.arange(3.0)).sum().backward()
+    assert torch.allclose(x.grad, -0.25 * torch.arange(3.0).expand(4, 3))
+    assert reversal_strength(0) == 0 and 0.99 < reversal_strength(1) <= 1
+    assert reversal_strength(0.2) < reversal_strength(0.5)
+
+
+def test_the_loss_counts_only_the_stretches_that_hold_the_slice_class():
+    allowed = np.array([[True, True, False], [False, False, True]])     # class 0: stretches 0, 1; class 1: 2
+    adversary = StretchAdversary(8, allowed)
+    logits = torch.tensor([[0.0, 0.0, 50.0], [3.0, -2.0, 0.0]])
+    loss = adversary.loss(logits, torch.tensor([0, 2]), torch.tensor([0, 1]))
+    # slice 0: stretch 2 is not its class's, so its large logit is ignored (log 2); slice 1: one stretch, 0
+    assert loss.item() == pytest.approx(np.log(2) / 2)
+    assert adversary.chance_loss([0, 1]) == pytest.approx(np.log(2) / 2)
+    assert adversary.epoch_loss() == pytest.approx(loss.item()) and adversary.epoch_loss() is None
+
+
+def test_the_trunk_gets_the_reversed_gradient_and_the_head_the_plain_one():
+    adversary = StretchAdversary(4, np.ones((1, 3), dtype=bool))
+    features = torch.randn(6, 4, 2, 2, requires_grad=True)
+    stretches, labels = torch.tensor([0, 1, 2, 0, 1, 2]), torch.zeros(6, dtype=torch.long)
+    adversary.loss(adversary(features, 0.0), stretches, labels).backward()
+    assert features.grad.abs().sum() == 0                           # strength 0: the trunk is untouched
+    assert adversary.head[0].weight.grad.abs().sum() > 0            # while the head learns
+    head_grad = adversary.head[0].weight.grad.clone()
+    adversary.zero_grad()
+    features.grad = None
+    plain = features.detach().clone().requires_grad_(True)
+    adversary.loss(adversary.head(plain.mean((-2, -1))), stretches, labels).backward()
+    adversary.zero_grad()
+    adversary.loss(adversary(features, 0.5), stretches, labels).backward()
+    assert torch.allclose(features.grad, -0.5 * plain.grad, atol=1e-6)
+    assert torch.allclose(adversary.head[0].weight.grad, head_grad, atol=1e-6)
+
+
+@pytest.fixture
+def small_stretches(monkeypatch):
+    """Stretches of 6 slices, so that the 36-slice blob dataset holds six of them."""
+    cut = stretch_adversary.stretch_ids
+    monkeypatch.setattr(stretch_adversary, "stretch_ids", lambda patients, sources: cut(patients, sources, 6))
+
+
+def test_training_with_the_adversary_logs_it_resumes_exactly_and_leaves_the_model_alone(
+        blob_dataset, tmp_path, small_stretches):
+    data = load_sources([blob_dataset])
+    config = TrainConfig(epochs=2, batch_size=8, stretch_adversary=0.3)
+    cpu = torch.device("cpu")
+
+    def fresh():
+        torch.manual_seed(0)
+        return make_model("capsule", image_size=64, preset="residual", mask_head=False, **SMALL)
+
+    said = []
+    fit(fresh(), "capsule", data, None, config, str(tmp_path / "whole"), cpu, log=said.append)
+    record = load_checkpoint(tmp_path / "whole" / "last.pt")
+    assert all(row["stretch_loss"] > 0 for row in record["history"])
+    assert any("stretch loss" in line and "chance" in line for line in said)
+    assert {"head.0.weight", "head.2.weight"} <= set(record["adversary_state_dict"])
+    assert not any(key.startswith("head.") for key in record["state_dict"])    # prediction needs no head
+
+    def interrupt(epoch):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(fresh(), "capsule", data, None, config, str(tmp_path / "cut"), cpu, on_epoch_end=interrupt,
+            log=lambda *a: None)
+    with pytest.raises(ValueError, match=r"--stretch_adversary=0.0 \(the run used 0.3\)"):
+        fit(fresh(), "capsule", data, None, TrainConfig(epochs=2, batch_size=8), str(tmp_path / "cut"), cpu,
+            resume=True, log=lambda *a: None)
+    fit(fresh(), "capsule", data, None, config, str(tmp_path / "cut"), cpu, resume=True, log=lambda *a: None)
+    resumed = load_checkpoint(tmp_path / "cut" / "last.pt")
+    for name in ("state_dict", "adversary_state_dict"):
+        assert all(torch.equal(record[name][k], resumed[name][k]) for k in record[name]), name
+    fit(fresh(), "capsule", data, None, TrainConfig(epochs=2, batch_size=8), str(tmp_path / "plain"), cpu,
+        log=lambda *a: None)
+    plain = load_checkpoint(tmp_path / "plain" / "last.pt")["state_dict"]
+    assert not all(torch.equal(record["state_dict"][k], plain[k]) for k in plain)    # the trunk felt it
+
+
+def test_the_adversary_is_refused_where_it_cannot_work(blob_dataset, tmp_path):
+    common = dict(model_dir=str(tmp_path), cross_validation=False, device="cpu")
+    config = TrainConfig(epochs=1, batch_size=8, stretch_adversary=0.3)
+    with pytest.raises(ValueError, match="residual capsule network"):
+        run_experiment(Experiment(run_name="compact", data_path=[str(blob_dataset)], capsule_preset="compact",
+                                  capsule_options={"width": 8}, config=config, **common), log=lambda *a: None)
+    with pytest.raises(ValueError, match="0 \\(off\\) or a positive weight"):
+        run_experiment(Experiment(run_name="negative", data_path=[str(blob_dataset)], capsule_options=SMALL,
+                                  config=TrainConfig(epochs=1, batch_size=8, stretch_adversary=-1.0), **common),
+                       log=lambda *a: None)
+    with pytest.raises(ValueError, match="nothing to tell apart"):       # 36 slices: a single stretch
+        run_experiment(Experiment(run_name="small", data_path=[str(blob_dataset)], capsule_options=SMALL,
+                                  config=config, **common), log=lambda *a: None)
+    unnumbered = SimpleNamespace(labels=np.array([0, 1]), patient_ids=np.array(["a", "b"]),
+                                 source_ids=np.array(["slice_a", "slice_b"]))
+    with pytest.raises(ValueError, match="--stretch_adversary needs figshare-numbered slices"):
+        training_stretches(unnumbered)
