@@ -13,6 +13,9 @@ a warm-up pass:
                   of another class)
   residual_paste_matched  the same with --paste_levels=matched (pasted before the intensity changes,
                   scaled to the slice's tissue level: one median per slice per batch)
+  residual_paste_adversary  the default (pasting) with --stretch_adversary=0.3 (a head behind a
+                  gradient reversal reading the last stage; 320 random slices form two stretches, fewer
+                  than 300 one, which it refuses)
   compact      the previous default (capsule_preset=compact)
   resnet18     the CPU baseline (--model=resnet18)
 Printed: images per second and the bfloat16 speed-up per model, and each model's speed against the
@@ -63,20 +66,23 @@ def measure(kind, size, precision, data, device, batch):
     """Images per second of one timed ``train_epoch`` pass (after one warm-up pass)."""
     import torch
 
-    from capsule_classifier.engine import TrainConfig, make_average, make_optimiser, train_epoch
+    from capsule_classifier.engine import (TrainConfig, build_stretch_adversary, make_average, make_optimiser,
+                                           train_epoch)
     torch.manual_seed(0)
     model = _model(kind, size).to(device)
     config = TrainConfig(epochs=2, batch_size=batch, amp=precision == "bf16",
                          mask_weight=0.5 if kind.startswith("residual") else 0.0, vertical_flips=False,
                          tumour_paste=0.5 if "_paste" in kind else 0.0,
                          paste_donor="other_class" if kind.endswith("_other") else "any",
-                         paste_levels="matched" if kind.endswith("_matched") else "raw")
+                         paste_levels="matched" if kind.endswith("_matched") else "raw",
+                         stretch_adversary=0.3 if kind.endswith("_adversary") else 0.0)
+    adversary, stretches = build_stretch_adversary(model, data, config, device)
     steps = -(-len(data) // batch)
-    optimiser, scheduler = make_optimiser(model, config, steps)
+    optimiser, scheduler = make_optimiser(model, config, steps, extra=adversary)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     average = make_average(model, config)
-    speeds = [train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch, kind, average)[2]
-              for epoch in range(2)]
+    speeds = [train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch, kind, average,
+                          adversary, stretches)[2] for epoch in range(2)]
     return speeds[-1]
 
 

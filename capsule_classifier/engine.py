@@ -377,7 +377,7 @@ def check_resumable(state, config, train_data, path):
                          "flags, or start a new run (another --run_name)")
 
 
-def _stretch_adversary(model, train_data, config, device):
+def build_stretch_adversary(model, train_data, config, device):
     """(StretchAdversary, stretch index per training slice) when ``config.stretch_adversary`` > 0,
     else (None, None); refused where it cannot work, naming why."""
     if not config.stretch_adversary:
@@ -424,7 +424,7 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
     if distributed.is_distributed():
         trained = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    adversary, stretches = _stretch_adversary(model, train_data, config, device)
+    adversary, stretches = build_stretch_adversary(model, train_data, config, device)
     steps = max(1, math.ceil(len(train_data) / config.batch_size))
     optimiser, scheduler = make_optimiser(model, config, steps, extra=adversary)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and autocast_dtype(device) == torch.float16)
