@@ -95,7 +95,9 @@ paste_levels = "raw"          # "raw": the donor's patch pasted as it is after t
 stretch_adversary = 0.0       # > 0: residual preset: weight of a training-only head that, behind a gradient
                               # reversal, tells apart the stretches of the figshare numbering holding the
                               # slice's class, so the trunk learns to hide plane / scanner cues
-                              # (capsule_classifier/stretch_adversary.py; 0: off)
+                              # (capsule_classifier/stretch_adversary.py; 0: off; leave-stretch-out fold 5,
+                              # seed 0: 0.730 at 0.3, 0.705 at 1.0, the default 0.710; not adopted,
+                              # capsule_classifier/RESULTS.md)
 tumour_crop = False           # residual preset: add a second view centred on the predicted tumour
 tumour_levels = False         # residual preset: a finer mask head and an expert reading the predicted
                               # tumour's brightness against the tissue (capsule_classifier/tumour_levels.py),
