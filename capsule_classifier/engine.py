@@ -186,7 +186,7 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
     if adversary is not None:
         adversary.train()
         stretches_all = torch.as_tensor(stretches)
-        hook = last_stage(getattr(model, "module", model)).register_forward_hook(
+        hook = last_stage(model).register_forward_hook(        # the adversary is refused under torchrun
             lambda module, inputs, output: captured.__setitem__("features", output))
     seed = _epoch_seed(config.seed, epoch)
     torch.manual_seed(seed)
@@ -387,8 +387,8 @@ def build_stretch_adversary(model, train_data, config, device):
     if distributed.is_distributed():
         raise ValueError("--stretch_adversary is not supported under torchrun (its head is not synchronised)")
     last_stage(model)                   # refuses networks without a residual trunk
-    stretches, allowed = training_stretches(train_data)
-    return StretchAdversary(model.config["widths"][-1], allowed).to(device), stretches
+    stretches, counts = training_stretches(train_data)
+    return StretchAdversary(model.config["widths"][-1], counts).to(device), stretches
 
 
 def fit(model, model_name, train_data, val_data, config, run_dir, device, resume=False,
@@ -454,7 +454,6 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
     num_classes = getattr(trained, "module", trained).config["num_classes"]
     counts = class_counts(train_data, num_classes)
     prior = prior_from_counts(counts)
-    chance = adversary.chance_loss(train_data.labels) if adversary is not None else None
     for epoch in range(start, config.epochs):
         started = time.time()
         loss, accuracy, speed = train_epoch(trained, train_data, config, optimiser, scheduler, scaler,
@@ -489,7 +488,7 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
         distributed.barrier()       # every process reads the checkpoints rank 0 has just written
         validated = (f"val loss {record['val_loss']:.3f}  val acc {metrics['accuracy']:.3f}  "
                      f"val F1 {metrics['macro_f1']:.3f}  " if metrics else "")
-        adversarial = (f"stretch loss {record['stretch_loss']:.3f} (chance {chance:.3f})  "
+        adversarial = (f"stretch loss {record['stretch_loss']:.3f} (blind {adversary.blind_loss:.3f})  "
                        if adversary is not None else "")
         log(f"epoch {epoch + 1}/{config.epochs}  loss {loss:.3f}  train acc {accuracy:.3f}  {validated}"
             f"{adversarial}{speed:.0f} img/s  {time.time() - started:.0f}s")

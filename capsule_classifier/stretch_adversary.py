@@ -2,8 +2,8 @@
 the figshare numbering that hold one class look alike.
 
 Why: on the leave-stretch-out folds the networks fail where the imaging plane and the class go
-together in training (every training meningioma stretch of fold 5 is coronal or sagittal, most glioma
-stretches axial), so the trunk can read the plane as class evidence. Domain-adversarial training
+together in training (fold 5 trains on meningiomas that are mostly coronal or sagittal and on gliomas
+that are mostly axial), so the trunk can read the plane as class evidence. Domain-adversarial training
 (Ganin et al. 2016) with the stretch as the domain, conditioned on the class: a small head reads the
 pooled last-stage features through a gradient-reversal layer and predicts the slice's stretch among
 the training stretches that hold the slice's class (its softmax restricted to those), so what the
@@ -46,33 +46,38 @@ def reversal_strength(progress):
 
 
 def training_stretches(data):
-    """(stretch index per slice, allowed (classes, stretches) bool array: which stretches hold
-    slices of each class) of the training data; a ValueError names the flag when the slices carry
-    no figshare numbers."""
+    """(stretch index per slice, counts (classes, stretches): the training slices of each class in
+    each stretch) of the training data; a ValueError names the flag when the slices carry no figshare
+    numbers, or when no class lies in two stretches."""
     try:
         stretches = stretch_ids(data.patient_ids, data.source_ids)
     except ValueError as error:
         raise ValueError(f"--stretch_adversary needs figshare-numbered slices: {error}") from None
     stretches = np.unique(stretches, return_inverse=True)[1]
     labels = np.asarray(data.labels)
-    allowed = np.zeros((int(labels.max()) + 1, int(stretches.max()) + 1), dtype=bool)
-    allowed[labels, stretches] = True
-    if allowed.sum(1).max() < 2:
-        raise ValueError(f"--stretch_adversary: the {len(labels)} training slices form {allowed.shape[1]} "
+    counts = np.zeros((int(labels.max()) + 1, int(stretches.max()) + 1), dtype=np.int64)
+    np.add.at(counts, (labels, stretches), 1)
+    if (counts > 0).sum(1).max() < 2:
+        raise ValueError(f"--stretch_adversary: the {len(labels)} training slices form {counts.shape[1]} "
                          f"stretch(es) of about {STRETCH_SLICES} slices and no class lies in two, so there is "
                          f"nothing to tell apart; use it on data the size of the figshare set")
-    return stretches, allowed
+    return stretches, counts
 
 
 class StretchAdversary(nn.Module):
-    """Pooled trunk features (B, C, h, w) -> stretch logits (B, stretches), behind a gradient reversal."""
+    """Pooled trunk features (B, C, h, w) -> stretch logits (B, stretches), behind a gradient reversal.
+    ``counts`` (classes, stretches): training slices per class and stretch (``training_stretches``)."""
 
-    def __init__(self, channels, allowed):
+    def __init__(self, channels, counts):
         super().__init__()
-        allowed = torch.as_tensor(np.asarray(allowed), dtype=torch.bool)
-        self.register_buffer("allowed", allowed, persistent=False)
+        counts = np.asarray(counts, dtype=np.float64)
+        self.register_buffer("allowed", torch.as_tensor(counts > 0), persistent=False)
+        # the loss of a head that knows each slice's class and nothing else: the entropy of the stretch
+        # given the class, over the training slices (what a perfect reversal leaves the head)
+        shares = counts / counts.sum(1, keepdims=True).clip(min=1)
+        self.blind_loss = float(-(counts * np.log(np.where(counts > 0, shares, 1))).sum() / counts.sum())
         self.head = nn.Sequential(nn.Linear(channels, HIDDEN), nn.ReLU(inplace=True),
-                                  nn.Linear(HIDDEN, allowed.shape[1]))
+                                  nn.Linear(HIDDEN, counts.shape[1]))
         self.losses = []       # this epoch's losses, for the training log (``epoch_loss``)
 
     def forward(self, features, strength):
@@ -85,11 +90,6 @@ class StretchAdversary(nn.Module):
         loss = F.cross_entropy(logits, stretches)
         self.losses.append(loss.item())
         return loss
-
-    def chance_loss(self, labels):
-        """The loss of a head that cannot tell the stretches apart: the mean log of the number of
-        stretches holding each slice's class (what a perfect reversal drives the loss to)."""
-        return float(self.allowed[torch.as_tensor(labels)].sum(1).float().log().mean())
 
     def epoch_loss(self):
         """The mean loss since the last call (None when there was none), and a fresh start."""

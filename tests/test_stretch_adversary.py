@@ -29,18 +29,19 @@ def test_the_reversal_flips_and_scales_the_gradient_only():
 
 
 def test_the_loss_counts_only_the_stretches_that_hold_the_slice_class():
-    allowed = np.array([[True, True, False], [False, False, True]])     # class 0: stretches 0, 1; class 1: 2
-    adversary = StretchAdversary(8, allowed)
+    counts = np.array([[3, 1, 0], [0, 0, 2]])     # class 0 lies in stretches 0 and 1, class 1 in stretch 2
+    adversary = StretchAdversary(8, counts)
     logits = torch.tensor([[0.0, 0.0, 50.0], [3.0, -2.0, 0.0]])
     loss = adversary.loss(logits, torch.tensor([0, 2]), torch.tensor([0, 1]))
     # slice 0: stretch 2 is not its class's, so its large logit is ignored (log 2); slice 1: one stretch, 0
     assert loss.item() == pytest.approx(np.log(2) / 2)
-    assert adversary.chance_loss([0, 1]) == pytest.approx(np.log(2) / 2)
+    # a head that knows the class only: the entropy of the stretch given the class, over the 6 slices
+    assert adversary.blind_loss == pytest.approx((3 * np.log(4 / 3) + np.log(4)) / 6)
     assert adversary.epoch_loss() == pytest.approx(loss.item()) and adversary.epoch_loss() is None
 
 
 def test_the_trunk_gets_the_reversed_gradient_and_the_head_the_plain_one():
-    adversary = StretchAdversary(4, np.ones((1, 3), dtype=bool))
+    adversary = StretchAdversary(4, np.ones((1, 3)))
     features = torch.randn(6, 4, 2, 2, requires_grad=True)
     stretches, labels = torch.tensor([0, 1, 2, 0, 1, 2]), torch.zeros(6, dtype=torch.long)
     adversary.loss(adversary(features, 0.0), stretches, labels).backward()
@@ -78,9 +79,8 @@ def test_training_with_the_adversary_logs_it_resumes_exactly_and_leaves_the_mode
     fit(fresh(), "capsule", data, None, config, str(tmp_path / "whole"), cpu, log=said.append)
     record = load_checkpoint(tmp_path / "whole" / "last.pt")
     assert all(row["stretch_loss"] > 0 for row in record["history"])
-    assert any("stretch loss" in line and "chance" in line for line in said)
+    assert any("stretch loss" in line and "blind" in line for line in said)
     assert {"head.0.weight", "head.2.weight"} <= set(record["adversary_state_dict"])
-    assert not any(key.startswith("head.") for key in record["state_dict"])    # prediction needs no head
 
     def interrupt(epoch):
         raise KeyboardInterrupt
@@ -98,6 +98,7 @@ def test_training_with_the_adversary_logs_it_resumes_exactly_and_leaves_the_mode
     fit(fresh(), "capsule", data, None, TrainConfig(epochs=2, batch_size=8), str(tmp_path / "plain"), cpu,
         log=lambda *a: None)
     plain = load_checkpoint(tmp_path / "plain" / "last.pt")["state_dict"]
+    assert set(record["state_dict"]) == set(plain)                  # the model holds no head: prediction unchanged
     assert not all(torch.equal(record["state_dict"][k], plain[k]) for k in plain)    # the trunk felt it
 
 
