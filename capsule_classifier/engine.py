@@ -5,6 +5,7 @@ generators seeded by (seed, e), and ``last.pt`` after every epoch holds the mode
 scheduler, scaler and history. So a run resumed from ``last.pt`` continues exactly where it stopped
 and ends with the same weights as an uninterrupted one (bit for bit on the CPU).
 """
+import contextlib
 import hashlib
 import math
 import os
@@ -67,6 +68,7 @@ class TrainConfig:
                                      # each slice as well (5x the views; per-epoch validation stays single-view)
     stretch_adversary: float = 0.0   # > 0: weight of a class-conditional stretch adversary behind a gradient
                                      # reversal (residual capsule network; capsule_classifier/stretch_adversary.py)
+    stretch_adversary_reads: str = "mean"   # its head reads the last stage averaged ("mean") or every position ("map")
 
 
 NO_MASKS = "a data file has no tumor_masks"
@@ -174,6 +176,20 @@ def blend_targets(targets, partner, partner_share):
     return (1 - share) * targets + share * targets[partner]
 
 
+@contextlib.contextmanager
+def capture_output(module):
+    """A dict whose "output" is ``module``'s latest output while the block runs (the hook is removed
+    however the block ends); ``module`` None: an empty dict and no hook."""
+    captured = {}
+    hook = None if module is None else module.register_forward_hook(
+        lambda _module, _inputs, output: captured.__setitem__("output", output))
+    try:
+        yield captured
+    finally:
+        if hook is not None:
+            hook.remove()
+
+
 def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch, description, average=None,
                 adversary=None, stretches=None):
     """One pass over ``data`` (LabelledImages); returns (mean loss, accuracy, images per second).
@@ -181,13 +197,9 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
     ``StretchAdversary``) with ``stretches`` (the stretch index of every slice of ``data``) adds
     ``config.stretch_adversary`` x its loss on the last stage's features."""
     model.train()
-    captured = {}
-    hook = None
     if adversary is not None:
         adversary.train()
         stretches_all = torch.as_tensor(stretches)
-        hook = last_stage(model).register_forward_hook(        # the adversary is refused under torchrun
-            lambda module, inputs, output: captured.__setitem__("features", output))
     seed = _epoch_seed(config.seed, epoch)
     torch.manual_seed(seed)
     # under torchrun every process takes its share of each global batch, with its own augmentation
@@ -203,65 +215,65 @@ def train_epoch(model, data, config, optimiser, scheduler, scaler, device, epoch
     total_loss, correct, seen, started = 0.0, 0, 0, time.time()
     bar = tqdm(batches, desc=description, unit="batch", leave=False, dynamic_ncols=True,
                **distributed.progress_bar_options())
-    for step, rows in enumerate(bar):
-        index = torch.as_tensor(rows)
-        images = _to_device(data.images[index], device, config.channels_last)
-        labels = labels_all[index].to(device)
-        masks = (data.masks[index].to(device).unsqueeze(1) if config.mask_weight or config.tumour_paste
-                 else None)
-        # pasting with matched levels comes between the geometry and the intensity changes, so one
-        # gamma and contrast treat a pasted tumour and its new surroundings alike
-        matched = config.tumour_paste > 0 and config.paste_levels == "matched"
-        images, labels, masks = augment_geometry(images, labels, config.augmentation, generator,
-                                                 config.vertical_flips, masks)
-        if not matched:
-            images = augment_intensity(images, config.augmentation, generator)
-        targets = labels                  # class indices, or (B, C) distributions once slices are mixed
-        if config.tumour_paste > 0 or config.mixup > 0:
-            targets = F.one_hot(labels, num_classes).float()
-        if config.tumour_paste > 0:
-            images, masks, donor, share = paste_tumours(images, masks, config.tumour_paste, generator,
-                                                          at=config.paste_at, labels=labels,
-                                                          donors=config.paste_donor, match_levels=matched)
-            targets = blend_targets(targets, donor, share)
-        if matched:
-            images = augment_intensity(images, config.augmentation, generator)
-        if config.mixup > 0:
-            weight = float(mixup_rng.beta(config.mixup, config.mixup))
-            images, masks, partner = mix_batch(images, masks, weight, generator)
-            targets = blend_targets(targets, partner, 1 - weight)
-        with _autocast(device, config.amp):
-            if not config.mask_weight:
-                logits = model(images)
-            else:
-                # a model with a tumour-levels expert also returns the expert's own logits
-                logits, mask_logits, *expert_logits = model(images, with_mask=True)
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
-            if config.mask_weight:
-                loss = loss + config.mask_weight * mask_loss(mask_logits, masks)
-                for expert in expert_logits:
-                    loss = loss + F.cross_entropy(expert.float(), targets, label_smoothing=config.label_smoothing)
-            if adversary is not None:
-                progress = (epoch + step / len(batches)) / config.epochs
-                stretch_logits = adversary(captured.pop("features"), reversal_strength(progress))
-                # the study's augmentation follows each slice by its rotated copies
-                batch_stretches = stretches_all[index].repeat_interleave(len(labels) // len(index))
-                loss = loss + config.stretch_adversary * adversary.loss(
-                    stretch_logits, batch_stretches.to(device), labels)
-        optimiser.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimiser)
-        scaler.update()
-        if scheduler is not None:
-            scheduler.step()
-        if average is not None:
-            average.update_parameters(getattr(model, "module", model))     # the bare model under DDP
-        total_loss += loss.item() * len(labels)
-        correct += (logits.argmax(1) == (targets.argmax(1) if targets.dim() == 2 else targets)).sum().item()
-        seen += len(labels)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{seen / (time.time() - started):.0f}")
-    if hook is not None:
-        hook.remove()
+    # the adversary reads the last stage's output (it is refused under torchrun, so ``model`` is the bare one)
+    with capture_output(last_stage(model) if adversary is not None else None) as captured:
+        for step, rows in enumerate(bar):
+            index = torch.as_tensor(rows)
+            images = _to_device(data.images[index], device, config.channels_last)
+            labels = labels_all[index].to(device)
+            masks = (data.masks[index].to(device).unsqueeze(1) if config.mask_weight or config.tumour_paste
+                     else None)
+            # pasting with matched levels comes between the geometry and the intensity changes, so one
+            # gamma and contrast treat a pasted tumour and its new surroundings alike
+            matched = config.tumour_paste > 0 and config.paste_levels == "matched"
+            images, labels, masks = augment_geometry(images, labels, config.augmentation, generator,
+                                                     config.vertical_flips, masks)
+            if not matched:
+                images = augment_intensity(images, config.augmentation, generator)
+            targets = labels                  # class indices, or (B, C) distributions once slices are mixed
+            if config.tumour_paste > 0 or config.mixup > 0:
+                targets = F.one_hot(labels, num_classes).float()
+            if config.tumour_paste > 0:
+                images, masks, donor, share = paste_tumours(images, masks, config.tumour_paste, generator,
+                                                              at=config.paste_at, labels=labels,
+                                                              donors=config.paste_donor, match_levels=matched)
+                targets = blend_targets(targets, donor, share)
+            if matched:
+                images = augment_intensity(images, config.augmentation, generator)
+            if config.mixup > 0:
+                weight = float(mixup_rng.beta(config.mixup, config.mixup))
+                images, masks, partner = mix_batch(images, masks, weight, generator)
+                targets = blend_targets(targets, partner, 1 - weight)
+            with _autocast(device, config.amp):
+                if not config.mask_weight:
+                    logits = model(images)
+                else:
+                    # a model with a tumour-levels expert also returns the expert's own logits
+                    logits, mask_logits, *expert_logits = model(images, with_mask=True)
+                loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
+                if config.mask_weight:
+                    loss = loss + config.mask_weight * mask_loss(mask_logits, masks)
+                    for expert in expert_logits:
+                        loss = loss + F.cross_entropy(expert.float(), targets, label_smoothing=config.label_smoothing)
+                if adversary is not None:
+                    progress = (epoch + step / len(batches)) / config.epochs
+                    stretch_logits = adversary(captured.pop("output"), reversal_strength(progress))
+                    # the study's augmentation follows each slice by its rotated copies
+                    batch_stretches = stretches_all[index].repeat_interleave(len(labels) // len(index))
+                    loss = loss + config.stretch_adversary * adversary.loss(
+                        stretch_logits, batch_stretches.to(device), labels)
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            if scheduler is not None:
+                scheduler.step()
+            if average is not None:
+                average.update_parameters(getattr(model, "module", model))     # the bare model under DDP
+            total_loss += loss.item() * len(labels)
+            correct += (logits.argmax(1) == (targets.argmax(1) if targets.dim() == 2 else targets)).sum().item()
+            seen += len(labels)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{seen / (time.time() - started):.0f}")
     total_loss, correct, seen = distributed.sum_over_processes([total_loss, correct, seen], device)
     return total_loss / max(seen, 1), correct / max(seen, 1), seen / (time.time() - started)
 
@@ -352,7 +364,7 @@ def data_fingerprint(data):
 
 # settings added after runs had been saved, and what a run saved without them did
 SAVED_WITHOUT = {"tumour_paste": 0.0, "paste_at": "host", "paste_donor": "any", "paste_levels": "raw",
-                 "stretch_adversary": 0.0}
+                 "stretch_adversary": 0.0, "stretch_adversary_reads": "mean"}
 SCORING_ONLY = ("prior_correction", "test_time_warps")   # change how a run is scored, not what it trains: free on resume
 
 
@@ -363,6 +375,8 @@ def check_resumable(state, config, train_data, path):
         for name in ("paste_at", "paste_donor", "paste_levels"):
             saved.pop(name)                   # where tumours land, whose and how bright is moot when
                                               # either run pastes none
+    if not (saved["stretch_adversary"] and config.stretch_adversary):
+        saved.pop("stretch_adversary_reads")  # what the head reads is moot when either run has none
     differ = [f"--{name}={value!r} (the run used {saved[name]!r})" for name, value in asdict(config).items()
               if name in saved and name not in SCORING_ONLY and saved[name] != value]
     saved_data = state.get("train_data")
@@ -388,7 +402,8 @@ def build_stretch_adversary(model, train_data, config, device):
         raise ValueError("--stretch_adversary is not supported under torchrun (its head is not synchronised)")
     last_stage(model)                   # refuses networks without a residual trunk
     stretches, counts = training_stretches(train_data)
-    return StretchAdversary(model.config["widths"][-1], counts).to(device), stretches
+    adversary = StretchAdversary(model.config["widths"][-1], counts, config.stretch_adversary_reads)
+    return adversary.to(device), stretches
 
 
 def fit(model, model_name, train_data, val_data, config, run_dir, device, resume=False,

@@ -20,6 +20,7 @@ from torch import nn
 from preprocess.splits import STRETCH_SLICES, stretch_ids
 
 HIDDEN = 128           # width of the head's hidden layer
+READS = ("mean", "map")  # what the head reads: the features averaged over positions, or every position
 RAMP_RATE = 10.0       # DANN's schedule: strength 2 / (1 + exp(-RAMP_RATE * progress)) - 1
 
 
@@ -65,28 +66,39 @@ def training_stretches(data):
 
 
 class StretchAdversary(nn.Module):
-    """Pooled trunk features (B, C, h, w) -> stretch logits (B, stretches), behind a gradient reversal.
-    ``counts`` (classes, stretches): training slices per class and stretch (``training_stretches``)."""
+    """Trunk features (B, C, h, w) -> stretch logits behind a gradient reversal: (B, stretches) from the
+    features averaged over positions (``reads="mean"``), or (B, stretches, h, w), one prediction per
+    position (``reads="map"``: the head is two 1x1 convolutions, so every position the capsules read is
+    pushed to hide the stretch). ``counts`` (classes, stretches): training slices per class and stretch
+    (``training_stretches``)."""
 
-    def __init__(self, channels, counts):
+    def __init__(self, channels, counts, reads="mean"):
         super().__init__()
+        if reads not in READS:
+            raise ValueError(f"--stretch_adversary_reads={reads!r}: one of {', '.join(READS)}")
+        self.reads = reads
         counts = np.asarray(counts, dtype=np.float64)
         self.register_buffer("allowed", torch.as_tensor(counts > 0), persistent=False)
         # the loss of a head that knows each slice's class and nothing else: the entropy of the stretch
         # given the class, over the training slices (what a perfect reversal leaves the head)
         shares = counts / counts.sum(1, keepdims=True).clip(min=1)
         self.blind_loss = float(-(counts * np.log(np.where(counts > 0, shares, 1))).sum() / counts.sum())
-        self.head = nn.Sequential(nn.Linear(channels, HIDDEN), nn.ReLU(inplace=True),
-                                  nn.Linear(HIDDEN, counts.shape[1]))
+        layer = (lambda a, b: nn.Linear(a, b)) if reads == "mean" else (lambda a, b: nn.Conv2d(a, b, 1))
+        self.head = nn.Sequential(layer(channels, HIDDEN), nn.ReLU(inplace=True), layer(HIDDEN, counts.shape[1]))
         self.losses = []       # this epoch's losses, for the training log (``epoch_loss``)
 
     def forward(self, features, strength):
-        return self.head(reverse_gradient(features.float().mean((-2, -1)), strength))
+        features = features.float()
+        return self.head(reverse_gradient(features.mean((-2, -1)) if self.reads == "mean" else features, strength))
 
     def loss(self, logits, stretches, labels):
         """Cross-entropy of each slice's stretch among the stretches that hold its class (0 for a
         class with a single stretch: nothing to tell apart)."""
-        logits = logits.float().masked_fill(~self.allowed[labels], float("-inf"))
+        allowed = self.allowed[labels]
+        if logits.dim() == 4:                   # one prediction per position, each with the slice's stretch
+            allowed = allowed[..., None, None].expand_as(logits)
+            stretches = stretches[:, None, None].expand(-1, *logits.shape[-2:])
+        logits = logits.float().masked_fill(~allowed, float("-inf"))
         loss = F.cross_entropy(logits, stretches)
         self.losses.append(loss.item())
         return loss

@@ -98,6 +98,8 @@ stretch_adversary = 0.0       # > 0: residual preset: weight of a training-only 
                               # (capsule_classifier/stretch_adversary.py; 0: off; leave-stretch-out fold 5,
                               # seed 0: 0.730 at 0.3, 0.705 at 1.0, the default 0.710; not adopted,
                               # capsule_classifier/RESULTS.md)
+stretch_adversary_reads = "mean"  # what that head reads: the last stage averaged over positions ("mean") or
+                              # every position of it ("map": a 1x1-convolution head, one prediction per position)
 tumour_crop = False           # residual preset: add a second view centred on the predicted tumour
 tumour_levels = False         # residual preset: a finer mask head and an expert reading the predicted
                               # tumour's brightness against the tissue (capsule_classifier/tumour_levels.py),

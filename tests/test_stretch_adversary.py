@@ -40,6 +40,19 @@ def test_the_loss_counts_only_the_stretches_that_hold_the_slice_class():
     assert adversary.epoch_loss() == pytest.approx(loss.item()) and adversary.epoch_loss() is None
 
 
+def test_the_map_head_predicts_the_stretch_at_every_position():
+    adversary = StretchAdversary(4, np.array([[3, 1, 0], [0, 0, 2]]), reads="map")
+    logits = adversary(torch.randn(2, 4, 3, 3), 1.0)
+    assert logits.shape == (2, 3, 3, 3)                              # (slices, stretches, h, w)
+    stretches, labels = torch.tensor([1, 2]), torch.tensor([0, 1])
+    loss = adversary.loss(logits, stretches, labels)
+    by_position = [adversary.loss(logits[:, :, y, x], stretches, labels) for y in range(3) for x in range(3)]
+    assert loss.item() == pytest.approx(torch.stack(by_position).mean().item(), rel=1e-5)
+    assert np.isfinite(loss.item())                                 # other classes' stretches masked, not NaN
+    with pytest.raises(ValueError, match="stretch_adversary_reads"):
+        StretchAdversary(4, np.ones((1, 2)), reads="max")
+
+
 def test_the_trunk_gets_the_reversed_gradient_and_the_head_the_plain_one():
     adversary = StretchAdversary(4, np.ones((1, 3)))
     features = torch.randn(6, 4, 2, 2, requires_grad=True)
@@ -119,3 +132,25 @@ def test_the_adversary_is_refused_where_it_cannot_work(blob_dataset, tmp_path):
                                  source_ids=np.array(["slice_a", "slice_b"]))
     with pytest.raises(ValueError, match="--stretch_adversary needs figshare-numbered slices"):
         training_stretches(unnumbered)
+
+
+def test_the_feature_hook_goes_however_the_epoch_ends():
+    from capsule_classifier.engine import capture_output
+    layer = torch.nn.Linear(2, 2)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with capture_output(layer) as captured:
+            layer(torch.ones(1, 2))
+            assert captured["output"].shape == (1, 2)
+            raise RuntimeError("interrupted")
+    assert not layer._forward_hooks
+
+
+def test_the_study_augmentation_repeats_each_slice_stretch_with_its_rotated_copies(blob_dataset, tmp_path,
+                                                                                   small_stretches):
+    config = TrainConfig(epochs=1, batch_size=8, stretch_adversary=0.3, augmentation="study", tumour_paste=0,
+                         stretch_adversary_reads="map")
+    torch.manual_seed(0)
+    model = make_model("capsule", image_size=64, preset="residual", **SMALL)
+    history, _ = fit(model, "capsule", load_sources([blob_dataset]), None, config, str(tmp_path / "study"),
+                     torch.device("cpu"), log=lambda *a: None)
+    assert history[0]["stretch_loss"] > 0 and not model.stages[-1]._forward_hooks
