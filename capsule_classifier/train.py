@@ -96,8 +96,8 @@ stretch_adversary = 0.0       # > 0: residual preset: weight of a training-only 
                               # reversal, tells apart the stretches of the figshare numbering holding the
                               # slice's class, so the trunk learns to hide plane / scanner cues
                               # (capsule_classifier/stretch_adversary.py; 0: off; leave-stretch-out fold 5,
-                              # seed 0: 0.730 at 0.3, 0.705 at 1.0, the default 0.710; not adopted,
-                              # capsule_classifier/RESULTS.md)
+                              # seed 0: 0.730 at 0.3, 0.705 at 1.0, 0.739 at 0.3 with reads=map, the
+                              # default 0.710; not adopted, capsule_classifier/RESULTS.md)
 stretch_adversary_reads = "mean"  # what that head reads: the last stage averaged over positions ("mean") or
                               # every position of it ("map": a 1x1-convolution head, one prediction per position)
 tumour_crop = False           # residual preset: add a second view centred on the predicted tumour
