@@ -145,8 +145,7 @@ def test_the_feature_hook_goes_however_the_epoch_ends():
     assert not layer._forward_hooks
 
 
-def test_the_study_augmentation_repeats_each_slice_stretch_with_its_rotated_copies(blob_dataset, tmp_path,
-                                                                                   small_stretches):
+def test_the_adversary_trains_with_the_study_augmentation_rotated_copies(blob_dataset, tmp_path, small_stretches):
     config = TrainConfig(epochs=1, batch_size=8, stretch_adversary=0.3, augmentation="study", tumour_paste=0,
                          stretch_adversary_reads="map")
     torch.manual_seed(0)
@@ -154,3 +153,19 @@ def test_the_study_augmentation_repeats_each_slice_stretch_with_its_rotated_copi
     history, _ = fit(model, "capsule", load_sources([blob_dataset]), None, config, str(tmp_path / "study"),
                      torch.device("cpu"), log=lambda *a: None)
     assert history[0]["stretch_loss"] > 0 and not model.stages[-1]._forward_hooks
+
+
+def test_what_the_head_reads_must_match_on_resume_only_when_both_runs_have_a_head():
+    from dataclasses import asdict
+
+    from capsule_classifier.engine import check_resumable
+    saved = {"train_config": asdict(TrainConfig(stretch_adversary=0.3))}           # saved before the option: "mean"
+    del saved["train_config"]["stretch_adversary_reads"]
+    check_resumable(saved, TrainConfig(stretch_adversary=0.3), None, "older_run")
+    with pytest.raises(ValueError, match=r"--stretch_adversary_reads='map' \(the run used 'mean'\)"):
+        check_resumable(saved, TrainConfig(stretch_adversary=0.3, stretch_adversary_reads="map"), None, "older_run")
+    plain = {"train_config": asdict(TrainConfig())}
+    check_resumable(plain, TrainConfig(stretch_adversary_reads="map"), None, "plain_run")      # moot without a head
+    with pytest.raises(ValueError, match="stretch_adversary_reads"):
+        run_experiment(Experiment(run_name="bad", data_path=["unused.h5"], device="cpu",
+                                  config=TrainConfig(stretch_adversary_reads="max")), log=lambda *a: None)
