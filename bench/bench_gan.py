@@ -85,7 +85,7 @@ def bench_train_step(size, settings, device, n_steps):
     import torch
 
     from generative_model.image_pool import ImagePool
-    from generative_model.trainer import (encoder_of, gan_criterion, generator_optimiser, l1_pixel_weights,
+    from generative_model.trainer import (encoder_of, gan_criterion, gan_optimisers, l1_pixel_weights,
                                           networks_of, train_step)
 
     torch.manual_seed(0)
@@ -96,8 +96,7 @@ def bench_train_step(size, settings, device, n_steps):
     discriminator.to(device)
     if encoder is not None:
         encoder.to(device)
-    opt_g = generator_optimiser(generator, encoder, settings)     # train.py's lr 2e-4, beta1 0.5
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_g, opt_d = gan_optimisers(generator, discriminator, encoder, settings)     # train.py's lr and beta1
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     mask = (torch.rand(settings.batch_size, 1, size, size, device=device) > 0.97).float() * 2 - 1

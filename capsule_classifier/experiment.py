@@ -28,7 +28,7 @@ from capsule_classifier.engine import TrainConfig, fit, mask_loss_problem, predi
 from capsule_classifier.network import count_parameters, make_model
 from capsule_classifier.report import (classification_metrics, plot_confusion, plot_curves,
                                        summarise_folds, text_report, write_json_atomic)
-from capsule_classifier.stretch_adversary import READS
+from capsule_classifier.stretch_adversary import check_reads
 from preprocess import distributed
 from preprocess.devices import describe_device, resolve_device
 from preprocess.splits import holdout_split, patient_folds
@@ -187,8 +187,7 @@ def check_settings(exp):
         raise ValueError(f"--paste_donor={config.paste_donor!r}: one of {', '.join(PASTE_DONORS)}")
     if config.paste_levels not in PASTE_LEVELS:
         raise ValueError(f"--paste_levels={config.paste_levels!r}: one of {', '.join(PASTE_LEVELS)}")
-    if config.stretch_adversary_reads not in READS:
-        raise ValueError(f"--stretch_adversary_reads={config.stretch_adversary_reads!r}: one of {', '.join(READS)}")
+    check_reads(config.stretch_adversary_reads)
     if not 0 <= config.ema_decay < 1:
         raise ValueError(f"--ema_decay={config.ema_decay}: 0 (off) or a decay in (0, 1)")
     if config.prior_correction < 0:

@@ -8,7 +8,8 @@ that are mostly axial), so the trunk can read the plane as class evidence. Domai
 pooled last-stage features through a gradient-reversal layer and predicts the slice's stretch among
 the training stretches that hold the slice's class (its softmax restricted to those), so what the
 trunk learns to hide is what tells stretches of one class apart (plane, scanner), not the class.
-Prediction is unchanged: the head lives beside the model and is not part of its checkpoint record.
+Prediction is unchanged: the head lives beside the model, not in its weights (``last.pt`` keeps it apart, to
+resume).
 """
 import math
 
@@ -46,6 +47,12 @@ def reversal_strength(progress):
     return 2.0 / (1.0 + math.exp(-RAMP_RATE * float(progress))) - 1.0
 
 
+def check_reads(reads):
+    """Refuse a ``--stretch_adversary_reads`` value other than those in READS, naming the flag."""
+    if reads not in READS:
+        raise ValueError(f"--stretch_adversary_reads={reads!r}: one of {', '.join(READS)}")
+
+
 def training_stretches(data):
     """(stretch index per slice, counts (classes, stretches): the training slices of each class in
     each stretch) of the training data; a ValueError names the flag when the slices carry no figshare
@@ -74,8 +81,7 @@ class StretchAdversary(nn.Module):
 
     def __init__(self, channels, counts, reads="mean"):
         super().__init__()
-        if reads not in READS:
-            raise ValueError(f"--stretch_adversary_reads={reads!r}: one of {', '.join(READS)}")
+        check_reads(reads)
         self.reads = reads
         counts = np.asarray(counts, dtype=np.float64)
         self.register_buffer("allowed", torch.as_tensor(counts > 0), persistent=False)

@@ -168,11 +168,13 @@ def encoder_of(settings):
     return LatentEncoder(settings.image_size, settings.ndf, settings.latent_dim)
 
 
-def generator_optimiser(generator, encoder, settings):
-    """Adam over the generator and, when on, the latent encoder (BicycleGAN: the encoder learns with the
-    generator; a second parameter group)."""
+def gan_optimisers(generator, discriminator, encoder, settings):
+    """(generator's, discriminator's) Adam at the settings' lr and beta1; the latent encoder, when on,
+    learns with the generator (BicycleGAN; a second parameter group)."""
     groups = [{"params": generator.parameters()}] + ([{"params": encoder.parameters()}] if encoder is not None else [])
-    return torch.optim.Adam(groups, lr=settings.lr, betas=(settings.beta1, 0.999))
+    betas = (settings.beta1, 0.999)
+    return (torch.optim.Adam(groups, lr=settings.lr, betas=betas),
+            torch.optim.Adam(discriminator.parameters(), lr=settings.lr, betas=betas))
 
 
 def train_one_model(dataset, indices, out_dir, settings, resume=False):
@@ -199,8 +201,7 @@ def train_one_model(dataset, indices, out_dir, settings, resume=False):
           f"{', full-resolution pixel critic' if settings.pixel_critic else ''}"
           f"{f', {settings.critic_scales} scales' if settings.critic_scales > 1 else ''}), {settings.norm} norm, "
           f"{f'latent encoder {_millions(encoder)}M, ' if encoder is not None else ''}on {device}")
-    opt_g = generator_optimiser(generator, encoder, settings)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=settings.lr, betas=(settings.beta1, 0.999))
+    opt_g, opt_d = gan_optimisers(generator, discriminator, encoder, settings)
     use_amp = settings.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     average = exponential_average(generator, settings.generator_ema)   # None when off
