@@ -5,7 +5,8 @@
 
 Writes a dataset file of the real layout with attribute synthetic = True, which
 capsule_classifier/train.py --data_path=... takes as it is. --pickle_out=FILE.pkl also writes the
-study's pickle (a list of [image, label]). Same seed, same output.
+study's pickle (a list of [image, label]). Same seed, same output. --mask_classes=any (class-
+conditional runs) draws every class into masks of any class instead of its own.
 """
 import sys
 
@@ -22,6 +23,8 @@ device = "auto"
 threads = 2
 pickle_out = ""                      # also write the study's pickle here ("" = no)
 compression = "gzip"                 # "gzip" (portable), "lzf" (faster to write; h5py only), "none"
+mask_classes = "own"                 # "own": each class into masks of its own class; "any": into masks of
+                                     # every class (class-conditional runs only: class and anatomy decoupled)
 # -----------------------------------------------------------------------------
 
 if __name__ == "__main__":
@@ -42,7 +45,7 @@ if __name__ == "__main__":
         summary = synthesize(os.path.join(model_dir, run_name), masks, out, per_class=per_class or None,
                              total=total, batch_size=batch_size, seed=seed, device=device,
                              pickle_out=pickle_out or None, created_with=flags,
-                             compression=compression)
+                             compression=compression, mask_classes=mask_classes)
     except (OSError, KeyError, ValueError, CheckpointError) as error:
         sys.exit(f"error: {error}")
     counts = ", ".join(f"{name} {n}" for name, n in zip(summary["classes"], summary["per_class"]))

@@ -1,10 +1,11 @@
 """Synthesis: trained generators + an augmented-mask file -> a synthetic dataset file.
 
-For each class, ``per_class`` masks of that class are drawn from the mask file (a seeded
-permutation, repeated when more slices than masks are asked for), each gets its own latent
-vector, and the generated slices are streamed to a dataset file of the real layout (images,
-labels, conditions, tumor_masks when the mask file has them, patient_ids
-``synthetic-<class>-<k>``, source_ids of the masks, attribute ``synthetic`` = True).
+For each class, ``per_class`` masks of that class (``mask_classes="any"``: of any class, for a
+class-conditional run) are drawn from the mask file (a seeded permutation, repeated when more
+slices than masks are asked for), each gets its own latent vector, and the generated slices are
+streamed to a dataset file of the real layout (images, labels, conditions, tumor_masks when the
+mask file has them, patient_ids ``synthetic-<class>-<k>``, source_ids of the masks, attributes
+``synthetic`` = True and ``mask_classes``).
 
 Reading the next batch of masks and writing (compressing) the previous batch of slices run in
 background threads while the generator works on the current batch, so end to end synthesis runs
@@ -26,13 +27,27 @@ from preprocess.atomic import atomic_path, check_outputs
 from preprocess.dataset import CLASS_NAMES, DatasetWriter, has_field, read_attrs, read_column
 
 COMPRESSIONS = ("gzip", "lzf", "none")
+MASK_CLASSES = ("own", "any")
 
 
-def plan_class(labels, class_index, per_class, seed):
-    """Rows of the mask file used for one class: a seeded permutation, cycled to per_class."""
-    rows = np.flatnonzero(labels == class_index)
+def check_mask_classes(mask_classes):
+    """Refuses a ``mask_classes`` other than those of MASK_CLASSES."""
+    if mask_classes not in MASK_CLASSES:
+        raise ValueError(f"--mask_classes={mask_classes!r}: use one of {MASK_CLASSES}")
+
+
+def plan_class(labels, class_index, per_class, seed, mask_classes="own"):
+    """Rows of the mask file used for one class: a seeded permutation, cycled to per_class.
+
+    ``mask_classes``: "own" draws the class's slices into masks of that class only; "any" into
+    masks of every class (a class-conditional GAN then paints, say, a meningioma into the skull
+    and tumour outline of a glioma slice: class and anatomy decoupled).
+    """
+    check_mask_classes(mask_classes)
+    rows = np.flatnonzero(labels == class_index) if mask_classes == "own" else np.arange(len(labels))
     if len(rows) == 0:
-        raise ValueError(f"no masks of class {CLASS_NAMES[class_index]!r} in the mask file")
+        raise ValueError(f"no masks of class {CLASS_NAMES[class_index]!r} in the mask file" if mask_classes == "own"
+                         else "the mask file holds no masks")
     order = np.random.default_rng([seed, class_index]).permutation(rows)
     return np.resize(order, per_class)
 
@@ -51,8 +66,11 @@ def read_mask_batch(handle, rows, fields):
 
 
 def synthesize(run_dir, masks_path, out_path, per_class=None, total=7000, batch_size=64, seed=0,
-               device="auto", progress=True, pickle_out=None, created_with=None, compression="gzip"):
+               device="auto", progress=True, pickle_out=None, created_with=None, compression="gzip",
+               mask_classes="own"):
     """Write the synthetic dataset file; returns a summary dict (counts, seconds, paths).
+
+    ``mask_classes``: see ``plan_class``; "any" needs a class-conditional run.
 
     ``compression``: "gzip" (level 1, as the real dataset files; readable everywhere), "lzf"
     (several times faster to write, h5py only) or "none".
@@ -60,8 +78,14 @@ def synthesize(run_dir, masks_path, out_path, per_class=None, total=7000, batch_
     check_outputs({"out": out_path, "pickle_out": pickle_out}, {"masks": masks_path})
     if (per_class or total) < 1 or (per_class or 0) < 0:
         raise ValueError(f"--per_class={per_class} --total={total}: nothing to synthesise; ask for at least one slice")
+    check_mask_classes(mask_classes)
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"--compression={compression!r}: use one of {COMPRESSIONS}")
     device = resolve_device(device) if isinstance(device, str) else device
     generators, index = load_generators(run_dir, device)
+    if mask_classes != "own" and not index["conditional"]:
+        raise ValueError(f"--mask_classes={mask_classes!r}: {run_dir} holds one model per class; drawing a class "
+                         f"into another class's masks needs a class-conditional run (--conditional=True)")
     attrs = read_attrs(masks_path)
     size = int(attrs["image_size"])
     if size != int(index["image_size"]):
@@ -83,8 +107,6 @@ def synthesize(run_dir, masks_path, out_path, per_class=None, total=7000, batch_
     started = time.perf_counter()
     bar = tqdm(total=sum(counts), desc="synthesising", unit="slice", disable=not progress,
                dynamic_ncols=True)
-    if compression not in COMPRESSIONS:
-        raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
     with DatasetWriter(out_path, image_size=size, fields=fields,
                        compression=None if compression == "none" else compression) as writer, \
             h5py.File(masks_path, "r") as masks, \
@@ -93,7 +115,7 @@ def synthesize(run_dir, masks_path, out_path, per_class=None, total=7000, batch_
         for class_index, per_class in zip(classes, counts):
             name = CLASS_NAMES[class_index]
             generator = generators[CONDITIONAL_FOLDER if index["conditional"] else name]
-            rows = plan_class(labels, class_index, per_class, seed)
+            rows = plan_class(labels, class_index, per_class, seed, mask_classes)
             latents = torch.randn(per_class, generator.latent_dim,
                                   generator=torch.Generator().manual_seed(seed * 1000 + class_index))
             noise = torch.Generator(device=device).manual_seed(seed * 1000 + class_index)   # for noise inputs
@@ -122,7 +144,7 @@ def synthesize(run_dir, masks_path, out_path, per_class=None, total=7000, batch_
         if pending_write is not None:
             pending_write.result()
         writer.attrs.update(synthetic=True, source=os.path.abspath(masks_path),
-                            generator_run=os.path.abspath(run_dir), seed=seed,
+                            generator_run=os.path.abspath(run_dir), seed=seed, mask_classes=mask_classes,
                             created_with=created_with or {})
     bar.close()
     summary = {"out": os.fspath(out_path), "slices": sum(counts), "per_class": counts,

@@ -455,3 +455,29 @@ def test_a_latent_encoder_with_mode_seeking_or_drawn_matching_without_an_encoder
     with pytest.raises(ValueError, match="--drawn_feature_matching=True needs --latent_encoder=True"):
         train_models(blob_dataset, tmp_path, "refused", GanSettings(**{**TINY, "drawn_feature_matching": True}))
     assert not (tmp_path / "refused").exists()
+
+
+def test_mask_classes_any_draws_every_class_into_masks_of_any_class(blob_dataset, masks_file, trained_run, tmp_path):
+    from generative_model.synthesis import plan_class
+    labels = read_column(masks_file, "labels")
+    own = plan_class(labels, 0, 60, seed=0)
+    mixed = plan_class(labels, 0, 60, seed=0, mask_classes="any")
+    assert set(labels[own]) == {0}
+    assert set(labels[mixed]) == {0, 1, 2}            # 36 masks, 12 per class: 60 draws cycle through all of them
+    train_models(blob_dataset, tmp_path, "cond", GanSettings(**dict(TINY, conditional=True)))
+    out = tmp_path / "any.h5"
+    synthesize(tmp_path / "cond", masks_file, out, per_class=12, batch_size=5, device="cpu", progress=False,
+               mask_classes="any")
+    slice_labels = read_column(out, "labels")
+    assert np.bincount(slice_labels).tolist() == [12, 12, 12]
+    mask_sources = list(read_column(masks_file, "source_ids"))
+    mask_labels = [labels[mask_sources.index(s)] for s in read_column(out, "source_ids")]
+    assert any(m != s for m, s in zip(mask_labels, slice_labels))   # some slices sit in another class's mask
+    assert read_attrs(out)["mask_classes"] == "any"
+    with pytest.raises(ValueError, match="class-conditional"):      # per-class models draw only their class
+        synthesize(trained_run, masks_file, tmp_path / "refused.h5", per_class=2, device="cpu", progress=False,
+                   mask_classes="any")
+    with pytest.raises(ValueError, match="mask_classes='every'"):
+        synthesize(tmp_path / "cond", masks_file, tmp_path / "bad.h5", per_class=2, device="cpu", progress=False,
+                   mask_classes="every")
+    assert not (tmp_path / "refused.h5").exists() and not (tmp_path / "bad.h5").exists()

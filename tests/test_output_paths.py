@@ -89,6 +89,7 @@ def test_sigterm_leaves_no_partial_file(demo_mat_dir, tmp_path):
     ("capsule_classifier/train.py", ["--epochs=0"], "--epochs=0"),
     ("generative_model/train.py", ["--epochs=-1", "--image_size=64"], "--epochs=-1"),
     ("generative_model/generate.py", ["--total=0"], "nothing to synthesise"),
+    ("generative_model/generate.py", ["--mask_classes=every"], "--mask_classes='every'"),
 ])
 def test_flags_that_would_do_nothing_are_refused(script, args, message, blob_dataset, demo_mat_dir, tmp_path):
     data = {"preprocess/prepare_dataset.py": [f"--source={demo_mat_dir}", f"--out={tmp_path / 'o.h5'}"],
