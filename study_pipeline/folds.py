@@ -149,9 +149,14 @@ def run_fold(settings, fold, train_rows, val_rows, log=print):
     paths = prepare_split(settings, fold, train_rows, val_rows, log)
     needs_synthetic = {"pretrained", "synthetic_only"} & set(settings.arms)
     synthetic, leakage = synthetic_slices(settings, fold, paths, log) if needs_synthetic else (None, None)
-    record = {"fold": fold, "val_patients": sorted(set(read_column(paths["val"], "patient_ids"))),
-              "gan_train_patients": sorted(set(read_column(paths["gan_train"], "patient_ids")))
-              if needs_synthetic else [], "leakage": leakage, "arms": {}}
+    # a rerun with fewer --arms or seeds keeps what earlier runs of this fold recorded (the split is
+    # the fold's own files, reused, so their arms were tested on the same patients)
+    record = _earlier_record(fold_dir) | {"fold": fold,
+                                          "val_patients": sorted(set(read_column(paths["val"], "patient_ids")))}
+    record = {"arms": {}, "gan_train_patients": [], "leakage": None} | record
+    if needs_synthetic:
+        record.update(gan_train_patients=sorted(set(read_column(paths["gan_train"], "patient_ids"))),
+                      leakage=leakage)
     for seed in range(settings.seeds):
         for arm in settings.arms:
             record["arms"].setdefault(arm, {})[str(seed)] = run_arm(settings, arm, seed, paths, synthetic,
@@ -163,6 +168,15 @@ def run_fold(settings, fold, train_rows, val_rows, log=print):
             record["tsne"] = os.path.relpath(real_and_synthetic_tsne(settings, fold_dir, paths, synthetic), settings.out)
         write_json_atomic(record, os.path.join(fold_dir, FOLD_FILE))
     return record
+
+
+def _earlier_record(fold_dir):
+    """The fold's fold.json from an earlier run, or an empty record."""
+    path = os.path.join(fold_dir, FOLD_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as handle:
+        return json.load(handle)
 
 
 def real_and_synthetic_tsne(settings, fold_dir, paths, synthetic, max_slices=1500):

@@ -55,6 +55,19 @@ def test_a_finished_fold_is_reused_not_retrained(one_fold_then_the_rest):
     assert "fold_2: pretrained, seed 0" not in rest.stdout and "fold_1: pretrained, seed 0" in rest.stdout
 
 
+def test_a_rerun_with_fewer_arms_keeps_the_other_arms_of_the_fold(one_fold_then_the_rest, blob_dataset):
+    out, _, _ = one_fold_then_the_rest
+    record_file = out / "fold_2" / "fold.json"
+    before = json.loads(record_file.read_text())
+    again = _study(blob_dataset, out, "--fold=2", "--arms=real_only")
+    assert "fold_2: real_only, seed 0" not in again.stdout            # reused, nothing trained
+    after = json.loads(record_file.read_text())
+    assert set(after["arms"]) == {"real_only", "pretrained", "baseline", "synthetic_only"}
+    assert after["arms"] == before["arms"]
+    assert after["leakage"] == before["leakage"] and after["gan_train_patients"] == before["gan_train_patients"]
+    assert after["tsne"] == before["tsne"] and after["gan_samples"] == before["gan_samples"]
+
+
 def test_presets_are_known_settings():
     import runpy
     flags = runpy.run_path(str(ROOT / "study.py"), run_name="defaults_only")
