@@ -127,9 +127,14 @@ def arm_experiment(settings, arm, seed, paths, synthetic, run_dir, image_size):
                       flags={"study_arm": arm, "seed": seed})
 
 
+def arm_run_dir(fold_dir, arm, seed):
+    """The run folder of one arm and seed (train.py's layout inside)."""
+    return os.path.join(fold_dir, "arms", f"{arm}_s{seed}")
+
+
 def run_arm(settings, arm, seed, paths, synthetic, fold_dir, log=print):
     """One classifier arm on one seed; reuses a finished run. Returns its test metrics."""
-    run_dir = os.path.join(fold_dir, "arms", f"{arm}_s{seed}")
+    run_dir = arm_run_dir(fold_dir, arm, seed)
     metrics_path = os.path.join(run_dir, "metrics.json")
     if os.path.exists(metrics_path):
         with open(metrics_path) as handle:
@@ -151,9 +156,8 @@ def run_fold(settings, fold, train_rows, val_rows, log=print):
     synthetic, leakage = synthetic_slices(settings, fold, paths, log) if needs_synthetic else (None, None)
     # a rerun with fewer --arms or seeds keeps what earlier runs of this fold recorded (the split is
     # the fold's own files, reused, so their arms were tested on the same patients)
-    record = _earlier_record(fold_dir) | {"fold": fold,
-                                          "val_patients": sorted(set(read_column(paths["val"], "patient_ids")))}
-    record = {"arms": {}, "gan_train_patients": [], "leakage": None} | record
+    record = ({"fold": fold, "val_patients": [], "gan_train_patients": [], "leakage": None, "arms": {}}
+              | _earlier_record(fold_dir) | {"val_patients": sorted(set(read_column(paths["val"], "patient_ids")))})
     if needs_synthetic:
         record.update(gan_train_patients=sorted(set(read_column(paths["gan_train"], "patient_ids"))),
                       leakage=leakage)
@@ -171,12 +175,19 @@ def run_fold(settings, fold, train_rows, val_rows, log=print):
 
 
 def _earlier_record(fold_dir):
-    """The fold's fold.json from an earlier run, or an empty record."""
+    """The fold's fold.json from an earlier run (without the arm runs whose folder is gone), or {}."""
     path = os.path.join(fold_dir, FOLD_FILE)
     if not os.path.exists(path):
         return {}
     with open(path) as handle:
-        return json.load(handle)
+        record = json.load(handle)
+
+    def finished(arm, seed):
+        return os.path.exists(os.path.join(arm_run_dir(fold_dir, arm, seed), "metrics.json"))
+
+    arms = {arm: {seed: run for seed, run in runs.items() if finished(arm, seed)}
+            for arm, runs in record.get("arms", {}).items()}
+    return record | {"arms": {arm: runs for arm, runs in arms.items() if runs}}
 
 
 def real_and_synthetic_tsne(settings, fold_dir, paths, synthetic, max_slices=1500):
@@ -185,7 +196,7 @@ def real_and_synthetic_tsne(settings, fold_dir, paths, synthetic, max_slices=150
     png = os.path.join(fold_dir, "tsne.png")
     if not os.path.exists(png):
         device = resolve_device(settings.device)
-        model, record = load_model(os.path.join(fold_dir, "arms", "pretrained_s0", "best.pt"), device)
+        model, record = load_model(os.path.join(arm_run_dir(fold_dir, "pretrained", 0), "best.pt"), device)
         features, data, _ = embed_files(model, [paths["val"], synthetic], record["image_size"], device,
                                         max_slices, settings.split_seed)
         write_tsne(map_coordinates(features, settings.split_seed), data, png, os.path.join(fold_dir, "tsne.csv"),

@@ -1,6 +1,7 @@
 """study.py end to end on tiny data: no validation patient reaches the GAN, every arm on every
 fold, resumable, one fold at a time plus collect, presets."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,17 +56,23 @@ def test_a_finished_fold_is_reused_not_retrained(one_fold_then_the_rest):
     assert "fold_2: pretrained, seed 0" not in rest.stdout and "fold_1: pretrained, seed 0" in rest.stdout
 
 
-def test_a_rerun_with_fewer_arms_keeps_the_other_arms_of_the_fold(one_fold_then_the_rest, blob_dataset):
+def test_a_fold_rerun_with_other_arms_or_seeds_adds_to_its_record_and_drops_nothing(one_fold_then_the_rest, blob_dataset):
     out, _, _ = one_fold_then_the_rest
     record_file = out / "fold_2" / "fold.json"
     before = json.loads(record_file.read_text())
-    again = _study(blob_dataset, out, "--fold=2", "--arms=real_only")
-    assert "fold_2: real_only, seed 0" not in again.stdout            # reused, nothing trained
+    again = _study(blob_dataset, out, "--fold=2", "--arms=real_only", "--seeds=2")
+    assert "fold_2: real_only, seed 0" not in again.stdout and "fold_2: real_only, seed 1" in again.stdout
     after = json.loads(record_file.read_text())
     assert set(after["arms"]) == {"real_only", "pretrained", "baseline", "synthetic_only"}
-    assert after["arms"] == before["arms"]
+    assert set(after["arms"]["real_only"]) == {"0", "1"}                # the new seed added ...
+    assert after["arms"]["real_only"]["0"] == before["arms"]["real_only"]["0"]
+    assert {arm: runs for arm, runs in after["arms"].items() if arm != "real_only"} == \
+        {arm: runs for arm, runs in before["arms"].items() if arm != "real_only"}   # ... every other run kept
     assert after["leakage"] == before["leakage"] and after["gan_train_patients"] == before["gan_train_patients"]
     assert after["tsne"] == before["tsne"] and after["gan_samples"] == before["gan_samples"]
+    shutil.rmtree(out / "fold_2" / "arms" / "baseline_s0")              # a run deleted by hand leaves the record
+    _study(blob_dataset, out, "--fold=2", "--arms=real_only")
+    assert set(json.loads(record_file.read_text())["arms"]) == {"real_only", "pretrained", "synthetic_only"}
 
 
 def test_presets_are_known_settings():
