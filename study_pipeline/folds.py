@@ -174,13 +174,26 @@ def run_fold(settings, fold, train_rows, val_rows, log=print):
     return record
 
 
+def read_fold_record(path):
+    """A fold.json record; a file that is not one is named in the error."""
+    try:
+        with open(path) as handle:
+            record = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not a readable fold record ({error}); delete it and rerun the fold "
+                         "with every arm and seed it ran (finished runs are reused)") from error
+    if not isinstance(record, dict) or not isinstance(record.get("arms"), dict) or "fold" not in record:
+        raise ValueError(f"{path}: not a fold record (needs 'fold' and 'arms'); delete it and rerun the fold "
+                         "with every arm and seed it ran (finished runs are reused)")
+    return record
+
+
 def _earlier_record(fold_dir):
     """The fold's fold.json from an earlier run (without the arm runs whose folder is gone), or {}."""
     path = os.path.join(fold_dir, FOLD_FILE)
     if not os.path.exists(path):
         return {}
-    with open(path) as handle:
-        record = json.load(handle)
+    record = read_fold_record(path)
 
     def finished(arm, seed):
         return os.path.exists(os.path.join(arm_run_dir(fold_dir, arm, seed), "metrics.json"))

@@ -3,15 +3,15 @@ and std over folds x seeds, the pooled confusion matrix and per-class recall, an
 differences between arms on the same fold and seed (95 % confidence interval and p-value of a
 paired t-test over the fold x seed pairs)."""
 import glob
-import json
 import os
 
 import numpy as np
 from scipy import stats
 
 from capsule_classifier.report import macro_f1_of_confusion, plot_confusion, write_json_atomic
+from preprocess.atomic import atomic_path
 from preprocess.dataset import CLASS_NAMES
-from study_pipeline.folds import FOLD_FILE
+from study_pipeline.folds import FOLD_FILE, read_fold_record
 
 # the study's own table (2020; 7-fold CV, slices of one patient on both sides of each split)
 STUDY_REPORTED = {"pretrained": {"accuracy": 0.93, "macro_f1": 0.92}}
@@ -22,10 +22,7 @@ ARM_TITLES = {"real_only": "capsule, real slices only", "pretrained": "capsule, 
 
 
 def load_folds(out):
-    folds = []
-    for path in sorted(glob.glob(os.path.join(out, "fold_*", FOLD_FILE))):
-        with open(path) as handle:
-            folds.append(json.load(handle))
+    folds = [read_fold_record(path) for path in glob.glob(os.path.join(out, "fold_*", FOLD_FILE))]
     return sorted(folds, key=lambda record: record["fold"])
 
 
@@ -77,7 +74,7 @@ def collect(out, settings=None):
     results = {"settings": settings or {}, "folds": folds, "arms": arms, "paired_differences": differences,
                "study_reported": STUDY_REPORTED}
     write_json_atomic(results, os.path.join(out, "results.json"))
-    with open(os.path.join(out, "RESULTS.md"), "w") as handle:
+    with atomic_path(os.path.join(out, "RESULTS.md")) as tmp, open(tmp, "w") as handle:
         handle.write(results_markdown(results))
     return results
 
@@ -103,12 +100,18 @@ def fold_lines(folds, arm_names):
     return lines
 
 
+def _seeds_run(folds):
+    """Every classifier seed that some arm of some fold ran (folds may have run different seeds)."""
+    return sorted({int(seed) for f in folds for runs in f["arms"].values() for seed in runs})
+
+
 def results_markdown(results):
     arms, folds = results["arms"], results["folds"]
     settings = results["settings"]
     lines = ["# Study results", "",
              f"{len(folds)} fold(s) of {settings.get('k_folds', '?')} ({settings.get('group_by', 'patient')}-wise), "
-             f"seeds 0..{settings.get('seeds', '?') - 1 if isinstance(settings.get('seeds'), int) else '?'}; "
+             f"seeds {', '.join(str(seed) for seed in _seeds_run(folds)) or 'none'} (the runs column counts "
+             "each arm's fold x seed runs); "
              "every GAN was trained on its fold's training patients only (patients of each part in "
              "`results.json`).", "",
              "| arm | runs | accuracy | macro-F1 | pooled macro-F1 | recall meningioma / glioma / pituitary | the study reported |",

@@ -70,9 +70,20 @@ def test_a_fold_rerun_with_other_arms_or_seeds_adds_to_its_record_and_drops_noth
         {arm: runs for arm, runs in before["arms"].items() if arm != "real_only"}   # ... every other run kept
     assert after["leakage"] == before["leakage"] and after["gan_train_patients"] == before["gan_train_patients"]
     assert after["tsne"] == before["tsne"] and after["gan_samples"] == before["gan_samples"]
+    _study(blob_dataset, out, "--collect=True", "--seeds=1")      # the header names the seeds the folds ran
+    assert "seeds 0, 1 (the runs column" in (out / "RESULTS.md").read_text()
     shutil.rmtree(out / "fold_2" / "arms" / "baseline_s0")              # a run deleted by hand leaves the record
     _study(blob_dataset, out, "--fold=2", "--arms=real_only")
     assert set(json.loads(record_file.read_text())["arms"]) == {"real_only", "pretrained", "synthetic_only"}
+
+
+@pytest.mark.parametrize("text", ['{"fold": 1, "arms": {"real_', '["not", "a", "record"]'])
+def test_a_broken_fold_record_is_named_in_the_error(tmp_path, text):
+    from study_pipeline.summary import load_folds
+    (tmp_path / "fold_1").mkdir()
+    (tmp_path / "fold_1" / "fold.json").write_text(text)
+    with pytest.raises(ValueError, match=r"fold_1/fold\.json: not a"):
+        load_folds(tmp_path)
 
 
 def test_presets_are_known_settings():
