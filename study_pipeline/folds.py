@@ -28,7 +28,7 @@ from preprocess.dataset import read_attrs, read_column
 from preprocess.devices import resolve_device
 from preprocess.mask_augmentation import augment_masks
 from preprocess.splits import patient_folds, write_rows
-from study_pipeline.settings import baseline_preset
+from study_pipeline.settings import ARMS, baseline_preset
 
 FOLD_FILE = "fold.json"
 
@@ -137,27 +137,45 @@ def run_arm(settings, arm, seed, paths, synthetic, fold_dir, log=print):
     run_dir = arm_run_dir(fold_dir, arm, seed)
     metrics_path = os.path.join(run_dir, "metrics.json")
     if os.path.exists(metrics_path):
-        with open(metrics_path) as handle:
-            metrics = json.load(handle)
+        metrics = _read_json(metrics_path)
     else:
         log(f"{os.path.basename(fold_dir)}: {arm}, seed {seed}")
         metrics = run_experiment(arm_experiment(settings, arm, seed, paths, synthetic, run_dir,
                                                 classifier_size(settings, paths)), log=lambda *a: None)
+    return _arm_result(metrics)
+
+
+def _arm_result(metrics):
+    """What the fold record keeps of one run's metrics.json."""
     test = metrics["test"]
     return {key: test[key] for key in ("accuracy", "macro_f1", "confusion_matrix")} | {
         "seconds": metrics.get("seconds"), "device": metrics.get("device")}
 
 
+def finished_runs(fold_dir):
+    """{arm: {seed: result}} of every finished run folder of the fold (``arms/<arm>_s<seed>/metrics.json``),
+    read afresh, so that the fold record always matches its run folders."""
+    runs = {}
+    for path in glob.glob(os.path.join(fold_dir, "arms", "*_s*", "metrics.json")):
+        arm, _, seed = os.path.basename(os.path.dirname(path)).rpartition("_s")
+        if arm in ARMS and seed.isdigit():
+            runs.setdefault(arm, {})[seed] = _arm_result(_read_json(path))
+    return {arm: dict(sorted(runs[arm].items(), key=lambda item: int(item[0]))) for arm in ARMS if arm in runs}
+
+
 def run_fold(settings, fold, train_rows, val_rows, log=print):
     """Everything of one fold; writes and returns its fold.json record."""
     fold_dir = os.path.join(settings.out, f"fold_{fold}")
+    # a rerun with other --arms or seeds keeps what earlier runs of this fold recorded: every finished
+    # run folder (the split is the fold's own files, reused, so they were tested on the same patients),
+    # the leakage check and the figures; read before the GAN trains, so a broken record stops at once
+    earlier = _earlier_record(fold_dir)
     paths = prepare_split(settings, fold, train_rows, val_rows, log)
     needs_synthetic = {"pretrained", "synthetic_only"} & set(settings.arms)
     synthetic, leakage = synthetic_slices(settings, fold, paths, log) if needs_synthetic else (None, None)
-    # a rerun with fewer --arms or seeds keeps what earlier runs of this fold recorded (the split is
-    # the fold's own files, reused, so their arms were tested on the same patients)
-    record = ({"fold": fold, "val_patients": [], "gan_train_patients": [], "leakage": None, "arms": {}}
-              | _earlier_record(fold_dir) | {"val_patients": sorted(set(read_column(paths["val"], "patient_ids")))})
+    record = ({"fold": fold, "val_patients": [], "gan_train_patients": [], "leakage": None, "arms": {}} | earlier
+              | {"fold": fold, "val_patients": sorted(set(read_column(paths["val"], "patient_ids"))),
+                 "arms": finished_runs(fold_dir)})
     if needs_synthetic:
         record.update(gan_train_patients=sorted(set(read_column(paths["gan_train"], "patient_ids"))),
                       leakage=leakage)
@@ -174,33 +192,41 @@ def run_fold(settings, fold, train_rows, val_rows, log=print):
     return record
 
 
+def _read_json(path):
+    """A JSON file; one that cannot be read as JSON is named in the error."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except ValueError as error:        # JSONDecodeError and UnicodeDecodeError
+        raise ValueError(f"{path}: not readable as JSON ({error})") from error
+
+
 def read_fold_record(path):
     """A fold.json record; a file that is not one is named in the error."""
     try:
-        with open(path) as handle:
-            record = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not a readable fold record ({error}); delete it and rerun the fold "
-                         "with every arm and seed it ran (finished runs are reused)") from error
-    if not isinstance(record, dict) or not isinstance(record.get("arms"), dict) or "fold" not in record:
-        raise ValueError(f"{path}: not a fold record (needs 'fold' and 'arms'); delete it and rerun the fold "
-                         "with every arm and seed it ran (finished runs are reused)")
+        record = _read_json(path)
+    except ValueError as error:
+        raise ValueError(f"{error}; {REBUILD_ADVICE}") from error
+    if (not isinstance(record, dict) or not isinstance(record.get("fold"), int)
+            or not isinstance(record.get("arms"), dict)
+            or not all(isinstance(runs, dict) and all(seed.isdigit() for seed in runs)
+                       for runs in record["arms"].values())):
+        raise ValueError(f"{path}: not a fold record (needs an integer 'fold' and 'arms' of seed -> result); "
+                         + REBUILD_ADVICE)
     return record
 
 
+REBUILD_ADVICE = ("delete it and rerun the fold with an arm that uses the GAN (pretrained or synthetic_only): "
+                  "the GAN, the synthetic slices and every finished run in its arms/ folder are reused")
+
+
 def _earlier_record(fold_dir):
-    """The fold's fold.json from an earlier run (without the arm runs whose folder is gone), or {}."""
+    """What the fold's fold.json from an earlier run holds besides its runs (those are read from
+    the run folders), or {}."""
     path = os.path.join(fold_dir, FOLD_FILE)
     if not os.path.exists(path):
         return {}
-    record = read_fold_record(path)
-
-    def finished(arm, seed):
-        return os.path.exists(os.path.join(arm_run_dir(fold_dir, arm, seed), "metrics.json"))
-
-    arms = {arm: {seed: run for seed, run in runs.items() if finished(arm, seed)}
-            for arm, runs in record.get("arms", {}).items()}
-    return record | {"arms": {arm: runs for arm, runs in arms.items() if runs}}
+    return {key: value for key, value in read_fold_record(path).items() if key != "arms"}
 
 
 def real_and_synthetic_tsne(settings, fold_dir, paths, synthetic, max_slices=1500):

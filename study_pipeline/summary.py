@@ -10,7 +10,7 @@ from scipy import stats
 
 from capsule_classifier.report import macro_f1_of_confusion, plot_confusion, write_json_atomic
 from preprocess.atomic import atomic_path
-from preprocess.dataset import CLASS_NAMES
+from preprocess.dataset import CLASS_NAMES, read_attrs
 from study_pipeline.folds import FOLD_FILE, read_fold_record
 
 # the study's own table (2020; 7-fold CV, slices of one patient on both sides of each split)
@@ -22,8 +22,32 @@ ARM_TITLES = {"real_only": "capsule, real slices only", "pretrained": "capsule, 
 
 
 def load_folds(out):
-    folds = [read_fold_record(path) for path in glob.glob(os.path.join(out, "fold_*", FOLD_FILE))]
+    """The fold records of ``out``, by fold; a record in another fold's folder (a copy) is refused."""
+    folds = []
+    for path in glob.glob(os.path.join(out, "fold_*", FOLD_FILE)):
+        record = read_fold_record(path)
+        folder = os.path.basename(os.path.dirname(path))
+        if folder != f"fold_{record['fold']}":
+            raise ValueError(f"{path}: the record of fold {record['fold']} in {folder}/; only fold_K/ folders "
+                             "holding fold K's record are collected (move or rename the copy)")
+        folds.append(record)
     return sorted(folds, key=lambda record: record["fold"])
+
+
+def fold_split(out, folds, settings):
+    """How the folds were cut (k_folds, group_by, split seed), as their validation files record it
+    (``settings``, the collect call's flags, only where a file is missing); folds cut differently
+    cannot be merged."""
+    splits = set()
+    for record in folds:
+        val = os.path.join(out, f"fold_{record['fold']}", "val.h5")
+        split = read_attrs(val).get("split", {}) if os.path.exists(val) else {}
+        splits.add(tuple(split.get(key, settings.get(name)) for key, name in
+                         (("k_folds", "k_folds"), ("group_by", "group_by"), ("seed", "split_seed"))))
+    if len(splits) > 1:
+        raise ValueError(f"{out}: its folds were cut differently (k_folds, group_by, split seed: "
+                         f"{sorted(splits, key=str)}); collect each study's folds in their own --out")
+    return dict(zip(("k_folds", "group_by", "split_seed"), splits.pop()))
 
 
 def arm_summary(folds, arm):
@@ -71,7 +95,7 @@ def collect(out, settings=None):
         plot_confusion(summary["pooled_confusion_matrix"], path,
                        f"{ARM_TITLES[arm]}: pooled over {summary['runs']} runs")
         summary["figure"] = os.path.basename(path)
-    results = {"settings": settings or {}, "folds": folds, "arms": arms, "paired_differences": differences,
+    results = {"settings": settings or {}, "split": fold_split(out, folds, settings or {}), "folds": folds, "arms": arms, "paired_differences": differences,
                "study_reported": STUDY_REPORTED}
     write_json_atomic(results, os.path.join(out, "results.json"))
     with atomic_path(os.path.join(out, "RESULTS.md")) as tmp, open(tmp, "w") as handle:
@@ -107,9 +131,9 @@ def _seeds_run(folds):
 
 def results_markdown(results):
     arms, folds = results["arms"], results["folds"]
-    settings = results["settings"]
+    split = results["split"]
     lines = ["# Study results", "",
-             f"{len(folds)} fold(s) of {settings.get('k_folds', '?')} ({settings.get('group_by', 'patient')}-wise), "
+             f"{len(folds)} fold(s) of {split['k_folds'] or '?'} ({split['group_by'] or '?'}-wise), "
              f"seeds {', '.join(str(seed) for seed in _seeds_run(folds)) or 'none'} (the runs column counts "
              "each arm's fold x seed runs); "
              "every GAN was trained on its fold's training patients only (patients of each part in "
@@ -126,6 +150,9 @@ def results_markdown(results):
               "| difference | pairs | accuracy | 95 % CI | p | macro-F1 | 95 % CI | p |", "|---|---|---|---|---|---|---|---|"]
     for name, both in results["paired_differences"].items():
         cells = []
+        if both["accuracy"] is None:         # the two arms share no fold and seed
+            lines.append(f"| {name} | 0 |" + " n/a |" * 6)
+            continue
         for metric in ("accuracy", "macro_f1"):
             d = both[metric]
             ci = f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if "ci95" in d else "n/a"

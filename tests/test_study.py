@@ -15,10 +15,10 @@ TINY = ["--k_folds=3", "--seeds=1", "--gan_epochs=1", "--gan_ngf=4", "--gan_ndf=
         "--epochs=1", "--pretrain_epochs=1", "--batch_size=8", "--threads=1", "--device=cpu"]
 
 
-def _study(dataset, out, *extra):
+def _study(dataset, out, *extra, succeeds=True):
     done = subprocess.run([sys.executable, "study.py", f"--data_path={dataset}", f"--out={out}", *TINY, *extra],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.returncode == 0) == succeeds, done.stderr[-3000:]
     return done
 
 
@@ -56,8 +56,10 @@ def test_a_finished_fold_is_reused_not_retrained(one_fold_then_the_rest):
     assert "fold_2: pretrained, seed 0" not in rest.stdout and "fold_1: pretrained, seed 0" in rest.stdout
 
 
-def test_a_fold_rerun_with_other_arms_or_seeds_adds_to_its_record_and_drops_nothing(one_fold_then_the_rest, blob_dataset):
-    out, _, _ = one_fold_then_the_rest
+def test_a_fold_rerun_with_other_arms_or_seeds_adds_to_its_record_and_drops_nothing(
+        one_fold_then_the_rest, blob_dataset, tmp_path):
+    out = tmp_path / "study"
+    shutil.copytree(one_fold_then_the_rest[0], out)      # the shared study stays as it was
     record_file = out / "fold_2" / "fold.json"
     before = json.loads(record_file.read_text())
     again = _study(blob_dataset, out, "--fold=2", "--arms=real_only", "--seeds=2")
@@ -70,19 +72,45 @@ def test_a_fold_rerun_with_other_arms_or_seeds_adds_to_its_record_and_drops_noth
         {arm: runs for arm, runs in before["arms"].items() if arm != "real_only"}   # ... every other run kept
     assert after["leakage"] == before["leakage"] and after["gan_train_patients"] == before["gan_train_patients"]
     assert after["tsne"] == before["tsne"] and after["gan_samples"] == before["gan_samples"]
-    _study(blob_dataset, out, "--collect=True", "--seeds=1")      # the header names the seeds the folds ran
-    assert "seeds 0, 1 (the runs column" in (out / "RESULTS.md").read_text()
+    # the header names what the folds ran and how they were cut, not the collect call's flags
+    _study(blob_dataset, out, "--collect=True", "--seeds=1", "--group_by=stretch")
+    header = (out / "RESULTS.md").read_text().splitlines()[2]
+    assert "(patient-wise)" in header and "seeds 0, 1 (the runs column" in header
     shutil.rmtree(out / "fold_2" / "arms" / "baseline_s0")              # a run deleted by hand leaves the record
-    _study(blob_dataset, out, "--fold=2", "--arms=real_only")
-    assert set(json.loads(record_file.read_text())["arms"]) == {"real_only", "pretrained", "synthetic_only"}
+    _study(blob_dataset, out, "--fold=2", "--arms=real_only", "--seeds=1")
+    runs = json.loads(record_file.read_text())["arms"]
+    assert set(runs) == {"real_only", "pretrained", "synthetic_only"} and set(runs["real_only"]) == {"0", "1"}
+    shutil.rmtree(out / "fold_2" / "arms" / "real_only_s1")             # ... one seed of an arm too
+    _study(blob_dataset, out, "--fold=2", "--arms=pretrained")
+    assert set(json.loads(record_file.read_text())["arms"]["real_only"]) == {"0"}
 
 
-@pytest.mark.parametrize("text", ['{"fold": 1, "arms": {"real_', '["not", "a", "record"]'])
-def test_a_broken_fold_record_is_named_in_the_error(tmp_path, text):
+def test_a_broken_fold_record_stops_a_rerun_of_its_fold_by_name(one_fold_then_the_rest, blob_dataset, tmp_path):
+    out = tmp_path / "study"
+    shutil.copytree(one_fold_then_the_rest[0], out)
+    (out / "fold_3" / "fold.json").write_text('{"fold": 3, "arms": ')
+    failed = _study(blob_dataset, out, "--fold=3", "--arms=real_only", succeeds=False)
+    assert "fold_3/fold.json: not readable as JSON" in failed.stderr and "arms/ folder are reused" in failed.stderr
+
+
+def test_a_copied_fold_record_is_not_collected_twice(one_fold_then_the_rest, tmp_path):
+    from study_pipeline.summary import load_folds
+    out = tmp_path / "study"
+    shutil.copytree(one_fold_then_the_rest[0], out)
+    assert [f["fold"] for f in load_folds(out)] == [1, 2, 3]
+    shutil.copytree(out / "fold_2", out / "fold_2_old")
+    with pytest.raises(ValueError, match=r"fold_2_old/fold\.json: the record of fold 2 in fold_2_old/"):
+        load_folds(out)
+
+
+@pytest.mark.parametrize("content", [b'{"fold": 1, "arms": {"real_', b'["not", "a", "record"]',
+                                     b'{"arms": {}}', b'{"fold": 1, "arms": {"real_only": {"s0": {}}}}',
+                                     b'\xff\xfe{"fold": 1}'])
+def test_a_broken_fold_record_is_named_in_the_error(tmp_path, content):
     from study_pipeline.summary import load_folds
     (tmp_path / "fold_1").mkdir()
-    (tmp_path / "fold_1" / "fold.json").write_text(text)
-    with pytest.raises(ValueError, match=r"fold_1/fold\.json: not a"):
+    (tmp_path / "fold_1" / "fold.json").write_bytes(content)
+    with pytest.raises(ValueError, match=r"fold_1/fold\.json: not (readable as JSON|a fold record)"):
         load_folds(tmp_path)
 
 
@@ -139,3 +167,15 @@ def test_the_study_gan_defaults_are_the_gan_defaults_and_every_gan_setting_reach
     built = gan_settings(StudySettings(split_seed=4, **changed), image_size=64)
     assert {name: getattr(built, name[len("gan_"):]) for name in changed} == changed
     assert (built.image_size, built.seed) == (64, 4)
+
+
+def test_arms_without_a_common_fold_and_seed_are_collected_with_n_a(tmp_path):
+    from study_pipeline.summary import collect
+    run = {"accuracy": 0.5, "macro_f1": 0.4, "confusion_matrix": [[1, 1, 0], [0, 1, 0], [0, 0, 1]],
+           "seconds": 1.0, "device": "cpu (1 thread)"}
+    (tmp_path / "fold_1").mkdir()
+    (tmp_path / "fold_1" / "fold.json").write_text(json.dumps(
+        {"fold": 1, "val_patients": ["p1"], "arms": {"real_only": {"0": run}, "pretrained": {"1": run}}}))
+    collect(tmp_path, {"k_folds": 5, "group_by": "stretch", "split_seed": 0})    # no val.h5: the flags
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| pretrained - real_only | 0 | n/a |" in text and "1 fold(s) of 5 (stretch-wise), seeds 0, 1" in text
