@@ -137,12 +137,10 @@ def run_arm(settings, arm, seed, paths, synthetic, fold_dir, log=print):
     run_dir = arm_run_dir(fold_dir, arm, seed)
     metrics_path = os.path.join(run_dir, "metrics.json")
     if os.path.exists(metrics_path):
-        metrics = _read_json(metrics_path)
-    else:
-        log(f"{os.path.basename(fold_dir)}: {arm}, seed {seed}")
-        metrics = run_experiment(arm_experiment(settings, arm, seed, paths, synthetic, run_dir,
-                                                classifier_size(settings, paths)), log=lambda *a: None)
-    return _arm_result(metrics)
+        return _read_run(metrics_path)
+    log(f"{os.path.basename(fold_dir)}: {arm}, seed {seed}")
+    return _arm_result(run_experiment(arm_experiment(settings, arm, seed, paths, synthetic, run_dir,
+                                                     classifier_size(settings, paths)), log=lambda *a: None))
 
 
 def _arm_result(metrics):
@@ -152,14 +150,23 @@ def _arm_result(metrics):
         "seconds": metrics.get("seconds"), "device": metrics.get("device")}
 
 
+def _read_run(metrics_path):
+    """The record entry of a finished run; a metrics.json without test results is named."""
+    try:
+        return _arm_result(_read_json(metrics_path))
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{metrics_path}: no test results of a study run (missing {error}); "
+                         "delete its run folder to train it again") from error
+
+
 def finished_runs(fold_dir):
     """{arm: {seed: result}} of every finished run folder of the fold (``arms/<arm>_s<seed>/metrics.json``),
     read afresh, so that the fold record always matches its run folders."""
     runs = {}
-    for path in glob.glob(os.path.join(fold_dir, "arms", "*_s*", "metrics.json")):
+    for path in glob.glob(os.path.join(glob.escape(fold_dir), "arms", "*_s*", "metrics.json")):
         arm, _, seed = os.path.basename(os.path.dirname(path)).rpartition("_s")
-        if arm in ARMS and seed.isdigit():
-            runs.setdefault(arm, {})[seed] = _arm_result(_read_json(path))
+        if arm in ARMS and seed.isascii() and seed.isdigit() and str(int(seed)) == seed:   # not s01, s0.bak
+            runs.setdefault(arm, {})[seed] = _read_run(path)
     return {arm: dict(sorted(runs[arm].items(), key=lambda item: int(item[0]))) for arm in ARMS if arm in runs}
 
 
@@ -169,13 +176,13 @@ def run_fold(settings, fold, train_rows, val_rows, log=print):
     # a rerun with other --arms or seeds keeps what earlier runs of this fold recorded: every finished
     # run folder (the split is the fold's own files, reused, so they were tested on the same patients),
     # the leakage check and the figures; read before the GAN trains, so a broken record stops at once
-    earlier = _earlier_record(fold_dir)
+    earlier, runs = _earlier_record(fold_dir, fold), finished_runs(fold_dir)
     paths = prepare_split(settings, fold, train_rows, val_rows, log)
     needs_synthetic = {"pretrained", "synthetic_only"} & set(settings.arms)
     synthetic, leakage = synthetic_slices(settings, fold, paths, log) if needs_synthetic else (None, None)
     record = ({"fold": fold, "val_patients": [], "gan_train_patients": [], "leakage": None, "arms": {}} | earlier
               | {"fold": fold, "val_patients": sorted(set(read_column(paths["val"], "patient_ids"))),
-                 "arms": finished_runs(fold_dir)})
+                 "arms": runs})
     if needs_synthetic:
         record.update(gan_train_patients=sorted(set(read_column(paths["gan_train"], "patient_ids"))),
                       leakage=leakage)
@@ -216,17 +223,27 @@ def read_fold_record(path):
     return record
 
 
-REBUILD_ADVICE = ("delete it and rerun the fold with an arm that uses the GAN (pretrained or synthetic_only): "
-                  "the GAN, the synthetic slices and every finished run in its arms/ folder are reused")
+REBUILD_ADVICE = ("delete it and rerun the fold with --arms=pretrained to rebuild it (leakage check and figures "
+                  "included): the GAN, the synthetic slices and every finished run in its arms/ folder are reused")
 
 
-def _earlier_record(fold_dir):
+def check_fold_folder(path, record):
+    """Refuse a fold record that sits in another fold's folder (a copy)."""
+    folder = os.path.basename(os.path.dirname(path))
+    if folder != f"fold_{record['fold']}":
+        raise ValueError(f"{path}: the record of fold {record['fold']} in {folder}/; only fold_K/ folders "
+                         "holding fold K's record belong to a study (move or rename the copy)")
+
+
+def _earlier_record(fold_dir, fold):
     """What the fold's fold.json from an earlier run holds besides its runs (those are read from
     the run folders), or {}."""
     path = os.path.join(fold_dir, FOLD_FILE)
     if not os.path.exists(path):
         return {}
-    return {key: value for key, value in read_fold_record(path).items() if key != "arms"}
+    record = read_fold_record(path)
+    check_fold_folder(path, record)
+    return {key: value for key, value in record.items() if key != "arms"}
 
 
 def real_and_synthetic_tsne(settings, fold_dir, paths, synthetic, max_slices=1500):

@@ -11,7 +11,7 @@ from scipy import stats
 from capsule_classifier.report import macro_f1_of_confusion, plot_confusion, write_json_atomic
 from preprocess.atomic import atomic_path
 from preprocess.dataset import CLASS_NAMES, read_attrs
-from study_pipeline.folds import FOLD_FILE, read_fold_record
+from study_pipeline.folds import FOLD_FILE, check_fold_folder, read_fold_record
 
 # the study's own table (2020; 7-fold CV, slices of one patient on both sides of each split)
 STUDY_REPORTED = {"pretrained": {"accuracy": 0.93, "macro_f1": 0.92}}
@@ -24,30 +24,29 @@ ARM_TITLES = {"real_only": "capsule, real slices only", "pretrained": "capsule, 
 def load_folds(out):
     """The fold records of ``out``, by fold; a record in another fold's folder (a copy) is refused."""
     folds = []
-    for path in glob.glob(os.path.join(out, "fold_*", FOLD_FILE)):
+    for path in glob.glob(os.path.join(glob.escape(os.fspath(out)), "fold_*", FOLD_FILE)):
         record = read_fold_record(path)
-        folder = os.path.basename(os.path.dirname(path))
-        if folder != f"fold_{record['fold']}":
-            raise ValueError(f"{path}: the record of fold {record['fold']} in {folder}/; only fold_K/ folders "
-                             "holding fold K's record are collected (move or rename the copy)")
+        check_fold_folder(path, record)
         folds.append(record)
     return sorted(folds, key=lambda record: record["fold"])
 
 
 def fold_split(out, folds, settings):
     """How the folds were cut (k_folds, group_by, split seed), as their validation files record it
-    (``settings``, the collect call's flags, only where a file is missing); folds cut differently
-    cannot be merged."""
+    (``settings``, the collect call's flags, only where no fold has its file); folds cut
+    differently cannot be merged."""
+    keys = ("k_folds", "group_by", "split_seed")
     splits = set()
     for record in folds:
         val = os.path.join(out, f"fold_{record['fold']}", "val.h5")
-        split = read_attrs(val).get("split", {}) if os.path.exists(val) else {}
-        splits.add(tuple(split.get(key, settings.get(name)) for key, name in
-                         (("k_folds", "k_folds"), ("group_by", "group_by"), ("seed", "split_seed"))))
+        if os.path.exists(val):
+            split = read_attrs(val).get("split", {})
+            splits.add((split.get("k_folds"), split.get("group_by"), split.get("seed")))
+    splits = splits or {tuple(settings.get(key) for key in keys)}
     if len(splits) > 1:
         raise ValueError(f"{out}: its folds were cut differently (k_folds, group_by, split seed: "
                          f"{sorted(splits, key=str)}); collect each study's folds in their own --out")
-    return dict(zip(("k_folds", "group_by", "split_seed"), splits.pop()))
+    return dict(zip(keys, splits.pop()))
 
 
 def arm_summary(folds, arm):
@@ -87,6 +86,7 @@ def collect(out, settings=None):
     folds = load_folds(out)
     if not folds:
         raise ValueError(f"{out}: no finished fold (fold_*/{FOLD_FILE}) to collect")
+    split = fold_split(out, folds, settings or {})
     arms = {arm: summary for arm in ARM_TITLES if (summary := arm_summary(folds, arm))}
     differences = {f"{a} - {b}": {metric: paired_difference(folds, a, b, metric) for metric in ("accuracy", "macro_f1")}
                    for a, b in COMPARISONS if a in arms and b in arms}
@@ -95,8 +95,8 @@ def collect(out, settings=None):
         plot_confusion(summary["pooled_confusion_matrix"], path,
                        f"{ARM_TITLES[arm]}: pooled over {summary['runs']} runs")
         summary["figure"] = os.path.basename(path)
-    results = {"settings": settings or {}, "split": fold_split(out, folds, settings or {}), "folds": folds, "arms": arms, "paired_differences": differences,
-               "study_reported": STUDY_REPORTED}
+    results = {"settings": settings or {}, "split": split, "folds": folds, "arms": arms,
+               "paired_differences": differences, "study_reported": STUDY_REPORTED}
     write_json_atomic(results, os.path.join(out, "results.json"))
     with atomic_path(os.path.join(out, "RESULTS.md")) as tmp, open(tmp, "w") as handle:
         handle.write(results_markdown(results))

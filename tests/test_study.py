@@ -73,9 +73,9 @@ def test_a_fold_rerun_with_other_arms_or_seeds_adds_to_its_record_and_drops_noth
     assert after["leakage"] == before["leakage"] and after["gan_train_patients"] == before["gan_train_patients"]
     assert after["tsne"] == before["tsne"] and after["gan_samples"] == before["gan_samples"]
     # the header names what the folds ran and how they were cut, not the collect call's flags
-    _study(blob_dataset, out, "--collect=True", "--seeds=1", "--group_by=stretch")
+    _study(blob_dataset, out, "--collect=True", "--seeds=1", "--group_by=stretch", "--k_folds=5")
     header = (out / "RESULTS.md").read_text().splitlines()[2]
-    assert "(patient-wise)" in header and "seeds 0, 1 (the runs column" in header
+    assert "3 fold(s) of 3 (patient-wise)" in header and "seeds 0, 1 (the runs column" in header
     shutil.rmtree(out / "fold_2" / "arms" / "baseline_s0")              # a run deleted by hand leaves the record
     _study(blob_dataset, out, "--fold=2", "--arms=real_only", "--seeds=1")
     runs = json.loads(record_file.read_text())["arms"]
@@ -85,12 +85,20 @@ def test_a_fold_rerun_with_other_arms_or_seeds_adds_to_its_record_and_drops_noth
     assert set(json.loads(record_file.read_text())["arms"]["real_only"]) == {"0"}
 
 
-def test_a_broken_fold_record_stops_a_rerun_of_its_fold_by_name(one_fold_then_the_rest, blob_dataset, tmp_path):
+def test_a_broken_fold_record_stops_a_rerun_before_the_gan_and_deleting_it_rebuilds_it(
+        one_fold_then_the_rest, blob_dataset, tmp_path):
     out = tmp_path / "study"
     shutil.copytree(one_fold_then_the_rest[0], out)
+    before = json.loads((out / "fold_3" / "fold.json").read_text())
+    shutil.rmtree(out / "fold_3" / "gan")
     (out / "fold_3" / "fold.json").write_text('{"fold": 3, "arms": ')
-    failed = _study(blob_dataset, out, "--fold=3", "--arms=real_only", succeeds=False)
+    failed = _study(blob_dataset, out, "--fold=3", "--arms=pretrained", succeeds=False)
     assert "fold_3/fold.json: not readable as JSON" in failed.stderr and "arms/ folder are reused" in failed.stderr
+    assert not (out / "fold_3" / "gan").exists()                     # stopped before the GAN trained
+    (out / "fold_3" / "fold.json").unlink()                          # as the error says: delete, rerun
+    again = _study(blob_dataset, out, "--fold=3", "--arms=pretrained")
+    assert "fold_3: " not in again.stdout                            # no arm trained again ("fold_3: <arm>, seed")
+    assert json.loads((out / "fold_3" / "fold.json").read_text())["arms"] == before["arms"]
 
 
 def test_a_copied_fold_record_is_not_collected_twice(one_fold_then_the_rest, tmp_path):
