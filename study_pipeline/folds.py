@@ -133,11 +133,9 @@ def arm_run_dir(fold_dir, arm, seed):
 
 
 def run_arm(settings, arm, seed, paths, synthetic, fold_dir, log=print):
-    """One classifier arm on one seed; reuses a finished run. Returns its test metrics."""
+    """Train one classifier arm on one seed (finished runs are found by ``finished_runs``). Returns
+    its test metrics."""
     run_dir = arm_run_dir(fold_dir, arm, seed)
-    metrics_path = os.path.join(run_dir, "metrics.json")
-    if os.path.exists(metrics_path):
-        return _read_run(metrics_path)
     log(f"{os.path.basename(fold_dir)}: {arm}, seed {seed}")
     return _arm_result(run_experiment(arm_experiment(settings, arm, seed, paths, synthetic, run_dir,
                                                      classifier_size(settings, paths)), log=lambda *a: None))
@@ -159,13 +157,18 @@ def _read_run(metrics_path):
                          "delete its run folder to train it again") from error
 
 
+def _is_seed_key(text):
+    """A seed as the record and the run folders write it: "0", "12"; not "01", "0.bak"."""
+    return text.isascii() and text.isdigit() and str(int(text)) == text
+
+
 def finished_runs(fold_dir):
     """{arm: {seed: result}} of every finished run folder of the fold (``arms/<arm>_s<seed>/metrics.json``),
     read afresh, so that the fold record always matches its run folders."""
     runs = {}
     for path in glob.glob(os.path.join(glob.escape(fold_dir), "arms", "*_s*", "metrics.json")):
         arm, _, seed = os.path.basename(os.path.dirname(path)).rpartition("_s")
-        if arm in ARMS and seed.isascii() and seed.isdigit() and str(int(seed)) == seed:   # not s01, s0.bak
+        if arm in ARMS and _is_seed_key(seed):
             runs.setdefault(arm, {})[seed] = _read_run(path)
     return {arm: dict(sorted(runs[arm].items(), key=lambda item: int(item[0]))) for arm in ARMS if arm in runs}
 
@@ -188,6 +191,8 @@ def run_fold(settings, fold, train_rows, val_rows, log=print):
                       leakage=leakage)
     for seed in range(settings.seeds):
         for arm in settings.arms:
+            if str(seed) in record["arms"].get(arm, {}):
+                continue                                                     # finished earlier
             record["arms"].setdefault(arm, {})[str(seed)] = run_arm(settings, arm, seed, paths, synthetic,
                                                                     fold_dir, log)
             write_json_atomic(record, os.path.join(fold_dir, FOLD_FILE))     # partial results survive
@@ -195,7 +200,7 @@ def run_fold(settings, fold, train_rows, val_rows, log=print):
         record["gan_samples"] = os.path.relpath(_last_sample_grid(os.path.join(fold_dir, "gan")), settings.out)
         if "pretrained" in settings.arms:
             record["tsne"] = os.path.relpath(real_and_synthetic_tsne(settings, fold_dir, paths, synthetic), settings.out)
-        write_json_atomic(record, os.path.join(fold_dir, FOLD_FILE))
+    write_json_atomic(record, os.path.join(fold_dir, FOLD_FILE))
     return record
 
 
@@ -216,7 +221,7 @@ def read_fold_record(path):
         raise ValueError(f"{error}; {REBUILD_ADVICE}") from error
     if (not isinstance(record, dict) or not isinstance(record.get("fold"), int)
             or not isinstance(record.get("arms"), dict)
-            or not all(isinstance(runs, dict) and all(seed.isdigit() for seed in runs)
+            or not all(isinstance(runs, dict) and all(_is_seed_key(seed) for seed in runs)
                        for runs in record["arms"].values())):
         raise ValueError(f"{path}: not a fold record (needs an integer 'fold' and 'arms' of seed -> result); "
                          + REBUILD_ADVICE)
