@@ -368,17 +368,24 @@ SAVED_WITHOUT = {"tumour_paste": 0.0, "paste_at": "host", "paste_donor": "any", 
 SCORING_ONLY = ("prior_correction", "test_time_warps")   # change how a run is scored, not what it trains: free on resume
 
 
-def check_resumable(state, config, train_data, path):
-    """Refuse to resume ``path`` with settings or data other than the run's own, naming them."""
-    saved = {**SAVED_WITHOUT, **state.get("train_config", {})}
+def changed_settings(saved_config, config, skip=SCORING_ONLY):
+    """The settings of ``config`` (a TrainConfig as training runs it, see ``effective_config``) that
+    differ from a run's saved ``train_config``, each as "--name=value (the run used old)"; the
+    settings in ``skip`` are not compared."""
+    saved = {**SAVED_WITHOUT, **saved_config}
     if not (saved["tumour_paste"] and config.tumour_paste):
         for name in ("paste_at", "paste_donor", "paste_levels"):
             saved.pop(name)                   # where tumours land, whose and how bright is moot when
                                               # either run pastes none
     if not (saved["stretch_adversary"] and config.stretch_adversary):
         saved.pop("stretch_adversary_reads")  # what the head reads is moot when either run has none
-    differ = [f"--{name}={value!r} (the run used {saved[name]!r})" for name, value in asdict(config).items()
-              if name in saved and name not in SCORING_ONLY and saved[name] != value]
+    return [f"--{name}={value!r} (the run used {saved[name]!r})" for name, value in asdict(config).items()
+            if name in saved and name not in skip and saved[name] != value]
+
+
+def check_resumable(state, config, train_data, path):
+    """Refuse to resume ``path`` with settings or data other than the run's own, naming them."""
+    differ = changed_settings(state.get("train_config", {}), config)
     saved_data = state.get("train_data")
     data = data_fingerprint(train_data) if saved_data else None
     if saved_data and saved_data != data:
@@ -406,6 +413,20 @@ def build_stretch_adversary(model, train_data, config, device):
     return adversary.to(device), stretches
 
 
+def effective_config(config, has_mask_head, has_masks, device, log=None):
+    """``config`` as training runs it (and saves it in its checkpoints): mixed precision resolved for
+    ``device``, the mask loss and tumour pasting off where the model or the data cannot use them
+    (each said through ``log``)."""
+    problem = config.mask_weight and mask_loss_problem(has_mask_head, has_masks)
+    if problem and log:
+        log(f"mask_weight={config.mask_weight} ignored: {problem}")
+    no_paste = config.tumour_paste and tumour_paste_problem(has_masks)
+    if no_paste and log:
+        log(f"tumour_paste={config.tumour_paste} ignored: {no_paste}")
+    return replace(config, amp=resolve_amp(config.amp, device), mask_weight=0.0 if problem else config.mask_weight,
+                   tumour_paste=0.0 if no_paste else config.tumour_paste)
+
+
 def fit(model, model_name, train_data, val_data, config, run_dir, device, resume=False,
         on_epoch_end=None, log=tqdm.write):
     """Train ``model`` on ``train_data``, validate every epoch on ``val_data`` (None: no validation).
@@ -419,15 +440,8 @@ def fit(model, model_name, train_data, val_data, config, run_dir, device, resume
     best record ({"epoch", "macro_f1", "accuracy"}).
     """
     last_path, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
-    problem = config.mask_weight and mask_loss_problem(getattr(model, "mask_head", None) is not None,
-                                                       train_data.masks is not None)
-    if problem:
-        log(f"mask_weight={config.mask_weight} ignored: {problem}")
-    no_paste = config.tumour_paste and tumour_paste_problem(train_data.masks is not None)
-    if no_paste:
-        log(f"tumour_paste={config.tumour_paste} ignored: {no_paste}")
-    config = replace(config, amp=resolve_amp(config.amp, device), mask_weight=0.0 if problem else config.mask_weight,
-                     tumour_paste=0.0 if no_paste else config.tumour_paste)
+    config = effective_config(config, getattr(model, "mask_head", None) is not None, train_data.masks is not None,
+                              device, log)
     if distributed.is_distributed() and device.type == "cuda":
         # batch statistics over the global batch; PyTorch has no synchronised batch norm on CPUs,
         # where each process normalises over its share of the batch

@@ -28,6 +28,7 @@ from preprocess.dataset import read_attrs, read_column
 from preprocess.devices import resolve_device
 from preprocess.mask_augmentation import augment_masks
 from preprocess.splits import patient_folds, write_rows
+from study_pipeline.reuse import check_finished_run, check_fold_file, check_fold_gan, check_per_class
 from study_pipeline.settings import ARMS, baseline_preset
 
 FOLD_FILE = "fold.json"
@@ -51,15 +52,18 @@ def prepare_split(settings, fold, train_rows, val_rows, log=print):
     paths = {"train": os.path.join(fold_dir, "train.h5"), "val": os.path.join(fold_dir, "val.h5")}
     about = {"fold": fold, "k_folds": settings.k_folds, "group_by": settings.group_by, "seed": settings.split_seed}
     for part, rows in (("train", train_rows), ("val", val_rows)):
-        if not os.path.exists(paths[part]):
+        if os.path.exists(paths[part]):
+            check_fold_file(paths[part], settings.data_path, rows, fold)       # a rerun: the same split?
+        else:
             write_rows(settings.data_path, paths[part], rows, dict(about, part=part))
     paths["gan_train"] = paths["train"]
     if settings.gan_data_path and os.path.realpath(settings.gan_data_path) != os.path.realpath(settings.data_path):
         paths["gan_train"] = os.path.join(fold_dir, "gan_train.h5")
-        if not os.path.exists(paths["gan_train"]):
-            train_sources = read_column(paths["train"], "source_ids")
-            write_rows(settings.gan_data_path, paths["gan_train"],
-                       _rows_of_sources(settings.gan_data_path, train_sources), dict(about, part="train"))
+        gan_rows = _rows_of_sources(settings.gan_data_path, read_column(paths["train"], "source_ids"))
+        if os.path.exists(paths["gan_train"]):
+            check_fold_file(paths["gan_train"], settings.gan_data_path, gan_rows, fold)
+        else:
+            write_rows(settings.gan_data_path, paths["gan_train"], gan_rows, dict(about, part="train"))
     log(f"fold {fold}: {len(train_rows)} training, {len(val_rows)} validation slices")
     return paths
 
@@ -80,12 +84,16 @@ def synthetic_slices(settings, fold, paths, log=print):
     synthetic file and the leakage check against the validation part."""
     fold_dir = os.path.join(settings.out, f"fold_{fold}")
     masks, synthetic = os.path.join(fold_dir, "masks.h5"), os.path.join(fold_dir, "synthetic.h5")
+    gan_size = int(read_attrs(paths["gan_train"])["image_size"])
+    gan = gan_settings(settings, gan_size)
+    check_fold_gan(os.path.join(fold_dir, "gan"), gan)                  # a rerun: the same GAN?
+    for path in (masks, synthetic):
+        if os.path.exists(path):
+            check_per_class(path, settings.synthetic_per_class)
     if not os.path.exists(masks):
         augment_masks(paths["gan_train"], masks, settings.synthetic_per_class, seed=settings.split_seed, workers=0)
-    gan_size = int(read_attrs(paths["gan_train"])["image_size"])
     log(f"fold {fold}: GAN at {gan_size} px, {settings.gan_epochs} epochs")
-    train_models(paths["gan_train"], fold_dir, "gan", gan_settings(settings, gan_size), resume=True,
-                 created_with=dataclasses.asdict(settings))
+    train_models(paths["gan_train"], fold_dir, "gan", gan, resume=True, created_with=dataclasses.asdict(settings))
     if not os.path.exists(synthetic):
         synthesize(os.path.join(fold_dir, "gan"), masks, synthetic, per_class=settings.synthetic_per_class,
                    seed=settings.split_seed, device=settings.device, progress=False)
@@ -141,6 +149,18 @@ def run_arm(settings, arm, seed, paths, synthetic, fold_dir, log=print):
                                                      classifier_size(settings, paths)), log=lambda *a: None))
 
 
+def check_reused_runs(settings, runs, paths, fold_dir):
+    """Refuse, before anything trains, a finished run of the fold ({arm: {seed: result}}) that this
+    call's flags would train or score otherwise (study_pipeline.reuse)."""
+    device = resolve_device(settings.device)
+    for arm, seeds in runs.items():
+        for seed in seeds:
+            run_dir = arm_run_dir(fold_dir, arm, int(seed))
+            exp = arm_experiment(settings, arm, int(seed), paths, os.path.join(fold_dir, "synthetic.h5"), run_dir,
+                                 classifier_size(settings, paths))
+            check_finished_run(run_dir, exp, device)
+
+
 def _arm_result(metrics):
     """What the fold record keeps of one run's metrics.json."""
     test = metrics["test"]
@@ -181,6 +201,7 @@ def run_fold(settings, fold, train_rows, val_rows, log=print):
     # the leakage check and the figures; read before the GAN trains, so a broken record stops at once
     earlier, runs = _earlier_record(fold_dir, fold), finished_runs(fold_dir)
     paths = prepare_split(settings, fold, train_rows, val_rows, log)
+    check_reused_runs(settings, runs, paths, fold_dir)
     needs_synthetic = {"pretrained", "synthetic_only"} & set(settings.arms)
     synthetic, leakage = synthetic_slices(settings, fold, paths, log) if needs_synthetic else (None, None)
     record = ({"fold": fold, "val_patients": [], "gan_train_patients": [], "leakage": None, "arms": {}} | earlier

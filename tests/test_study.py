@@ -101,6 +101,30 @@ def test_a_broken_fold_record_stops_a_rerun_before_the_gan_and_deleting_it_rebui
     assert json.loads((out / "fold_3" / "fold.json").read_text())["arms"] == before["arms"]
 
 
+def test_a_rerun_with_another_split_gan_or_training_is_refused_before_anything_trains(
+        one_fold_then_the_rest, blob_dataset, tmp_path):
+    out = tmp_path / "study"
+    shutil.copytree(one_fold_then_the_rest[0], out)
+    gan_checkpoint = out / "fold_2" / "gan" / "all" / "checkpoint.pt"
+    before = gan_checkpoint.stat().st_mtime_ns
+    for flag, named in (("--gan_epochs=2", "fold_2/gan: a GAN that these flags would train otherwise: "
+                                           "--gan_epochs=2 (the fold's GAN used 1)"),
+                        ("--synthetic_per_class=9", "fold_2/masks.h5: [8, 8, 8] slices per class")):
+        failed = _study(blob_dataset, out, "--fold=2", flag, succeeds=False)
+        assert named in failed.stderr
+    assert gan_checkpoint.stat().st_mtime_ns == before                 # the GAN was not trained further
+    shutil.rmtree(out / "fold_2" / "gan")                  # a rerun that went on would train it again
+    for flag, named in (("--epochs=2", "--epochs=2 (the run used 1)"),
+                        ("--test_time_warps=True", "--test_time_warps=True (the run used False)"),
+                        ("--pretrain_epochs=2", "pretrained_s0: a finished run that these flags would train "
+                                                "otherwise: --pretrain_epochs=2 (the run used 1)")):
+        failed = _study(blob_dataset, out, "--fold=2", flag, succeeds=False)
+        assert "fold_2/arms/" in failed.stderr and named in failed.stderr
+    failed = _study(blob_dataset, out, "--fold=2", "--k_folds=4", succeeds=False)
+    assert "fold_2/train.h5: made by an earlier run with another split" in failed.stderr
+    assert not (out / "fold_2" / "gan").exists()
+
+
 def test_a_copied_fold_record_is_not_collected_twice(one_fold_then_the_rest, tmp_path):
     from study_pipeline.summary import load_folds
     out = tmp_path / "study"
