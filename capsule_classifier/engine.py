@@ -368,10 +368,10 @@ SAVED_WITHOUT = {"tumour_paste": 0.0, "paste_at": "host", "paste_donor": "any", 
 SCORING_ONLY = ("prior_correction", "test_time_warps")   # change how a run is scored, not what it trains: free on resume
 
 
-def changed_settings(saved_config, config, skip=SCORING_ONLY):
-    """The settings of ``config`` (a TrainConfig as training runs it, see ``effective_config``) that
-    differ from a run's saved ``train_config``, each as "--name=value (the run used old)"; the
-    settings in ``skip`` are not compared."""
+def setting_changes(saved_config, config, skip=SCORING_ONLY):
+    """(name, value, the run's value) for every setting of ``config`` (a TrainConfig as training runs
+    it, see ``effective_config``) that differs from a run's saved ``train_config``; the settings in
+    ``skip`` are not compared."""
     saved = {**SAVED_WITHOUT, **saved_config}
     if not (saved["tumour_paste"] and config.tumour_paste):
         for name in ("paste_at", "paste_donor", "paste_levels"):
@@ -379,13 +379,14 @@ def changed_settings(saved_config, config, skip=SCORING_ONLY):
                                               # either run pastes none
     if not (saved["stretch_adversary"] and config.stretch_adversary):
         saved.pop("stretch_adversary_reads")  # what the head reads is moot when either run has none
-    return [f"--{name}={value!r} (the run used {saved[name]!r})" for name, value in asdict(config).items()
+    return [(name, value, saved[name]) for name, value in asdict(config).items()
             if name in saved and name not in skip and saved[name] != value]
 
 
 def check_resumable(state, config, train_data, path):
     """Refuse to resume ``path`` with settings or data other than the run's own, naming them."""
-    differ = changed_settings(state.get("train_config", {}), config)
+    differ = [f"--{name}={value!r} (the run used {old!r})"
+              for name, value, old in setting_changes(state.get("train_config", {}), config)]
     saved_data = state.get("train_data")
     data = data_fingerprint(train_data) if saved_data else None
     if saved_data and saved_data != data:

@@ -145,7 +145,7 @@ def synthesize(run_dir, masks_path, out_path, per_class=None, total=7000, batch_
             pending_write.result()
         writer.attrs.update(synthetic=True, source=os.path.abspath(masks_path),
                             generator_run=os.path.abspath(run_dir), seed=seed, mask_classes=mask_classes,
-                            created_with=created_with or {})
+                            generator_settings=index.get("settings", {}), created_with=created_with or {})
     bar.close()
     summary = {"out": os.fspath(out_path), "slices": sum(counts), "per_class": counts,
                "classes": [CLASS_NAMES[c] for c in classes], "image_size": size,

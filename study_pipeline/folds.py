@@ -10,7 +10,6 @@ killed study continues where it stopped.
 """
 import dataclasses
 import glob
-import json
 import os
 
 import numpy as np
@@ -19,7 +18,7 @@ from capsule_classifier.checkpoint import load_model
 from capsule_classifier.embedding import embed_files, map_coordinates, write_tsne
 from capsule_classifier.engine import TrainConfig
 from capsule_classifier.experiment import Experiment, run_experiment
-from capsule_classifier.report import write_json_atomic
+from capsule_classifier.report import read_json, write_json_atomic
 from generative_model.evaluation import heldout_leakage
 from generative_model.settings import GanSettings
 from generative_model.synthesis import synthesize
@@ -53,7 +52,7 @@ def prepare_split(settings, fold, train_rows, val_rows, log=print):
     about = {"fold": fold, "k_folds": settings.k_folds, "group_by": settings.group_by, "seed": settings.split_seed}
     for part, rows in (("train", train_rows), ("val", val_rows)):
         if os.path.exists(paths[part]):
-            check_fold_file(paths[part], settings.data_path, rows, fold)       # a rerun: the same split?
+            check_fold_file(paths[part], settings.data_path, rows, fold, about)       # a rerun: the same split?
         else:
             write_rows(settings.data_path, paths[part], rows, dict(about, part=part))
     paths["gan_train"] = paths["train"]
@@ -61,7 +60,7 @@ def prepare_split(settings, fold, train_rows, val_rows, log=print):
         paths["gan_train"] = os.path.join(fold_dir, "gan_train.h5")
         gan_rows = _rows_of_sources(settings.gan_data_path, read_column(paths["train"], "source_ids"))
         if os.path.exists(paths["gan_train"]):
-            check_fold_file(paths["gan_train"], settings.gan_data_path, gan_rows, fold)
+            check_fold_file(paths["gan_train"], settings.gan_data_path, gan_rows, fold, about)
         else:
             write_rows(settings.gan_data_path, paths["gan_train"], gan_rows, dict(about, part="train"))
     log(f"fold {fold}: {len(train_rows)} training, {len(val_rows)} validation slices")
@@ -86,7 +85,7 @@ def synthetic_slices(settings, fold, paths, log=print):
     masks, synthetic = os.path.join(fold_dir, "masks.h5"), os.path.join(fold_dir, "synthetic.h5")
     gan_size = int(read_attrs(paths["gan_train"])["image_size"])
     gan = gan_settings(settings, gan_size)
-    check_fold_gan(os.path.join(fold_dir, "gan"), gan)                  # a rerun: the same GAN?
+    check_fold_gan(os.path.join(fold_dir, "gan"), gan, synthetic)                  # a rerun: the same GAN?
     for path in (masks, synthetic):
         if os.path.exists(path):
             check_per_class(path, settings.synthetic_per_class)
@@ -171,7 +170,7 @@ def _arm_result(metrics):
 def _read_run(metrics_path):
     """The record entry of a finished run; a metrics.json without test results is named."""
     try:
-        return _arm_result(_read_json(metrics_path))
+        return _arm_result(read_json(metrics_path))
     except (KeyError, TypeError) as error:
         raise ValueError(f"{metrics_path}: no test results of a study run (missing {error}); "
                          "delete its run folder to train it again") from error
@@ -225,19 +224,10 @@ def run_fold(settings, fold, train_rows, val_rows, log=print):
     return record
 
 
-def _read_json(path):
-    """A JSON file; one that cannot be read as JSON is named in the error."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except ValueError as error:        # JSONDecodeError and UnicodeDecodeError
-        raise ValueError(f"{path}: not readable as JSON ({error})") from error
-
-
 def read_fold_record(path):
     """A fold.json record; a file that is not one is named in the error."""
     try:
-        record = _read_json(path)
+        record = read_json(path)
     except ValueError as error:
         raise ValueError(f"{error}; {REBUILD_ADVICE}") from error
     if (not isinstance(record, dict) or not isinstance(record.get("fold"), int)

@@ -3,81 +3,132 @@ slices, and its finished classifier runs. Each is refused, with what differs nam
 call's flags would have made it otherwise (another split, GAN, training recipe or scoring), so that
 a fold's record never mixes runs of two settings."""
 import dataclasses
-import json
+import glob
 import os
 
 import numpy as np
 
 from capsule_classifier.checkpoint import load_checkpoint
-from capsule_classifier.engine import changed_settings, effective_config
-from capsule_classifier.experiment import build_model
+from capsule_classifier.engine import effective_config, setting_changes
+from capsule_classifier.experiment import build_model, uses_mask_head
+from capsule_classifier.report import read_json
+from preprocess.checkpoint_io import load_checkpoint_file
 from preprocess.dataset import has_field, read_attrs, read_column
+from study_pipeline.settings import BASELINE_PRESET_KEYS, StudySettings
 
-EXECUTION_ONLY = ("amp", "channels_last")   # how a run computed (differs by device), not what it learned
+EXECUTION_ONLY = ("amp", "channels_last")                # how a run computed (differs by device), not what
 GAN_EXECUTION_ONLY = ("device", "amp", "num_workers")
-GAN_FLAG_NAMES = {"image_size": "the GAN's image size (--gan_data_path)", "seed": "--split_seed"}
+STUDY_FLAGS = {field.name for field in dataclasses.fields(StudySettings)}
+GAN_FLAG_NAMES = {"image_size": "the GAN's image size (--gan_data_path)", "seed": "split_seed"}
+SPLIT_FLAG_NAMES = {"k_folds": "--k_folds", "group_by": "--group_by", "seed": "--split_seed"}
 RERUN_ADVICE = "rerun with the fold's own flags, or use another --out"
-SPLIT_FLAGS = "--data_path, --gan_data_path, --k_folds, --group_by and --split_seed make the fold's files"
 
 
-def check_fold_file(path, source, rows, fold):
-    """Refuse a fold file from an earlier run that does not hold rows ``rows`` of ``source``, at its size."""
+def _refuse(path, what, differ, advice=RERUN_ADVICE):
+    raise ValueError(f"{path}: {what}: " + "; ".join(differ) + f". {advice[0].upper()}{advice[1:]}")
+
+
+def _change(name, value, old, whose, gan=False):
+    """One difference as a message names it: the study flag that sets the setting, else that it
+    follows from other flags or a default of the code (which may have changed since the run)."""
+    flag = GAN_FLAG_NAMES.get(name) if gan else None
+    flag = flag or (f"gan_{name}" if gan else name)
+    if flag in STUDY_FLAGS:
+        return f"--{flag}={value!r} ({whose}: {old!r})"
+    if flag.startswith("the ") or flag.startswith("--"):
+        return f"{flag}: {value!r} ({whose}: {old!r})"
+    preset = ", --baseline_preset" if not gan and name in BASELINE_PRESET_KEYS else ""
+    return (f"{name}={value!r} ({whose}: {old!r}; not a flag of study.py: it follows from other flags{preset} "
+            "or a default of the code)")
+
+
+def check_fold_file(path, source, rows, fold, split):
+    """Refuse a fold file from an earlier run that does not hold rows ``rows`` of ``source`` (the
+    same file: its attributes, the slices, their size); ``split`` is how this call cuts the folds
+    (k_folds, group_by, seed), which the file records."""
+    attrs = read_attrs(path)
+    recorded = attrs.pop("split", {})
     held, wanted = read_column(path, "source_ids"), read_column(source, "source_ids")[np.sort(rows)]
-    size, wanted_size = read_attrs(path).get("image_size"), read_attrs(source).get("image_size")
-    if np.array_equal(held, wanted) and size == wanted_size:
+    if attrs == read_attrs(source) and np.array_equal(held, wanted):
         return
-    raise ValueError(f"{path}: made by an earlier run with another split or size ({len(held)} slices at {size} px; "
-                     f"fold {fold} of these flags takes {len(wanted)} slices of {source} at {wanted_size} px). "
-                     f"{SPLIT_FLAGS}: {RERUN_ADVICE}")
+    differ = [f"{SPLIT_FLAG_NAMES[key]}={value!r} (the file's: {recorded.get(key)!r})"
+              for key, value in split.items() if key in SPLIT_FLAG_NAMES and recorded.get(key) != value]
+    if attrs != read_attrs(source):
+        differ.append(f"{source} is not the file the fold was cut from ({recorded.get('of')})")
+    differ = differ or [f"{source} now gives fold {fold} {len(wanted)} slices, the file holds {len(held)} others"]
+    _refuse(path, "a fold file made by an earlier run with another split", differ)
 
 
-def _network_changes(saved, model_name, model):
-    """How the saved network differs from the one these flags build (keys both configurations have)."""
-    if saved["model_name"] != model_name:
-        return [f"--model={model_name} (the run trained {saved['model_name']})"]
-    config, old = dict(model.config), saved["model_config"]
-    return [f"the network (--capsule_preset, --image_size): {key}={config[key]!r} (the run's: {old[key]!r})"
-            for key in sorted(set(config) & set(old)) if config[key] != old[key]]
+def _saved_run(run_dir):
+    """The checkpoint that says how a finished run was trained and scored (best.pt, the model it tested;
+    else last.pt)."""
+    for name in ("best.pt", "last.pt"):
+        path = os.path.join(run_dir, name)
+        if os.path.exists(path):
+            return load_checkpoint(path)
+    raise ValueError(f"{run_dir}: a finished run (metrics.json) without best.pt or last.pt, so what it trained "
+                     "cannot be compared with these flags; delete the run folder to train it again")
+
+
+def _network_changes(state, exp, model):
+    """How the saved network differs from the one these flags build."""
+    if state["model_name"] != exp.model:
+        return [f"the network: {exp.model} (the run trained {state['model_name']}; --baseline)"]
+    differ = []
+    if int(state["image_size"]) != int(exp.image_size):
+        differ.append(f"image size {exp.image_size} px (the run's: {state['image_size']} px; --image_size, "
+                      "--data_path or --baseline_preset)")
+    config, old = dict(model.config), state["model_config"]
+    differ += [f"the network's {key}={config[key]!r} (the run's: {old[key]!r}; --capsule_preset "
+               "or a default of the code)" for key in sorted(set(config) & set(old)) if config[key] != old[key]]
+    return differ
 
 
 def check_finished_run(run_dir, exp, device):
     """Refuse to count the finished run in ``run_dir`` when the Experiment ``exp`` (what this call
-    would train) differs from it in what it trains on, how, or how it scores, naming every difference."""
-    state = load_checkpoint(os.path.join(run_dir, "last.pt"))
-    model = build_model(exp, exp.image_size)
+    would train) differs from it in what it trains, how, or how it scores, naming every difference."""
+    state = _saved_run(run_dir)
     has_masks = all(has_field(path, "tumor_masks") for path in exp.data_path)
-    config = effective_config(exp.config, getattr(model, "mask_head", None) is not None, has_masks, device)
-    differ = _network_changes(state, exp.model, model)
-    differ += changed_settings(state.get("train_config", {}), config, skip=EXECUTION_ONLY)
-    pretrain = os.path.join(run_dir, "pretrain", "last.pt")
-    if os.path.exists(pretrain):
-        saved = load_checkpoint(pretrain).get("train_config", {}).get("epochs")
+    config = effective_config(exp.config, uses_mask_head(exp), has_masks, device)
+    model = build_model(dataclasses.replace(exp, config=config), exp.image_size)   # as training builds it
+    differ = _network_changes(state, exp, model)
+    differ += [_change(name, value, old, "the run's") for name, value, old
+               in setting_changes(state.get("train_config", {}), config, skip=EXECUTION_ONLY)]
+    if os.path.isdir(os.path.join(run_dir, "pretrain")):
+        saved = _saved_run(os.path.join(run_dir, "pretrain")).get("train_config", {}).get("epochs")
         if saved != exp.pretrain_epochs:
-            differ.append(f"--pretrain_epochs={exp.pretrain_epochs} (the run used {saved})")
+            differ.append(f"--pretrain_epochs={exp.pretrain_epochs} (the run's: {saved})")
     if differ:
-        raise ValueError(f"{run_dir}: a finished run that these flags would train otherwise: " + "; ".join(differ)
-                         + f"; {RERUN_ADVICE}, or delete the run folder to train it again with these")
+        _refuse(run_dir, "a finished run that these flags would train or score otherwise", differ,
+                f"{RERUN_ADVICE}, or delete the run folder to train it again with these")
 
 
-def check_fold_gan(gan_dir, settings):
-    """Refuse a fold's GAN (and so the synthetic slices drawn from it) trained by an earlier run with
-    GAN settings other than ``settings`` (a GanSettings), naming them."""
+def _saved_gan_settings(gan_dir):
+    """The GAN settings of the fold's GAN: from its run.json, else (a GAN cut short) from its
+    checkpoints; None when there is no GAN."""
     index = os.path.join(gan_dir, "run.json")
-    if not os.path.exists(index):
-        return                      # none yet, or one cut short (its resume compares the networks)
-    with open(index, encoding="utf-8") as handle:
-        saved = json.load(handle).get("settings", {})
-    differ = [f"{GAN_FLAG_NAMES.get(name, '--gan_' + name)}={value!r} (the fold's GAN used {saved[name]!r})"
-              for name, value in dataclasses.asdict(settings).items()
-              if name in saved and name not in GAN_EXECUTION_ONLY and saved[name] != value]
+    if os.path.exists(index):
+        return read_json(index).get("settings", {})
+    checkpoints = sorted(glob.glob(os.path.join(glob.escape(gan_dir), "*", "checkpoint.pt")))
+    return load_checkpoint_file(checkpoints[0]).get("settings", {}) if checkpoints else None
+
+
+def check_fold_gan(gan_dir, settings, synthetic):
+    """Refuse a fold's GAN, or the synthetic slices drawn from it (which record its settings, so
+    they are compared even when the GAN was deleted), trained by an earlier run with GAN settings
+    other than ``settings`` (a GanSettings), naming them."""
+    path, whose, saved = gan_dir, "the fold's GAN", _saved_gan_settings(gan_dir)
+    if saved is None and os.path.exists(synthetic):
+        path, whose, saved = synthetic, "the GAN that drew it", read_attrs(synthetic).get("generator_settings")
+    differ = [_change(name, value, saved[name], whose, gan=True) for name, value in dataclasses.asdict(settings).items()
+              if name in saved and name not in GAN_EXECUTION_ONLY and saved[name] != value] if saved else []
     if differ:
-        raise ValueError(f"{gan_dir}: a GAN that these flags would train otherwise: " + "; ".join(differ)
-                         + f"; {RERUN_ADVICE}")
+        _refuse(path, "made by a GAN that these flags would train otherwise", differ)
 
 
 def check_per_class(path, per_class):
     """Refuse a fold's masks or synthetic file from an earlier run with another --synthetic_per_class."""
     counts = np.bincount(read_column(path, "labels")).tolist()
     if any(count != per_class for count in counts):
-        raise ValueError(f"{path}: {counts} slices per class from an earlier run, these flags ask for "
-                         f"--synthetic_per_class={per_class}; {RERUN_ADVICE}")
+        _refuse(path, "slices per class from an earlier run",
+                [f"--synthetic_per_class={per_class} (the file's: {counts})"])

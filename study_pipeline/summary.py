@@ -95,7 +95,9 @@ def collect(out, settings=None):
         plot_confusion(summary["pooled_confusion_matrix"], path,
                        f"{ARM_TITLES[arm]}: pooled over {summary['runs']} runs")
         summary["figure"] = os.path.basename(path)
-    results = {"settings": settings or {}, "split": split, "folds": folds, "arms": arms,
+    # "split" is how the folds were cut (from their files); "collect_flags" only the flags of this call
+    # (a fold run alone, --fold=K, trained with its own: each run's last.pt holds its train_config)
+    results = {"collect_flags": settings or {}, "split": split, "folds": folds, "arms": arms,
                "paired_differences": differences, "study_reported": STUDY_REPORTED}
     write_json_atomic(results, os.path.join(out, "results.json"))
     with atomic_path(os.path.join(out, "RESULTS.md")) as tmp, open(tmp, "w") as handle:
