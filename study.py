@@ -64,7 +64,7 @@ def run(flags):
 
     import torch
 
-    from study_pipeline.folds import fold_rows, run_fold
+    from study_pipeline.folds import check_reuse, fold_rows, run_fold
     from study_pipeline.settings import settings_from_flags
     from study_pipeline.summary import collect as collect_folds
 
@@ -74,9 +74,11 @@ def run(flags):
         folds = fold_rows(settings)
         if not 0 <= flags["fold"] <= settings.k_folds:
             raise ValueError(f"--fold={flags['fold']}: use 1..{settings.k_folds}, or 0 for every fold")
-        for k, (train_rows, val_rows) in enumerate(folds, start=1):
-            if flags["fold"] in (0, k):
-                run_fold(settings, k, train_rows, val_rows)
+        chosen = [(k, rows) for k, rows in enumerate(folds, start=1) if flags["fold"] in (0, k)]
+        for k, (train_rows, val_rows) in chosen:        # what earlier runs left, every fold before any trains
+            check_reuse(settings, k, train_rows, val_rows)
+        for k, (train_rows, val_rows) in chosen:
+            run_fold(settings, k, train_rows, val_rows)
         if flags["fold"]:
             print(f"fold {flags['fold']} done; merge finished folds with --collect=True")
             return None

@@ -358,8 +358,13 @@ def class_counts(data, num_classes):
 def data_fingerprint(data):
     """What identifies the training data of a run: slice count, image size and a hash of the
     slices' source ids in order (so another file, fold or size is recognised on resume)."""
-    digest = hashlib.sha256("\n".join(map(str, data.source_ids)).encode()).hexdigest()[:16]
-    return {"slices": int(len(data)), "image_size": int(data.image_size), "source_ids_sha256": digest}
+    return source_fingerprint(data.source_ids, data.image_size)
+
+
+def source_fingerprint(source_ids, image_size):
+    """``data_fingerprint`` of slices with these source ids (in order) at ``image_size``."""
+    digest = hashlib.sha256("\n".join(map(str, source_ids)).encode()).hexdigest()[:16]
+    return {"slices": int(len(source_ids)), "image_size": int(image_size), "source_ids_sha256": digest}
 
 
 # settings added after runs had been saved, and what a run saved without them did
@@ -414,18 +419,22 @@ def build_stretch_adversary(model, train_data, config, device):
     return adversary.to(device), stretches
 
 
+def unusable_settings(config, has_mask_head, has_masks):
+    """{setting: why} for the mask loss and tumour pasting of ``config`` that the model or the data
+    cannot use (training switches them off)."""
+    why = {"mask_weight": config.mask_weight and mask_loss_problem(has_mask_head, has_masks),
+           "tumour_paste": config.tumour_paste and tumour_paste_problem(has_masks)}
+    return {name: reason for name, reason in why.items() if reason}
+
+
 def effective_config(config, has_mask_head, has_masks, device, log=None):
     """``config`` as training runs it (and saves it in its checkpoints): mixed precision resolved for
-    ``device``, the mask loss and tumour pasting off where the model or the data cannot use them
-    (each said through ``log``)."""
-    problem = config.mask_weight and mask_loss_problem(has_mask_head, has_masks)
-    if problem and log:
-        log(f"mask_weight={config.mask_weight} ignored: {problem}")
-    no_paste = config.tumour_paste and tumour_paste_problem(has_masks)
-    if no_paste and log:
-        log(f"tumour_paste={config.tumour_paste} ignored: {no_paste}")
-    return replace(config, amp=resolve_amp(config.amp, device), mask_weight=0.0 if problem else config.mask_weight,
-                   tumour_paste=0.0 if no_paste else config.tumour_paste)
+    ``device``, the settings of ``unusable_settings`` off (each said through ``log``)."""
+    off = unusable_settings(config, has_mask_head, has_masks)
+    for name, reason in off.items():
+        if log:
+            log(f"{name}={getattr(config, name)} ignored: {reason}")
+    return replace(config, amp=resolve_amp(config.amp, device), **{name: 0.0 for name in off})
 
 
 def fit(model, model_name, train_data, val_data, config, run_dir, device, resume=False,

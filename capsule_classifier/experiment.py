@@ -24,7 +24,7 @@ from capsule_classifier.augment import PASTE_DONORS, PASTE_LEVELS, PASTE_PLACES
 from capsule_classifier.checkpoint import (load_checkpoint, load_model, scoring_prior, scoring_warps,
                                            trained_vertical_flips)
 from capsule_classifier.data import load_sources
-from capsule_classifier.engine import TrainConfig, fit, mask_loss_problem, predict, tumour_paste_problem
+from capsule_classifier.engine import TrainConfig, fit, predict, unusable_settings
 from capsule_classifier.network import count_parameters, make_model
 from capsule_classifier.report import (classification_metrics, plot_confusion, plot_curves,
                                        summarise_folds, text_report, write_json_atomic)
@@ -120,14 +120,10 @@ def build_model(exp, image_size):
 def _check_masks(exp, data, log):
     """Switch tumour pasting and the mask loss off, saying why, when the model or the data cannot use
     them (before the network is built: the mask head exists only with the loss)."""
-    no_paste = exp.config.tumour_paste and tumour_paste_problem(data.masks is not None)
-    if no_paste:
-        log(f"tumour_paste={exp.config.tumour_paste} ignored: {no_paste} ({', '.join(exp.data_path)})")
-        exp.config.tumour_paste = 0.0
-    problem = exp.config.mask_weight and mask_loss_problem(uses_mask_head(exp), data.masks is not None)
-    if problem:
-        log(f"mask_weight={exp.config.mask_weight} ignored: {problem}")
-        exp.config.mask_weight = 0.0
+    for name, reason in unusable_settings(exp.config, uses_mask_head(exp), data.masks is not None).items():
+        files = f" ({', '.join(exp.data_path)})" if name == "tumour_paste" else ""
+        log(f"{name}={getattr(exp.config, name)} ignored: {reason}{files}")
+        setattr(exp.config, name, 0.0)
 
 
 def describe_model(model, image_size, log):

@@ -23,7 +23,7 @@ import torch
 from skimage.metrics import structural_similarity
 
 from generative_model.synthesis import plan_class, read_mask_batch
-from generative_model.saved_runs import CONDITIONAL_FOLDER, load_generators
+from generative_model.saved_runs import CONDITIONAL_FOLDER, load_generators, read_run_index
 from preprocess.devices import resolve_device
 from preprocess.dataset import CLASS_NAMES, read_column
 
@@ -159,8 +159,10 @@ def heldout_leakage(run_dir, synthetic_path, heldout_path):
     """How much of the held-out file the GAN and its masks saw: held-out patients in the GAN's
     training file (run.json's ``dataset``), and synthetic slices whose mask came from a held-out
     slice (matching ``source_ids``). Both must be 0 for an honest train-on-synthetic test."""
-    with open(os.path.join(run_dir, "run.json")) as handle:
-        gan_dataset = json.load(handle).get("dataset")
+    index = read_run_index(run_dir)
+    if index is None:
+        raise FileNotFoundError(f"{run_dir}: no run.json, so no trained GAN run to check")
+    gan_dataset = index.get("dataset")
     heldout_patients = set(read_column(heldout_path, "patient_ids"))
     report = {"gan_dataset": gan_dataset, "heldout_patients": len(heldout_patients)}
     if gan_dataset and os.path.exists(gan_dataset):

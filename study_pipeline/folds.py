@@ -45,26 +45,64 @@ def _rows_of_sources(path, source_ids):
     return np.flatnonzero(np.isin(read_column(path, "source_ids"), list(source_ids)))
 
 
-def prepare_split(settings, fold, train_rows, val_rows, log=print):
-    """The fold's dataset files; returns their paths."""
+def fold_paths(settings, fold):
+    """Where the fold's files are (made or not): its dataset files and its GAN folder."""
     fold_dir = os.path.join(settings.out, f"fold_{fold}")
-    paths = {"train": os.path.join(fold_dir, "train.h5"), "val": os.path.join(fold_dir, "val.h5")}
-    about = {"fold": fold, "k_folds": settings.k_folds, "group_by": settings.group_by, "seed": settings.split_seed}
-    for part, rows in (("train", train_rows), ("val", val_rows)):
-        if os.path.exists(paths[part]):
-            check_fold_file(paths[part], settings.data_path, rows, fold, about)       # a rerun: the same split?
-        else:
-            write_rows(settings.data_path, paths[part], rows, dict(about, part=part))
-    paths["gan_train"] = paths["train"]
+    paths = {name: os.path.join(fold_dir, f"{name}.h5") for name in ("train", "val", "masks", "synthetic")}
+    paths["gan_train"], paths["gan"] = paths["train"], os.path.join(fold_dir, "gan")
     if settings.gan_data_path and os.path.realpath(settings.gan_data_path) != os.path.realpath(settings.data_path):
         paths["gan_train"] = os.path.join(fold_dir, "gan_train.h5")
-        gan_rows = _rows_of_sources(settings.gan_data_path, read_column(paths["train"], "source_ids"))
-        if os.path.exists(paths["gan_train"]):
-            check_fold_file(paths["gan_train"], settings.gan_data_path, gan_rows, fold, about)
-        else:
-            write_rows(settings.gan_data_path, paths["gan_train"], gan_rows, dict(about, part="train"))
-    log(f"fold {fold}: {len(train_rows)} training, {len(val_rows)} validation slices")
     return paths
+
+
+def _fold_files(settings, fold, train_rows, val_rows):
+    """(part, path, source, rows) of each dataset file the fold's split makes."""
+    paths = fold_paths(settings, fold)
+    files = [("train", paths["train"], settings.data_path, train_rows),
+             ("val", paths["val"], settings.data_path, val_rows)]
+    if paths["gan_train"] != paths["train"]:
+        train_sources = read_column(settings.data_path, "source_ids")[train_rows]
+        files.append(("train", paths["gan_train"], settings.gan_data_path,
+                      _rows_of_sources(settings.gan_data_path, train_sources)))
+    return files
+
+
+def _split_record(settings, fold):
+    """How the fold was cut, as its files record it (their ``split`` attribute)."""
+    return {"fold": fold, "k_folds": settings.k_folds, "group_by": settings.group_by, "seed": settings.split_seed}
+
+
+def prepare_split(settings, fold, train_rows, val_rows, log=print):
+    """The fold's dataset files (those missing are written); returns the fold's paths."""
+    for part, path, source, rows in _fold_files(settings, fold, train_rows, val_rows):
+        if not os.path.exists(path):
+            write_rows(source, path, rows, dict(_split_record(settings, fold), part=part))
+    log(f"fold {fold}: {len(train_rows)} training, {len(val_rows)} validation slices")
+    return fold_paths(settings, fold)
+
+
+def check_reuse(settings, fold, train_rows, val_rows):
+    """Refuse, before anything is written or trained, what an earlier run left in the fold's folder
+    that this call's flags would have made otherwise: its split files, finished runs, GAN, masks and
+    synthetic slices (study_pipeline.reuse). Returns the earlier record and the finished runs."""
+    fold_dir, paths = os.path.join(settings.out, f"fold_{fold}"), fold_paths(settings, fold)
+    earlier, runs = _earlier_record(fold_dir, fold), finished_runs(fold_dir)
+    for _, path, source, rows in _fold_files(settings, fold, train_rows, val_rows):
+        if os.path.exists(path):
+            check_fold_file(path, source, rows, _split_record(settings, fold))
+    device = resolve_device(settings.device)
+    for arm, seeds in runs.items():
+        for seed in seeds:
+            run_dir = arm_run_dir(fold_dir, arm, int(seed))
+            exp = arm_experiment(settings, arm, int(seed), paths, paths["synthetic"], run_dir,
+                                 classifier_size(settings))
+            check_finished_run(run_dir, exp, paths["synthetic" if arm == "synthetic_only" else "train"], device)
+    if {"pretrained", "synthetic_only"} & set(settings.arms):
+        check_fold_gan(paths["gan"], gan_settings(settings, gan_size(settings)), paths["synthetic"])
+        for path in (paths["masks"], paths["synthetic"]):
+            if os.path.exists(path):
+                check_per_class(path, settings.synthetic_per_class)
+    return earlier, runs
 
 
 STUDY_GAN_FILES = {"gan_data_path"}          # study settings named gan_* that are not GAN settings
@@ -78,35 +116,35 @@ def gan_settings(settings, image_size):
     return GanSettings(image_size=image_size, seed=settings.split_seed, device=settings.device, **chosen)
 
 
+def gan_size(settings):
+    """The GAN's image size: that of --gan_data_path, else of --data_path."""
+    return int(read_attrs(settings.gan_data_path or settings.data_path)["image_size"])
+
+
 def synthetic_slices(settings, fold, paths, log=print):
     """Masks, GAN and synthetic slices from the fold's training patients only; returns the
     synthetic file and the leakage check against the validation part."""
     fold_dir = os.path.join(settings.out, f"fold_{fold}")
-    masks, synthetic = os.path.join(fold_dir, "masks.h5"), os.path.join(fold_dir, "synthetic.h5")
-    gan_size = int(read_attrs(paths["gan_train"])["image_size"])
-    gan = gan_settings(settings, gan_size)
-    check_fold_gan(os.path.join(fold_dir, "gan"), gan, synthetic)                  # a rerun: the same GAN?
-    for path in (masks, synthetic):
-        if os.path.exists(path):
-            check_per_class(path, settings.synthetic_per_class)
+    masks, synthetic = paths["masks"], paths["synthetic"]
     if not os.path.exists(masks):
         augment_masks(paths["gan_train"], masks, settings.synthetic_per_class, seed=settings.split_seed, workers=0)
-    log(f"fold {fold}: GAN at {gan_size} px, {settings.gan_epochs} epochs")
-    train_models(paths["gan_train"], fold_dir, "gan", gan, resume=True, created_with=dataclasses.asdict(settings))
+    log(f"fold {fold}: GAN at {gan_size(settings)} px, {settings.gan_epochs} epochs")
+    train_models(paths["gan_train"], fold_dir, "gan", gan_settings(settings, gan_size(settings)), resume=True,
+                 created_with=dataclasses.asdict(settings))
     if not os.path.exists(synthetic):
-        synthesize(os.path.join(fold_dir, "gan"), masks, synthetic, per_class=settings.synthetic_per_class,
+        synthesize(paths["gan"], masks, synthetic, per_class=settings.synthetic_per_class,
                    seed=settings.split_seed, device=settings.device, progress=False)
-    leakage = heldout_leakage(os.path.join(fold_dir, "gan"), synthetic, paths["val"])
+    leakage = heldout_leakage(paths["gan"], synthetic, paths["val"])
     if leakage["heldout_patients_the_gan_saw"] or leakage["synthetic_slices_from_heldout_masks"]:
         raise RuntimeError(f"fold {fold}: the GAN saw validation patients ({leakage}); this must not happen")
     return synthetic, leakage
 
 
-def classifier_size(settings, paths):
+def classifier_size(settings):
     """The image size of every capsule arm: ``settings.image_size``, else that of the real slices.
     (The synthetic slices come at the GAN's size and are resized to it, so that the arms differ in
     what they train on, not in resolution.)"""
-    return settings.image_size or int(read_attrs(paths["train"])["image_size"])
+    return settings.image_size or int(read_attrs(settings.data_path)["image_size"])
 
 
 def arm_experiment(settings, arm, seed, paths, synthetic, run_dir, image_size):
@@ -145,19 +183,7 @@ def run_arm(settings, arm, seed, paths, synthetic, fold_dir, log=print):
     run_dir = arm_run_dir(fold_dir, arm, seed)
     log(f"{os.path.basename(fold_dir)}: {arm}, seed {seed}")
     return _arm_result(run_experiment(arm_experiment(settings, arm, seed, paths, synthetic, run_dir,
-                                                     classifier_size(settings, paths)), log=lambda *a: None))
-
-
-def check_reused_runs(settings, runs, paths, fold_dir):
-    """Refuse, before anything trains, a finished run of the fold ({arm: {seed: result}}) that this
-    call's flags would train or score otherwise (study_pipeline.reuse)."""
-    device = resolve_device(settings.device)
-    for arm, seeds in runs.items():
-        for seed in seeds:
-            run_dir = arm_run_dir(fold_dir, arm, int(seed))
-            exp = arm_experiment(settings, arm, int(seed), paths, os.path.join(fold_dir, "synthetic.h5"), run_dir,
-                                 classifier_size(settings, paths))
-            check_finished_run(run_dir, exp, device)
+                                                     classifier_size(settings)), log=lambda *a: None))
 
 
 def _arm_result(metrics):
@@ -197,10 +223,9 @@ def run_fold(settings, fold, train_rows, val_rows, log=print):
     fold_dir = os.path.join(settings.out, f"fold_{fold}")
     # a rerun with other --arms or seeds keeps what earlier runs of this fold recorded: every finished
     # run folder (the split is the fold's own files, reused, so they were tested on the same patients),
-    # the leakage check and the figures; read before the GAN trains, so a broken record stops at once
-    earlier, runs = _earlier_record(fold_dir, fold), finished_runs(fold_dir)
+    # the leakage check and the figures; all of it checked against this call's flags first
+    earlier, runs = check_reuse(settings, fold, train_rows, val_rows)
     paths = prepare_split(settings, fold, train_rows, val_rows, log)
-    check_reused_runs(settings, runs, paths, fold_dir)
     needs_synthetic = {"pretrained", "synthetic_only"} & set(settings.arms)
     synthetic, leakage = synthetic_slices(settings, fold, paths, log) if needs_synthetic else (None, None)
     record = ({"fold": fold, "val_patients": [], "gan_train_patients": [], "leakage": None, "arms": {}} | earlier

@@ -4,14 +4,15 @@ call's flags would have made it otherwise (another split, GAN, training recipe o
 a fold's record never mixes runs of two settings."""
 import dataclasses
 import glob
+import json
 import os
 
 import numpy as np
 
 from capsule_classifier.checkpoint import load_checkpoint
-from capsule_classifier.engine import effective_config, setting_changes
+from capsule_classifier.engine import effective_config, setting_changes, source_fingerprint
 from capsule_classifier.experiment import build_model, uses_mask_head
-from capsule_classifier.report import read_json
+from generative_model.saved_runs import CHECKPOINT, read_run_index
 from preprocess.checkpoint_io import load_checkpoint_file
 from preprocess.dataset import has_field, read_attrs, read_column
 from study_pipeline.settings import BASELINE_PRESET_KEYS, StudySettings
@@ -21,6 +22,8 @@ GAN_EXECUTION_ONLY = ("device", "amp", "num_workers")
 STUDY_FLAGS = {field.name for field in dataclasses.fields(StudySettings)}
 GAN_FLAG_NAMES = {"image_size": "the GAN's image size (--gan_data_path)", "seed": "split_seed"}
 SPLIT_FLAG_NAMES = {"k_folds": "--k_folds", "group_by": "--group_by", "seed": "--split_seed"}
+WHERE_FROM = ("split", "source", "skipped")              # attributes that say where a file came from, not what
+WHERE_FROM_CREATED_WITH = ("out", "source", "workers")   # it holds (paths move, workers vary)
 RERUN_ADVICE = "rerun with the fold's own flags, or use another --out"
 
 
@@ -28,46 +31,58 @@ def _refuse(path, what, differ, advice=RERUN_ADVICE):
     raise ValueError(f"{path}: {what}: " + "; ".join(differ) + f". {advice[0].upper()}{advice[1:]}")
 
 
-def _change(name, value, old, whose, gan=False):
+def _change(name, value, old, whose, gan=False, preset=False):
     """One difference as a message names it: the study flag that sets the setting, else that it
-    follows from other flags or a default of the code (which may have changed since the run)."""
-    flag = GAN_FLAG_NAMES.get(name) if gan else None
-    flag = flag or (f"gan_{name}" if gan else name)
+    follows from other flags or the code; ``preset``: the baseline arm, which may take it from
+    --baseline_preset."""
+    flag = (GAN_FLAG_NAMES.get(name) if gan else None) or (f"gan_{name}" if gan else name)
+    note = "; the baseline arm takes it from --baseline_preset when one is named" if (
+        preset and name in BASELINE_PRESET_KEYS) else ""
     if flag in STUDY_FLAGS:
-        return f"--{flag}={value!r} ({whose}: {old!r})"
-    if flag.startswith("the ") or flag.startswith("--"):
+        return f"--{flag}={value!r} ({whose}: {old!r}{note})"
+    if flag.startswith("the "):
         return f"{flag}: {value!r} ({whose}: {old!r})"
-    preset = ", --baseline_preset" if not gan and name in BASELINE_PRESET_KEYS else ""
-    return (f"{name}={value!r} ({whose}: {old!r}; not a flag of study.py: it follows from other flags{preset} "
-            "or a default of the code)")
+    return f"{name}={value!r} ({whose}: {old!r}; not a flag of study.py: it follows from other flags{note} or the code)"
 
 
-def check_fold_file(path, source, rows, fold, split):
-    """Refuse a fold file from an earlier run that does not hold rows ``rows`` of ``source`` (the
-    same file: its attributes, the slices, their size); ``split`` is how this call cuts the folds
-    (k_folds, group_by, seed), which the file records."""
-    attrs = read_attrs(path)
-    recorded = attrs.pop("split", {})
+def _content(attrs):
+    """A dataset file's attributes less those that say where it came from."""
+    kept = {key: value for key, value in attrs.items() if key not in WHERE_FROM}
+    if isinstance(kept.get("created_with"), dict):
+        kept["created_with"] = {key: value for key, value in kept["created_with"].items()
+                                if key not in WHERE_FROM_CREATED_WITH}
+    return kept
+
+
+def check_fold_file(path, source, rows, split):
+    """Refuse a fold file from an earlier run that does not hold rows ``rows`` of ``source`` (made the
+    same way: its attributes; the same slices; the same size). ``split`` is how this call cuts the
+    folds (fold, k_folds, group_by, seed), which the file records."""
+    attrs, source_attrs = read_attrs(path), read_attrs(source)
+    recorded = attrs.get("split", {})
     held, wanted = read_column(path, "source_ids"), read_column(source, "source_ids")[np.sort(rows)]
-    if attrs == read_attrs(source) and np.array_equal(held, wanted):
+    same_source = _content(attrs) == _content(source_attrs)
+    if same_source and np.array_equal(held, wanted):
         return
-    differ = [f"{SPLIT_FLAG_NAMES[key]}={value!r} (the file's: {recorded.get(key)!r})"
-              for key, value in split.items() if key in SPLIT_FLAG_NAMES and recorded.get(key) != value]
-    if attrs != read_attrs(source):
-        differ.append(f"{source} is not the file the fold was cut from ({recorded.get('of')})")
-    differ = differ or [f"{source} now gives fold {fold} {len(wanted)} slices, the file holds {len(held)} others"]
+    differ = [f"{SPLIT_FLAG_NAMES[key]}={value!r} (the file's: {recorded[key]!r})" for key, value in split.items()
+              if key in SPLIT_FLAG_NAMES and key in recorded and recorded[key] != value]
+    if not same_source:
+        differ.append(f"{source} is not made as the file the fold was cut from ({recorded.get('of', '?')}): "
+                      "another preparation or size")
+    differ = differ or [f"{source} now gives fold {split['fold']} {len(wanted)} slices, the file holds "
+                        f"{len(held)} others"]
     _refuse(path, "a fold file made by an earlier run with another split", differ)
 
 
 def _saved_run(run_dir):
-    """The checkpoint that says how a finished run was trained and scored (best.pt, the model it tested;
-    else last.pt)."""
-    for name in ("best.pt", "last.pt"):
-        path = os.path.join(run_dir, name)
-        if os.path.exists(path):
-            return load_checkpoint(path)
-    raise ValueError(f"{run_dir}: a finished run (metrics.json) without best.pt or last.pt, so what it trained "
-                     "cannot be compared with these flags; delete the run folder to train it again")
+    """The checkpoints of a finished run: (best.pt, the model it tested, else last.pt; last.pt or None).
+    last.pt also holds the fingerprint of the slices it trained on."""
+    best, last = (os.path.join(run_dir, name) for name in ("best.pt", "last.pt"))
+    if not (os.path.exists(best) or os.path.exists(last)):
+        raise ValueError(f"{run_dir}: neither best.pt nor last.pt, so what the run trained cannot be compared "
+                         "with these flags; delete the run folder to train it again")
+    return load_checkpoint(best if os.path.exists(best) else last), (load_checkpoint_file(last)
+                                                                      if os.path.exists(last) else None)
 
 
 def _network_changes(state, exp, model):
@@ -84,18 +99,26 @@ def _network_changes(state, exp, model):
     return differ
 
 
-def check_finished_run(run_dir, exp, device):
+def check_finished_run(run_dir, exp, train_file, device):
     """Refuse to count the finished run in ``run_dir`` when the Experiment ``exp`` (what this call
-    would train) differs from it in what it trains, how, or how it scores, naming every difference."""
-    state = _saved_run(run_dir)
-    has_masks = all(has_field(path, "tumor_masks") for path in exp.data_path)
+    would train; its last phase on ``train_file``) differs from it in what it trains on, what and how
+    it trains, or how it scores, naming every difference."""
+    state, last = _saved_run(run_dir)
+    has_masks = all(has_field(path, "tumor_masks") for path in exp.data_path if os.path.exists(path))
     config = effective_config(exp.config, uses_mask_head(exp), has_masks, device)
     model = build_model(dataclasses.replace(exp, config=config), exp.image_size)   # as training builds it
     differ = _network_changes(state, exp, model)
-    differ += [_change(name, value, old, "the run's") for name, value, old
+    preset = exp.model != "capsule"
+    differ += [_change(name, value, old, "the run's", preset=preset) for name, value, old
                in setting_changes(state.get("train_config", {}), config, skip=EXECUTION_ONLY)]
+    trained_on = (last or {}).get("train_data")
+    if trained_on and os.path.exists(train_file):
+        now = source_fingerprint(read_column(train_file, "source_ids"), exp.image_size)
+        if now != trained_on:
+            differ.append(f"the training slices: {train_file} ({now['slices']}) is not what the run trained on "
+                          f"({trained_on['slices']} slices): the fold's files were made again")
     if os.path.isdir(os.path.join(run_dir, "pretrain")):
-        saved = _saved_run(os.path.join(run_dir, "pretrain")).get("train_config", {}).get("epochs")
+        saved = _saved_run(os.path.join(run_dir, "pretrain"))[0].get("train_config", {}).get("epochs")
         if saved != exp.pretrain_epochs:
             differ.append(f"--pretrain_epochs={exp.pretrain_epochs} (the run's: {saved})")
     if differ:
@@ -106,10 +129,10 @@ def check_finished_run(run_dir, exp, device):
 def _saved_gan_settings(gan_dir):
     """The GAN settings of the fold's GAN: from its run.json, else (a GAN cut short) from its
     checkpoints; None when there is no GAN."""
-    index = os.path.join(gan_dir, "run.json")
-    if os.path.exists(index):
-        return read_json(index).get("settings", {})
-    checkpoints = sorted(glob.glob(os.path.join(glob.escape(gan_dir), "*", "checkpoint.pt")))
+    index = read_run_index(gan_dir)
+    if index is not None:
+        return index.get("settings", {})
+    checkpoints = sorted(glob.glob(os.path.join(glob.escape(gan_dir), "*", CHECKPOINT)))
     return load_checkpoint_file(checkpoints[0]).get("settings", {}) if checkpoints else None
 
 
@@ -120,8 +143,11 @@ def check_fold_gan(gan_dir, settings, synthetic):
     path, whose, saved = gan_dir, "the fold's GAN", _saved_gan_settings(gan_dir)
     if saved is None and os.path.exists(synthetic):
         path, whose, saved = synthetic, "the GAN that drew it", read_attrs(synthetic).get("generator_settings")
-    differ = [_change(name, value, saved[name], whose, gan=True) for name, value in dataclasses.asdict(settings).items()
-              if name in saved and name not in GAN_EXECUTION_ONLY and saved[name] != value] if saved else []
+    if not saved:
+        return                          # no GAN yet (or slices older than the record of their GAN's settings)
+    wanted = json.loads(json.dumps(dataclasses.asdict(settings)))     # as run.json stores them
+    differ = [_change(name, value, saved[name], whose, gan=True) for name, value in wanted.items()
+              if name in saved and name not in GAN_EXECUTION_ONLY and saved[name] != value]
     if differ:
         _refuse(path, "made by a GAN that these flags would train otherwise", differ)
 

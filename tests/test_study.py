@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import pytest
 
 from preprocess.flags import load_preset
@@ -132,6 +133,27 @@ def test_a_rerun_with_another_split_gan_or_training_is_refused_before_anything_t
     refused("--k_folds=4", "fold_2/train.h5: a fold file made by an earlier run with another split: "
                            "--k_folds=4 (the file's: 3)")
     assert not (fold / "gan").exists()
+
+
+def test_a_fold_file_of_a_split_file_is_recognised_and_another_split_is_named(blob_dataset, tmp_path):
+    """A --data_path made by write_split carries its own split record, which its fold files replace
+    with theirs: the same rows are reused, other rows refused with the split flag that differs."""
+    from preprocess.splits import write_rows, write_split
+    from study_pipeline.reuse import check_fold_file
+    source, held_out = tmp_path / "train_part.h5", tmp_path / "test_part.h5"
+    write_split(blob_dataset, source, held_out, fraction=0.25, seed=0)
+    split = {"fold": 1, "k_folds": 3, "group_by": "patient", "seed": 0}
+    write_rows(source, tmp_path / "fold.h5", [0, 2, 4, 6], dict(split, part="train"))
+    check_fold_file(tmp_path / "fold.h5", source, [6, 4, 2, 0], split)          # the same rows: reused
+    with pytest.raises(ValueError, match=r"fold\.h5: a fold file made by an earlier run with another split: "
+                                         r"--split_seed=1 \(the file's: 0\)"):
+        check_fold_file(tmp_path / "fold.h5", source, [1, 3, 5, 7], dict(split, seed=1))
+    other = tmp_path / "prepared_otherwise.h5"                     # the same slices, prepared another way
+    shutil.copy(source, other)
+    with h5py.File(other, "a") as handle:
+        handle.attrs["percentiles"] = "1-99"
+    with pytest.raises(ValueError, match=r"prepared_otherwise\.h5 is not made as the file the fold was cut from"):
+        check_fold_file(tmp_path / "fold.h5", other, [0, 2, 4, 6], split)
 
 
 def test_a_copied_fold_record_is_not_collected_twice(one_fold_then_the_rest, tmp_path):
