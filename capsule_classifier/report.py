@@ -67,15 +67,6 @@ def summarise_folds(folds):
             "pooled_macro_f1": macro_f1_of_confusion(pooled)}
 
 
-def read_json(path):
-    """A JSON file; one that cannot be read as JSON is named in the error."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except ValueError as error:        # JSONDecodeError and UnicodeDecodeError
-        raise ValueError(f"{path}: not readable as JSON ({error})") from error
-
-
 def write_json_atomic(data, path):
     if not distributed.is_main():       # under torchrun only rank 0 writes
         return

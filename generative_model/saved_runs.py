@@ -10,6 +10,7 @@ import os
 from generative_model.networks import UNetGenerator
 from preprocess.atomic import atomic_path
 from preprocess.checkpoint_io import load_checkpoint_file
+from preprocess.json_files import read_json
 
 CHECKPOINT = "checkpoint.pt"
 RUN_INDEX = "run.json"
@@ -21,11 +22,7 @@ def read_run_index(run_dir):
     path = os.path.join(run_dir, RUN_INDEX)
     if not os.path.exists(path):
         return None
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except ValueError as error:
-        raise ValueError(f"{path}: not readable as JSON ({error})") from error
+    return read_json(path)
 
 
 def models_already_in(run_dir, conditional):

@@ -1,6 +1,7 @@
 """One fold of the study: its split, the GAN and synthetic slices from its training patients only,
 and every classifier arm for every seed. Every step is skipped when its output is complete, so a
-killed study continues where it stopped.
+killed study continues where it stopped; what is reused is first checked against the call's flags
+(``check_reuse``, study_pipeline/reuse.py).
 
     <out>/fold_<k>/train.h5, val.h5        the fold's real slices (classifier size)
     <out>/fold_<k>/gan_train.h5            the training slices at the GAN's size (when it differs)
@@ -18,13 +19,14 @@ from capsule_classifier.checkpoint import load_model
 from capsule_classifier.embedding import embed_files, map_coordinates, write_tsne
 from capsule_classifier.engine import TrainConfig
 from capsule_classifier.experiment import Experiment, run_experiment
-from capsule_classifier.report import read_json, write_json_atomic
+from capsule_classifier.report import write_json_atomic
 from generative_model.evaluation import heldout_leakage
 from generative_model.settings import GanSettings
 from generative_model.synthesis import synthesize
 from generative_model.trainer import train_models
 from preprocess.dataset import read_attrs, read_column
 from preprocess.devices import resolve_device
+from preprocess.json_files import read_json
 from preprocess.mask_augmentation import augment_masks
 from preprocess.splits import patient_folds, write_rows
 from study_pipeline.reuse import check_finished_run, check_fold_file, check_fold_gan, check_per_class
