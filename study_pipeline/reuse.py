@@ -146,8 +146,10 @@ def check_fold_gan(gan_dir, settings, synthetic):
     if not saved:
         return                          # no GAN yet (or slices older than the record of their GAN's settings)
     wanted = json.loads(json.dumps(dataclasses.asdict(settings)))     # as run.json stores them
+    # a setting added to GanSettings after the GAN was trained: that GAN ran as its default does
+    saved = {**{field.name: field.default for field in dataclasses.fields(settings)}, **saved}
     differ = [_change(name, value, saved[name], whose, gan=True) for name, value in wanted.items()
-              if name in saved and name not in GAN_EXECUTION_ONLY and saved[name] != value]
+              if name not in GAN_EXECUTION_ONLY and saved[name] != value]
     if differ:
         _refuse(path, "made by a GAN that these flags would train otherwise", differ)
 

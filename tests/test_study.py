@@ -1,5 +1,6 @@
 """study.py end to end on tiny data: no validation patient reaches the GAN, every arm on every
 fold, resumable, one fold at a time plus collect, presets."""
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -154,6 +155,18 @@ def test_a_fold_file_of_a_split_file_is_recognised_and_another_split_is_named(bl
         handle.attrs["percentiles"] = "1-99"
     with pytest.raises(ValueError, match=r"prepared_otherwise\.h5 is not made as the file the fold was cut from"):
         check_fold_file(tmp_path / "fold.h5", other, [0, 2, 4, 6], split)
+
+
+def test_a_gan_setting_added_after_the_fold_gan_counts_as_its_default(tmp_path):
+    """A fold GAN whose run.json predates a GanSettings field ran as that field's default does."""
+    from generative_model.settings import GanSettings
+    from study_pipeline.reuse import check_fold_gan
+    saved = dataclasses.asdict(GanSettings())
+    del saved["generator_ema"]                                  # as if added after this GAN was trained
+    (tmp_path / "run.json").write_text(json.dumps({"settings": saved}))
+    check_fold_gan(tmp_path, GanSettings(), tmp_path / "synthetic.h5")          # the default: reused
+    with pytest.raises(ValueError, match=r"made by a GAN that these flags would train otherwise: generator_ema=0\.9 \(the fold's GAN: 0\.0"):
+        check_fold_gan(tmp_path, GanSettings(generator_ema=0.9), tmp_path / "synthetic.h5")
 
 
 def test_a_copied_fold_record_is_not_collected_twice(one_fold_then_the_rest, tmp_path):
