@@ -75,10 +75,10 @@ def run(flags):
         if not 0 <= flags["fold"] <= settings.k_folds:
             raise ValueError(f"--fold={flags['fold']}: use 1..{settings.k_folds}, or 0 for every fold")
         chosen = [(k, rows) for k, rows in enumerate(folds, start=1) if flags["fold"] in (0, k)]
-        for k, (train_rows, val_rows) in chosen:        # what earlier runs left, every fold before any trains
-            check_reuse(settings, k, train_rows, val_rows)
+        # what earlier runs left, checked for every fold before any trains
+        reused = {k: check_reuse(settings, k, train_rows, val_rows) for k, (train_rows, val_rows) in chosen}
         for k, (train_rows, val_rows) in chosen:
-            run_fold(settings, k, train_rows, val_rows)
+            run_fold(settings, k, train_rows, val_rows, reused[k])
         if flags["fold"]:
             print(f"fold {flags['fold']} done; merge finished folds with --collect=True")
             return None

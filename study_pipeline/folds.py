@@ -93,12 +93,16 @@ def check_reuse(settings, fold, train_rows, val_rows):
         if os.path.exists(path):
             check_fold_file(path, source, rows, _split_record(settings, fold))
     device = resolve_device(settings.device)
+    # the slices each arm's last phase trains on, as this call's split gives them (not as the fold's
+    # files hold them: files deleted and about to be made again with another split are caught too)
+    synthetic = paths["synthetic"]
+    trained = {"real": read_column(settings.data_path, "source_ids")[np.sort(train_rows)],
+               "synthetic": read_column(synthetic, "source_ids") if os.path.exists(synthetic) else None}
     for arm, seeds in runs.items():
         for seed in seeds:
             run_dir = arm_run_dir(fold_dir, arm, int(seed))
-            exp = arm_experiment(settings, arm, int(seed), paths, paths["synthetic"], run_dir,
-                                 classifier_size(settings))
-            check_finished_run(run_dir, exp, paths["synthetic" if arm == "synthetic_only" else "train"], device)
+            exp = arm_experiment(settings, arm, int(seed), paths, synthetic, run_dir, classifier_size(settings))
+            check_finished_run(run_dir, exp, trained["synthetic" if arm == "synthetic_only" else "real"], device)
     if {"pretrained", "synthetic_only"} & set(settings.arms):
         check_fold_gan(paths["gan"], gan_settings(settings, gan_size(settings)), paths["synthetic"])
         for path in (paths["masks"], paths["synthetic"]):
@@ -130,8 +134,9 @@ def synthetic_slices(settings, fold, paths, log=print):
     masks, synthetic = paths["masks"], paths["synthetic"]
     if not os.path.exists(masks):
         augment_masks(paths["gan_train"], masks, settings.synthetic_per_class, seed=settings.split_seed, workers=0)
-    log(f"fold {fold}: GAN at {gan_size(settings)} px, {settings.gan_epochs} epochs")
-    train_models(paths["gan_train"], fold_dir, "gan", gan_settings(settings, gan_size(settings)), resume=True,
+    size = gan_size(settings)
+    log(f"fold {fold}: GAN at {size} px, {settings.gan_epochs} epochs")
+    train_models(paths["gan_train"], fold_dir, "gan", gan_settings(settings, size), resume=True,
                  created_with=dataclasses.asdict(settings))
     if not os.path.exists(synthetic):
         synthesize(paths["gan"], masks, synthetic, per_class=settings.synthetic_per_class,
@@ -220,13 +225,14 @@ def finished_runs(fold_dir):
     return {arm: dict(sorted(runs[arm].items(), key=lambda item: int(item[0]))) for arm in ARMS if arm in runs}
 
 
-def run_fold(settings, fold, train_rows, val_rows, log=print):
-    """Everything of one fold; writes and returns its fold.json record."""
+def run_fold(settings, fold, train_rows, val_rows, reused, log=print):
+    """Everything of one fold; writes and returns its fold.json record. ``reused`` is what
+    ``check_reuse`` returned for the fold (its earlier record and finished runs), checked first."""
     fold_dir = os.path.join(settings.out, f"fold_{fold}")
     # a rerun with other --arms or seeds keeps what earlier runs of this fold recorded: every finished
     # run folder (the split is the fold's own files, reused, so they were tested on the same patients),
-    # the leakage check and the figures; all of it checked against this call's flags first
-    earlier, runs = check_reuse(settings, fold, train_rows, val_rows)
+    # the leakage check and the figures
+    earlier, runs = reused
     paths = prepare_split(settings, fold, train_rows, val_rows, log)
     needs_synthetic = {"pretrained", "synthetic_only"} & set(settings.arms)
     synthetic, leakage = synthetic_slices(settings, fold, paths, log) if needs_synthetic else (None, None)

@@ -75,14 +75,13 @@ def check_fold_file(path, source, rows, split):
 
 
 def _saved_run(run_dir):
-    """The checkpoints of a finished run: (best.pt, the model it tested, else last.pt; last.pt or None).
-    last.pt also holds the fingerprint of the slices it trained on."""
-    best, last = (os.path.join(run_dir, name) for name in ("best.pt", "last.pt"))
-    if not (os.path.exists(best) or os.path.exists(last)):
-        raise ValueError(f"{run_dir}: neither best.pt nor last.pt, so what the run trained cannot be compared "
-                         "with these flags; delete the run folder to train it again")
-    return load_checkpoint(best if os.path.exists(best) else last), (load_checkpoint_file(last)
-                                                                      if os.path.exists(last) else None)
+    """What a finished run saved of how it trained: last.pt (which also holds the fingerprint of the
+    slices it trained on), else best.pt; both hold its network and train_config."""
+    for name in ("last.pt", "best.pt"):
+        if os.path.exists(os.path.join(run_dir, name)):
+            return load_checkpoint(os.path.join(run_dir, name))
+    raise ValueError(f"{run_dir}: neither last.pt nor best.pt, so what the run trained cannot be compared "
+                     "with these flags; delete the run folder to train it again")
 
 
 def _network_changes(state, exp, model):
@@ -99,11 +98,12 @@ def _network_changes(state, exp, model):
     return differ
 
 
-def check_finished_run(run_dir, exp, train_file, device):
+def check_finished_run(run_dir, exp, trained_sources, device):
     """Refuse to count the finished run in ``run_dir`` when the Experiment ``exp`` (what this call
-    would train; its last phase on ``train_file``) differs from it in what it trains on, what and how
-    it trains, or how it scores, naming every difference."""
-    state, last = _saved_run(run_dir)
+    would train; its last phase on the slices with source ids ``trained_sources``, None: not known)
+    differs from it in what it trains on, what and how it trains, or how it scores, naming every
+    difference."""
+    state = _saved_run(run_dir)
     has_masks = all(has_field(path, "tumor_masks") for path in exp.data_path if os.path.exists(path))
     config = effective_config(exp.config, uses_mask_head(exp), has_masks, device)
     model = build_model(dataclasses.replace(exp, config=config), exp.image_size)   # as training builds it
@@ -111,14 +111,14 @@ def check_finished_run(run_dir, exp, train_file, device):
     preset = exp.model != "capsule"
     differ += [_change(name, value, old, "the run's", preset=preset) for name, value, old
                in setting_changes(state.get("train_config", {}), config, skip=EXECUTION_ONLY)]
-    trained_on = (last or {}).get("train_data")
-    if trained_on and os.path.exists(train_file):
-        now = source_fingerprint(read_column(train_file, "source_ids"), exp.image_size)
+    trained_on = state.get("train_data")
+    if trained_on and trained_sources is not None:
+        now = source_fingerprint(trained_sources, exp.image_size)
         if now != trained_on:
-            differ.append(f"the training slices: {train_file} ({now['slices']}) is not what the run trained on "
-                          f"({trained_on['slices']} slices): the fold's files were made again")
+            differ.append(f"the training slices: this split gives {now['slices']} other than the "
+                          f"{trained_on['slices']} the run trained on")
     if os.path.isdir(os.path.join(run_dir, "pretrain")):
-        saved = _saved_run(os.path.join(run_dir, "pretrain"))[0].get("train_config", {}).get("epochs")
+        saved = _saved_run(os.path.join(run_dir, "pretrain")).get("train_config", {}).get("epochs")
         if saved != exp.pretrain_epochs:
             differ.append(f"--pretrain_epochs={exp.pretrain_epochs} (the run's: {saved})")
     if differ:

@@ -133,6 +133,9 @@ def test_a_rerun_with_another_split_gan_or_training_is_refused_before_anything_t
     refused("--baseline=resnet50", "baseline_s0: ", "the network: resnet50 (the run trained resnet18; --baseline)")
     refused("--k_folds=4", "fold_2/train.h5: a fold file made by an earlier run with another split: "
                            "--k_folds=4 (the file's: 3)")
+    for part in ("train.h5", "val.h5"):                     # deleted, so they would be cut again: the runs
+        (fold / part).unlink()                              # say what they trained on
+    refused("--k_folds=4", "fold_2/arms/", "the training slices: this split gives")
     assert not (fold / "gan").exists()
 
 
