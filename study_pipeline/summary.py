@@ -1,7 +1,8 @@
 """Merge the finished folds of a study into ``results.json`` and ``RESULTS.md``: per arm the mean
 and std over folds x seeds, the pooled confusion matrix and per-class recall, and the paired
 differences between arms on the same fold and seed (95 % confidence interval and p-value of a
-paired t-test over the fold x seed pairs)."""
+paired t-test over the fold x seed pairs; per fold, and the 95 % interval over the fold means),
+drawn in ``paired_differences.png`` (study_pipeline/figures.py)."""
 import glob
 import os
 
@@ -12,6 +13,7 @@ from capsule_classifier.report import macro_f1_of_confusion, plot_confusion, wri
 from preprocess.atomic import atomic_path
 from preprocess.dataset import CLASS_NAMES, read_attrs
 from study_pipeline.folds import FOLD_FILE, check_fold_folder, read_fold_record
+from study_pipeline.figures import PAIRED_FIGURE, plot_paired_differences
 
 # the study's own table (2020; 7-fold CV, slices of one patient on both sides of each split)
 STUDY_REPORTED = {"pretrained": {"accuracy": 0.93, "macro_f1": 0.92}}
@@ -65,19 +67,33 @@ def arm_summary(folds, arm):
             "recall": dict(zip(CLASS_NAMES, recall.round(4).tolist()))}
 
 
+def _t_interval(values):
+    """The 95 % t-interval of the mean of ``values`` (None for fewer than two, or no spread)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2 or values.std(ddof=1) == 0:
+        return None
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return [float(values.mean() - half), float(values.mean() + half)]
+
+
 def paired_difference(folds, arm, reference, metric="accuracy"):
-    """``arm`` minus ``reference`` over the (fold, seed) pairs both have: mean, 95 % CI, p-value."""
-    pairs = [(f["arms"][arm][seed][metric], f["arms"][reference][seed][metric]) for f in folds
+    """``arm`` minus ``reference`` over the (fold, seed) pairs both have: mean, 95 % CI, p-value,
+    each fold's pairs (``per_fold``) and the 95 % CI over the fold means (``fold_means_ci95``: the
+    pairs of one fold share its patients and its GAN, so they are not independent; the folds are)."""
+    pairs = [(f["fold"], f["arms"][arm][seed][metric], f["arms"][reference][seed][metric]) for f in folds
              if arm in f["arms"] and reference in f["arms"]
-             for seed in f["arms"][arm] if seed in f["arms"][reference]]
+             for seed in sorted(f["arms"][arm], key=int) if seed in f["arms"][reference]]
     if not pairs:
         return None
-    diff = np.array([a - b for a, b in pairs])
-    result = {"pairs": len(diff), "mean": float(diff.mean())}
-    if len(diff) > 1 and diff.std(ddof=1) > 0:
-        half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
-        result.update(ci95=[float(diff.mean() - half), float(diff.mean() + half)],
-                      p_value=float(stats.ttest_rel([a for a, _ in pairs], [b for _, b in pairs]).pvalue))
+    diff = np.array([a - b for _, a, b in pairs])
+    per_fold = {}
+    for (fold, _, _), value in zip(pairs, diff):
+        per_fold.setdefault(str(fold), []).append(float(value))
+    result = {"pairs": len(diff), "mean": float(diff.mean()), "per_fold": per_fold}
+    if (ci95 := _t_interval(diff)) is not None:
+        result.update(ci95=ci95, p_value=float(stats.ttest_rel([a for _, a, _ in pairs], [b for *_, b in pairs]).pvalue))
+    if (over_folds := _t_interval([np.mean(values) for values in per_fold.values()])) is not None:
+        result["fold_means_ci95"] = over_folds
     return result
 
 
@@ -95,14 +111,20 @@ def collect(out, settings=None):
         plot_confusion(summary["pooled_confusion_matrix"], path,
                        f"{ARM_TITLES[arm]}: pooled over {summary['runs']} runs")
         summary["figure"] = os.path.basename(path)
+    accuracy_differences = {name: both["accuracy"] for name, both in differences.items() if both["accuracy"]}
+    figure = plot_paired_differences(accuracy_differences, os.path.join(out, PAIRED_FIGURE)) if accuracy_differences else None
     # "split" is how the folds were cut (from their files); "collect_flags" only the flags of this call
     # (a fold run alone, --fold=K, trained with its own: each run's last.pt holds its train_config)
     results = {"collect_flags": settings or {}, "split": split, "folds": folds, "arms": arms,
-               "paired_differences": differences, "study_reported": STUDY_REPORTED}
+               "paired_differences": differences, "paired_figure": figure, "study_reported": STUDY_REPORTED}
     write_json_atomic(results, os.path.join(out, "results.json"))
     with atomic_path(os.path.join(out, "RESULTS.md")) as tmp, open(tmp, "w") as handle:
         handle.write(results_markdown(results))
     return results
+
+
+def _interval(bounds):
+    return f"[{bounds[0]:+.3f}, {bounds[1]:+.3f}]" if bounds else "n/a"
 
 
 def _pm(summary, metric):
@@ -148,20 +170,27 @@ def results_markdown(results):
         reported = f"{reported['accuracy']:.2f} / {reported['macro_f1']:.2f} (record-wise)" if reported else ""
         lines.append(f"| {ARM_TITLES[arm]} | {summary['runs']} | {_pm(summary, 'accuracy')} | "
                      f"{_pm(summary, 'macro_f1')} | {summary['pooled_macro_f1']:.3f} | {recall} | {reported} |")
-    lines += ["", "Paired differences (same fold and seed; 95 % CI of the mean and paired t-test p-value):", "",
-              "| difference | pairs | accuracy | 95 % CI | p | macro-F1 | 95 % CI | p |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "Paired differences (same fold and seed; 95 % CI of the mean and paired t-test p-value over the "
+              "fold x seed pairs, which treats the seeds of one fold as independent although they share its "
+              "patients and its GAN; the CI over the fold means does not):", "",
+              "| difference | pairs | accuracy | 95 % CI | p | per fold (mean of its seeds) | 95 % CI over the fold means "
+              "| macro-F1 | 95 % CI | p |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, both in results["paired_differences"].items():
-        cells = []
         if both["accuracy"] is None:         # the two arms share no fold and seed
-            lines.append(f"| {name} | 0 |" + " n/a |" * 6)
+            lines.append(f"| {name} | 0 |" + " n/a |" * 8)
             continue
+        cells = []
         for metric in ("accuracy", "macro_f1"):
             d = both[metric]
-            ci = f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if "ci95" in d else "n/a"
-            cells += [f"{d['mean']:+.3f}", ci, f"{d['p_value']:.3f}" if "p_value" in d else "n/a"]
+            cells += [f"{d['mean']:+.3f}", _interval(d.get("ci95")), f"{d['p_value']:.3f}" if "p_value" in d else "n/a"]
+            if metric == "accuracy":
+                cells += [", ".join(f"{fold}: {np.mean(values):+.3f}" for fold, values in d["per_fold"].items()),
+                          _interval(d.get("fold_means_ci95"))]
         lines.append(f"| {name} | {both['accuracy']['pairs']} | " + " | ".join(cells) + " |")
     lines += ["", "Per fold (accuracy):", "", *fold_lines(folds, list(arms))]
-    lines += ["", "Figures: " + ", ".join(f"[{arm}]({s['figure']})" for arm, s in arms.items()) + "; GAN samples: "
+    paired = f"paired differences per fold: [{results['paired_figure']}]({results['paired_figure']}); " \
+        if results.get("paired_figure") else ""
+    lines += ["", "Figures: " + paired + "confusion matrices: " + ", ".join(f"[{arm}]({s['figure']})" for arm, s in arms.items()) + "; GAN samples: "
               + ", ".join(f"[fold {f['fold']}]({f['gan_samples']})" for f in folds if f.get("gan_samples"))
               + "; t-SNE of real and synthetic slices: "
               + ", ".join(f"[fold {f['fold']}]({f['tsne']})" for f in folds if f.get("tsne")), ""]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 
 from preprocess.flags import load_preset
@@ -258,3 +259,30 @@ def test_arms_without_a_common_fold_and_seed_are_collected_with_n_a(tmp_path):
     collect(tmp_path, {"k_folds": 5, "group_by": "stretch", "split_seed": 0})    # no val.h5: the flags
     text = (tmp_path / "RESULTS.md").read_text()
     assert "| pretrained - real_only | 0 | n/a |" in text and "1 fold(s) of 5 (stretch-wise), seeds 0, 1" in text
+
+
+def test_paired_differences_are_given_per_fold_with_an_interval_over_the_fold_means(tmp_path):
+    from scipy import stats
+
+    from study_pipeline.summary import collect
+    confusion = [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+    pretrained = {1: {"0": 0.82, "1": 0.84}, 2: {"0": 0.79, "1": 0.81}, 3: {"0": 0.86}}
+    for fold, seeds in pretrained.items():
+        arms = {"real_only": {}, "pretrained": {}}
+        for seed, accuracy in seeds.items():
+            for arm, value in (("real_only", 0.80), ("pretrained", accuracy)):
+                arms[arm][seed] = {"accuracy": value, "macro_f1": value, "confusion_matrix": confusion}
+        (tmp_path / f"fold_{fold}").mkdir()
+        (tmp_path / f"fold_{fold}" / "fold.json").write_text(
+            json.dumps({"fold": fold, "val_patients": [f"p{fold}"], "arms": arms}))
+    results = collect(tmp_path, {"k_folds": 5, "group_by": "stretch", "split_seed": 0})
+    d = results["paired_differences"]["pretrained - real_only"]["accuracy"]
+    assert {fold: pytest.approx(values) for fold, values in d["per_fold"].items()} == \
+        {"1": [0.02, 0.04], "2": [-0.01, 0.01], "3": [0.06]}
+    assert d["pairs"] == 5 and d["mean"] == pytest.approx(0.024)
+    half = stats.t.ppf(0.975, 2) * 0.03 / np.sqrt(3)          # fold means 0.03, 0.00, 0.06: std 0.03
+    assert d["fold_means_ci95"] == pytest.approx([0.03 - half, 0.03 + half])
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| 1: +0.030, 2: +0.000, 3: +0.060 | [-0.045, +0.105] |" in text
+    assert results["paired_figure"] == "paired_differences.png" and (tmp_path / "paired_differences.png").stat().st_size
+    assert "[paired_differences.png](paired_differences.png)" in text
