@@ -14,27 +14,35 @@ PAIRED_FIGURE = "paired_differences.png"
 
 
 def plot_paired_differences(differences, path):
-    """One panel per comparison (``differences``: name -> ``paired_difference`` of accuracy);
-    returns the file's name."""
-    fig, axes = plt.subplots(1, len(differences), figsize=(4.2 * len(differences), 3.6), squeeze=False)
+    """One panel per comparison (``differences``: name -> ``paired_difference`` of accuracy): each
+    seed's difference and each fold's mean, then the mean with its 95 % interval over all pairs and
+    over the fold means; returns the file's name."""
+    most_folds = max(d["folds"] for d in differences.values())
+    panel_width = max(4.2, 1.5 + 0.45 * most_folds)             # room for each fold's tick
+    fig, axes = plt.subplots(1, len(differences), figsize=(panel_width * len(differences), 3.6), squeeze=False)
     for ax, (name, d) in zip(axes[0], differences.items()):
         folds = list(d["per_fold"])
         for x, fold in enumerate(folds):
             values = d["per_fold"][fold]
-            ax.scatter([x] * len(values), values, s=18, color="tab:blue", alpha=0.7,
+            offsets = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]   # seeds side by side
+            ax.scatter(x + np.asarray(offsets), values, s=18, color="tab:blue", alpha=0.7,
                        label="one seed" if x == 0 else None)
             ax.scatter([x], [np.mean(values)], marker="_", s=400, color="black",
                        label="fold mean" if x == 0 else None)
+        summaries = [("all\npairs", d["mean"], d.get("ci95")),
+                     ("fold\nmeans", d["fold_means_mean"], d.get("fold_means_ci95"))]
+        for offset, (label, centre, bounds) in enumerate(summaries, start=1):
+            x = len(folds) - 0.5 + offset
+            low, high = (bounds[0], bounds[1]) if bounds else (centre, centre)
+            ax.errorbar([x], [centre], yerr=[[centre - low], [high - centre]], fmt="o", color="tab:red", capsize=4,
+                        label="mean, 95 % CI" if offset == 1 else None)
         ax.axhline(0.0, color="grey", linewidth=0.8)
-        right = len(folds) - 0.5
-        for key, colour, label in (("ci95", "tab:orange", "95 % CI, pairs"),
-                                   ("fold_means_ci95", "tab:green", "95 % CI, fold means")):
-            if d.get(key):
-                ax.axhspan(*d[key], xmin=0, xmax=1, color=colour, alpha=0.15, label=label)
-        ax.set_xlim(-0.5, right)
-        ax.set_xticks(range(len(folds)), [f"fold {fold}" for fold in folds], fontsize=8)
+        ax.set_xticks(list(range(len(folds))) + [len(folds) + 0.5, len(folds) + 1.5],
+                      folds + [label for label, *_ in summaries], fontsize=8)
+        ax.set_xlabel("fold")
         ax.set_ylabel("accuracy difference")
-        ax.set_title(f"{name}: mean {d['mean']:+.3f} over {d['pairs']} pairs", fontsize=9)
+        plural = "" if d["pairs"] == 1 else "s"
+        ax.set_title(f"{name}: {d['pairs']} pair{plural}, {d['folds']} fold(s)", fontsize=9)
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     with atomic_path(path) as tmp:

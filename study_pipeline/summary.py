@@ -12,8 +12,8 @@ from scipy import stats
 from capsule_classifier.report import macro_f1_of_confusion, plot_confusion, write_json_atomic
 from preprocess.atomic import atomic_path
 from preprocess.dataset import CLASS_NAMES, read_attrs
-from study_pipeline.folds import FOLD_FILE, check_fold_folder, read_fold_record
 from study_pipeline.figures import PAIRED_FIGURE, plot_paired_differences
+from study_pipeline.folds import FOLD_FILE, check_fold_folder, read_fold_record
 
 # the study's own table (2020; 7-fold CV, slices of one patient on both sides of each split)
 STUDY_REPORTED = {"pretrained": {"accuracy": 0.93, "macro_f1": 0.92}}
@@ -67,19 +67,23 @@ def arm_summary(folds, arm):
             "recall": dict(zip(CLASS_NAMES, recall.round(4).tolist()))}
 
 
+SPREAD_TOLERANCE = 1e-12    # differences closer than this count as equal (no interval from them)
+
+
 def _t_interval(values):
     """The 95 % t-interval of the mean of ``values`` (None for fewer than two, or no spread)."""
     values = np.asarray(values, dtype=float)
-    if len(values) < 2 or values.std(ddof=1) == 0:
+    if len(values) < 2 or np.ptp(values) <= SPREAD_TOLERANCE:
         return None
     half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
     return [float(values.mean() - half), float(values.mean() + half)]
 
 
 def paired_difference(folds, arm, reference, metric="accuracy"):
-    """``arm`` minus ``reference`` over the (fold, seed) pairs both have: mean, 95 % CI, p-value,
-    each fold's pairs (``per_fold``) and the 95 % CI over the fold means (``fold_means_ci95``: the
-    pairs of one fold share its patients and its GAN, so they are not independent; the folds are)."""
+    """``arm`` minus ``reference`` over the (fold, seed) pairs both have: their mean, 95 % CI and
+    paired t-test p-value; each fold's pairs (``per_fold``); and the mean of the fold means with its
+    95 % CI (``fold_means_mean``, ``fold_means_ci95``). Neither interval is exact: the pairs of one
+    fold share its validation patients and its GAN, and the folds share training patients."""
     pairs = [(f["fold"], f["arms"][arm][seed][metric], f["arms"][reference][seed][metric]) for f in folds
              if arm in f["arms"] and reference in f["arms"]
              for seed in sorted(f["arms"][arm], key=int) if seed in f["arms"][reference]]
@@ -89,10 +93,13 @@ def paired_difference(folds, arm, reference, metric="accuracy"):
     per_fold = {}
     for (fold, _, _), value in zip(pairs, diff):
         per_fold.setdefault(str(fold), []).append(float(value))
-    result = {"pairs": len(diff), "mean": float(diff.mean()), "per_fold": per_fold}
+    fold_means = [float(np.mean(values)) for values in per_fold.values()]
+    result = {"pairs": len(diff), "mean": float(diff.mean()), "per_fold": per_fold,
+              "folds": len(fold_means), "fold_means_mean": float(np.mean(fold_means))}
     if (ci95 := _t_interval(diff)) is not None:
-        result.update(ci95=ci95, p_value=float(stats.ttest_rel([a for _, a, _ in pairs], [b for *_, b in pairs]).pvalue))
-    if (over_folds := _t_interval([np.mean(values) for values in per_fold.values()])) is not None:
+        pre, ref = [a for _, a, _ in pairs], [b for *_, b in pairs]
+        result.update(ci95=ci95, p_value=float(stats.ttest_rel(pre, ref).pvalue))
+    if (over_folds := _t_interval(fold_means)) is not None:
         result["fold_means_ci95"] = over_folds
     return result
 
@@ -112,7 +119,9 @@ def collect(out, settings=None):
                        f"{ARM_TITLES[arm]}: pooled over {summary['runs']} runs")
         summary["figure"] = os.path.basename(path)
     accuracy_differences = {name: both["accuracy"] for name, both in differences.items() if both["accuracy"]}
-    figure = plot_paired_differences(accuracy_differences, os.path.join(out, PAIRED_FIGURE)) if accuracy_differences else None
+    figure = None
+    if accuracy_differences:
+        figure = plot_paired_differences(accuracy_differences, os.path.join(out, PAIRED_FIGURE))
     # "split" is how the folds were cut (from their files); "collect_flags" only the flags of this call
     # (a fold run alone, --fold=K, trained with its own: each run's last.pt holds its train_config)
     results = {"collect_flags": settings or {}, "split": split, "folds": folds, "arms": arms,
@@ -170,10 +179,13 @@ def results_markdown(results):
         reported = f"{reported['accuracy']:.2f} / {reported['macro_f1']:.2f} (record-wise)" if reported else ""
         lines.append(f"| {ARM_TITLES[arm]} | {summary['runs']} | {_pm(summary, 'accuracy')} | "
                      f"{_pm(summary, 'macro_f1')} | {summary['pooled_macro_f1']:.3f} | {recall} | {reported} |")
-    lines += ["", "Paired differences (same fold and seed; 95 % CI of the mean and paired t-test p-value over the "
-              "fold x seed pairs, which treats the seeds of one fold as independent although they share its "
-              "patients and its GAN; the CI over the fold means does not):", "",
-              "| difference | pairs | accuracy | 95 % CI | p | per fold (mean of its seeds) | 95 % CI over the fold means "
+    lines += ["", "Paired differences (the same fold and seed in both arms). Over the pairs: mean, 95 % CI and "
+              "paired t-test p-value, as if the pairs were independent (those of one fold share its validation "
+              "patients and its GAN). Per fold: the mean over the seeds both arms ran (their number in brackets); "
+              "over the folds: the mean of those fold means and its 95 % CI (the folds have their own validation "
+              "patients and GANs but share training patients, so it is not exact either). Accuracy; "
+              "`results.json` has the same for macro-F1.", "",
+              "| difference | pairs | accuracy | 95 % CI | p | per fold | over the folds: mean, 95 % CI "
               "| macro-F1 | 95 % CI | p |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, both in results["paired_differences"].items():
         if both["accuracy"] is None:         # the two arms share no fold and seed
@@ -184,13 +196,15 @@ def results_markdown(results):
             d = both[metric]
             cells += [f"{d['mean']:+.3f}", _interval(d.get("ci95")), f"{d['p_value']:.3f}" if "p_value" in d else "n/a"]
             if metric == "accuracy":
-                cells += [", ".join(f"{fold}: {np.mean(values):+.3f}" for fold, values in d["per_fold"].items()),
-                          _interval(d.get("fold_means_ci95"))]
+                cells += [", ".join(f"{fold}: {np.mean(values):+.3f} ({len(values)})"
+                                    for fold, values in d["per_fold"].items()),
+                          f"{d['fold_means_mean']:+.3f} {_interval(d.get('fold_means_ci95'))}"]
         lines.append(f"| {name} | {both['accuracy']['pairs']} | " + " | ".join(cells) + " |")
     lines += ["", "Per fold (accuracy):", "", *fold_lines(folds, list(arms))]
-    paired = f"paired differences per fold: [{results['paired_figure']}]({results['paired_figure']}); " \
-        if results.get("paired_figure") else ""
-    lines += ["", "Figures: " + paired + "confusion matrices: " + ", ".join(f"[{arm}]({s['figure']})" for arm, s in arms.items()) + "; GAN samples: "
+    figure = results.get("paired_figure")
+    paired = f"paired differences per fold: [{figure}]({figure}); " if figure else ""
+    confusions = ", ".join(f"[{arm}]({s['figure']})" for arm, s in arms.items())
+    lines += ["", "Figures: " + paired + "confusion matrices: " + confusions + "; GAN samples: "
               + ", ".join(f"[fold {f['fold']}]({f['gan_samples']})" for f in folds if f.get("gan_samples"))
               + "; t-SNE of real and synthetic slices: "
               + ", ".join(f"[fold {f['fold']}]({f['tsne']})" for f in folds if f.get("tsne")), ""]

@@ -264,25 +264,35 @@ def test_arms_without_a_common_fold_and_seed_are_collected_with_n_a(tmp_path):
 def test_paired_differences_are_given_per_fold_with_an_interval_over_the_fold_means(tmp_path):
     from scipy import stats
 
-    from study_pipeline.summary import collect
+    from study_pipeline.summary import collect, paired_difference
     confusion = [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
-    pretrained = {1: {"0": 0.82, "1": 0.84}, 2: {"0": 0.79, "1": 0.81}, 3: {"0": 0.86}}
-    for fold, seeds in pretrained.items():
-        arms = {"real_only": {}, "pretrained": {}}
-        for seed, accuracy in seeds.items():
-            for arm, value in (("real_only", 0.80), ("pretrained", accuracy)):
-                arms[arm][seed] = {"accuracy": value, "macro_f1": value, "confusion_matrix": confusion}
+    real_only = {1: {"0": 0.80, "1": 0.80}, 2: {"0": 0.80, "1": 0.80}, 10: {"0": 0.80}}
+    pretrained = {1: {"0": 0.82, "1": 0.84}, 2: {"0": 0.79, "1": 0.81, "2": 0.99}, 10: {"0": 0.86}}
+
+    def run(value):
+        return {"accuracy": value, "macro_f1": value, "confusion_matrix": confusion}
+
+    for fold in real_only:                   # fold 2's seed 2 has no real-only partner: not a pair
+        arms = {"real_only": {seed: run(v) for seed, v in real_only[fold].items()},
+                "pretrained": {seed: run(v) for seed, v in pretrained[fold].items()}}
         (tmp_path / f"fold_{fold}").mkdir()
         (tmp_path / f"fold_{fold}" / "fold.json").write_text(
             json.dumps({"fold": fold, "val_patients": [f"p{fold}"], "arms": arms}))
-    results = collect(tmp_path, {"k_folds": 5, "group_by": "stretch", "split_seed": 0})
+    results = collect(tmp_path, {"k_folds": 10, "group_by": "stretch", "split_seed": 0})
     d = results["paired_differences"]["pretrained - real_only"]["accuracy"]
+    assert list(d["per_fold"]) == ["1", "2", "10"]                    # by fold number, not as text
     assert {fold: pytest.approx(values) for fold, values in d["per_fold"].items()} == \
-        {"1": [0.02, 0.04], "2": [-0.01, 0.01], "3": [0.06]}
+        {"1": [0.02, 0.04], "2": [-0.01, 0.01], "10": [0.06]}
     assert d["pairs"] == 5 and d["mean"] == pytest.approx(0.024)
     half = stats.t.ppf(0.975, 2) * 0.03 / np.sqrt(3)          # fold means 0.03, 0.00, 0.06: std 0.03
+    assert (d["folds"], d["fold_means_mean"]) == (3, pytest.approx(0.03))
     assert d["fold_means_ci95"] == pytest.approx([0.03 - half, 0.03 + half])
     text = (tmp_path / "RESULTS.md").read_text()
-    assert "| 1: +0.030, 2: +0.000, 3: +0.060 | [-0.045, +0.105] |" in text
+    assert "| 1: +0.030 (2), 2: +0.000 (2), 10: +0.060 (1) | +0.030 [-0.045, +0.105] |" in text
     assert results["paired_figure"] == "paired_differences.png" and (tmp_path / "paired_differences.png").stat().st_size
     assert "[paired_differences.png](paired_differences.png)" in text
+    # the same gain on every seed, from different accuracies (not bit-equal differences): no interval, no p-value
+    same_gain = [{"fold": 1, "arms": {"real_only": {str(k): run(v) for k, v in enumerate((0.80, 0.85, 0.90))},
+                                      "pretrained": {str(k): run(v) for k, v in enumerate((0.85, 0.90, 0.95))}}}]
+    d = paired_difference(same_gain, "pretrained", "real_only")
+    assert d["mean"] == pytest.approx(0.05) and not {"ci95", "p_value", "fold_means_ci95"} & set(d)
