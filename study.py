@@ -9,8 +9,9 @@ slices from that fold's training patients only, then trains on exactly the same 
 the capsule classifier on the real slices; pre-trained on the synthetic slices and fine-tuned on
 the real ones; the baseline CNN; and on the synthetic slices alone. Every arm is tested on the
 fold's validation patients. <out>/results.json and <out>/RESULTS.md hold per-arm means over
-folds x seeds, the paired differences (per fold, with 95 % intervals over the fold x seed pairs
-and over the fold means; figure paired_differences.png), and the patients each GAN saw.
+folds x seeds, the paired differences (95 % intervals and p-values over the fold x seed pairs, the
+per-fold mean differences and a 95 % interval over the fold means; figure paired_differences.png),
+and the patients each GAN saw.
 A killed study continues where it stopped (every finished step is reused).
 
 Presets (presets/study/*.json; flags given on the command line override them): demo (minutes on

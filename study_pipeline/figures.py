@@ -13,6 +13,10 @@ from preprocess.atomic import atomic_path  # noqa: E402
 PAIRED_FIGURE = "paired_differences.png"
 
 
+def _count(number, noun):
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def plot_paired_differences(differences, path):
     """One panel per comparison (``differences``: name -> ``paired_difference`` of accuracy): each
     seed's difference and each fold's mean, then the mean with its 95 % interval over all pairs and
@@ -31,18 +35,24 @@ def plot_paired_differences(differences, path):
                        label="fold mean" if x == 0 else None)
         summaries = [("all\npairs", d["mean"], d.get("ci95")),
                      ("fold\nmeans", d["fold_means_mean"], d.get("fold_means_ci95"))]
+        ticks = []
         for offset, (label, centre, bounds) in enumerate(summaries, start=1):
             x = len(folds) - 0.5 + offset
-            low, high = (bounds[0], bounds[1]) if bounds else (centre, centre)
-            ax.errorbar([x], [centre], yerr=[[centre - low], [high - centre]], fmt="o", color="tab:red", capsize=4,
-                        label="mean, 95 % CI" if offset == 1 else None)
+            if bounds:
+                ax.errorbar([x], [centre], yerr=[[centre - bounds[0]], [bounds[1] - centre]], fmt="o",
+                            color="tab:red", capsize=4, label="mean, 95 % CI" if offset == 1 else None)
+            else:                   # too few values, or no spread: a hollow mean and no bar
+                ax.plot([x], [centre], "o", mfc="none", color="tab:red")
+                label += "\n(no CI)"
+            ticks.append((x, label))
         ax.axhline(0.0, color="grey", linewidth=0.8)
-        ax.set_xticks(list(range(len(folds))) + [len(folds) + 0.5, len(folds) + 1.5],
-                      folds + [label for label, *_ in summaries], fontsize=8)
-        ax.set_xlabel("fold")
+        ax.set_xticks(list(range(len(folds))) + [x for x, _ in ticks],
+                      [f"fold {fold}" if len(folds) <= 6 else fold for fold in folds] + [label for _, label in ticks],
+                      fontsize=8)
+        if len(folds) > 6:
+            ax.set_xlabel("fold")
         ax.set_ylabel("accuracy difference")
-        plural = "" if d["pairs"] == 1 else "s"
-        ax.set_title(f"{name}: {d['pairs']} pair{plural}, {d['folds']} fold(s)", fontsize=9)
+        ax.set_title(f"{name}: {_count(d['pairs'], 'pair')}, {_count(d['folds'], 'fold')}", fontsize=9)
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -200,7 +200,7 @@ def results_markdown(results):
                                     for fold, values in d["per_fold"].items()),
                           f"{d['fold_means_mean']:+.3f} {_interval(d.get('fold_means_ci95'))}"]
         lines.append(f"| {name} | {both['accuracy']['pairs']} | " + " | ".join(cells) + " |")
-    lines += ["", "Per fold (accuracy):", "", *fold_lines(folds, list(arms))]
+    lines += ["", "Per fold (accuracy, the mean over each arm's own seeds):", "", *fold_lines(folds, list(arms))]
     figure = results.get("paired_figure")
     paired = f"paired differences per fold: [{figure}]({figure}); " if figure else ""
     confusions = ", ".join(f"[{arm}]({s['figure']})" for arm, s in arms.items())

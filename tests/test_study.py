@@ -292,7 +292,8 @@ def test_paired_differences_are_given_per_fold_with_an_interval_over_the_fold_me
     assert results["paired_figure"] == "paired_differences.png" and (tmp_path / "paired_differences.png").stat().st_size
     assert "[paired_differences.png](paired_differences.png)" in text
     # the same gain on every seed, from different accuracies (not bit-equal differences): no interval, no p-value
-    same_gain = [{"fold": 1, "arms": {"real_only": {str(k): run(v) for k, v in enumerate((0.80, 0.85, 0.90))},
-                                      "pretrained": {str(k): run(v) for k, v in enumerate((0.85, 0.90, 0.95))}}}]
+    same_gain = [{"fold": fold, "arms": {"real_only": {str(k): run(v) for k, v in enumerate((0.80, 0.85, 0.90))},
+                                         "pretrained": {str(k): run(v) for k, v in enumerate((0.85, 0.90, 0.95))}}}
+                 for fold in (1, 2)]
     d = paired_difference(same_gain, "pretrained", "real_only")
     assert d["mean"] == pytest.approx(0.05) and not {"ci95", "p_value", "fold_means_ci95"} & set(d)
