@@ -96,9 +96,8 @@ def paired_difference(folds, arm, reference, metric="accuracy"):
     fold_means = [float(np.mean(values)) for values in per_fold.values()]
     result = {"pairs": len(diff), "mean": float(diff.mean()), "per_fold": per_fold,
               "folds": len(fold_means), "fold_means_mean": float(np.mean(fold_means))}
-    if (ci95 := _t_interval(diff)) is not None:
-        pre, ref = [a for _, a, _ in pairs], [b for *_, b in pairs]
-        result.update(ci95=ci95, p_value=float(stats.ttest_rel(pre, ref).pvalue))
+    if (ci95 := _t_interval(diff)) is not None:          # the paired t-test is the one-sample test of diff
+        result.update(ci95=ci95, p_value=float(stats.ttest_1samp(diff, 0.0).pvalue))
     if (over_folds := _t_interval(fold_means)) is not None:
         result["fold_means_ci95"] = over_folds
     return result
