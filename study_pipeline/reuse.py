@@ -31,7 +31,7 @@ def _refuse(path, what, differ, advice=RERUN_ADVICE):
     raise ValueError(f"{path}: {what}: " + "; ".join(differ) + f". {advice[0].upper()}{advice[1:]}")
 
 
-def _change(name, value, old, whose, gan=False, preset=False):
+def named_change(name, value, old, whose, gan=False, preset=False):
     """One difference as a message names it: the study flag that sets the setting, else that it
     follows from other flags or the code; ``preset``: the baseline arm, which may take it from
     --baseline_preset."""
@@ -74,7 +74,7 @@ def check_fold_file(path, source, rows, split):
     _refuse(path, "a fold file made by an earlier run with another split", differ)
 
 
-def _saved_run(run_dir):
+def saved_run(run_dir):
     """What a finished run saved of how it trained: last.pt (which also holds the fingerprint of the
     slices it trained on), else best.pt; both hold its network and train_config."""
     for name in ("last.pt", "best.pt"):
@@ -103,13 +103,13 @@ def check_finished_run(run_dir, exp, trained_sources, device):
     would train; its last phase on the slices with source ids ``trained_sources``, None: not known)
     differs from it in what it trains on, what and how it trains, or how it scores, naming every
     difference."""
-    state = _saved_run(run_dir)
+    state = saved_run(run_dir)
     has_masks = all(has_field(path, "tumor_masks") for path in exp.data_path if os.path.exists(path))
     config = effective_config(exp.config, uses_mask_head(exp), has_masks, device)
     model = build_model(dataclasses.replace(exp, config=config), exp.image_size)   # as training builds it
     differ = _network_changes(state, exp, model)
     preset = exp.model != "capsule"
-    differ += [_change(name, value, old, "the run's", preset=preset) for name, value, old
+    differ += [named_change(name, value, old, "the run's", preset=preset) for name, value, old
                in setting_changes(state.get("train_config", {}), config, skip=EXECUTION_ONLY)]
     trained_on = state.get("train_data")
     if trained_on and trained_sources is not None:
@@ -118,7 +118,7 @@ def check_finished_run(run_dir, exp, trained_sources, device):
             differ.append(f"the training slices: this split gives {now['slices']} other than the "
                           f"{trained_on['slices']} the run trained on")
     if os.path.isdir(os.path.join(run_dir, "pretrain")):
-        saved = _saved_run(os.path.join(run_dir, "pretrain")).get("train_config", {}).get("epochs")
+        saved = saved_run(os.path.join(run_dir, "pretrain")).get("train_config", {}).get("epochs")
         if saved != exp.pretrain_epochs:
             differ.append(f"--pretrain_epochs={exp.pretrain_epochs} (the run's: {saved})")
     if differ:
@@ -126,7 +126,7 @@ def check_finished_run(run_dir, exp, trained_sources, device):
                 f"{RERUN_ADVICE}, or delete the run folder to train it again with these")
 
 
-def _saved_gan_settings(gan_dir):
+def saved_gan_settings(gan_dir):
     """The GAN settings of the fold's GAN: from its run.json, else (a GAN cut short) from its
     checkpoints; None when there is no GAN."""
     index = read_run_index(gan_dir)
@@ -140,7 +140,7 @@ def check_fold_gan(gan_dir, settings, synthetic):
     """Refuse a fold's GAN, or the synthetic slices drawn from it (which record its settings, so
     they are compared even when the GAN was deleted), trained by an earlier run with GAN settings
     other than ``settings`` (a GanSettings), naming them."""
-    path, whose, saved = gan_dir, "the fold's GAN", _saved_gan_settings(gan_dir)
+    path, whose, saved = gan_dir, "the fold's GAN", saved_gan_settings(gan_dir)
     if saved is None and os.path.exists(synthetic):
         path, whose, saved = synthetic, "the GAN that drew it", read_attrs(synthetic).get("generator_settings")
     if not saved:
@@ -148,7 +148,7 @@ def check_fold_gan(gan_dir, settings, synthetic):
     wanted = json.loads(json.dumps(dataclasses.asdict(settings)))     # as run.json stores them
     # a setting added to GanSettings after the GAN was trained: that GAN ran as its default does
     saved = {**{field.name: field.default for field in dataclasses.fields(settings)}, **saved}
-    differ = [_change(name, value, saved[name], whose, gan=True) for name, value in wanted.items()
+    differ = [named_change(name, value, saved[name], whose, gan=True) for name, value in wanted.items()
               if name not in GAN_EXECUTION_ONLY and saved[name] != value]
     if differ:
         _refuse(path, "made by a GAN that these flags would train otherwise", differ)

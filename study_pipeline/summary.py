@@ -1,4 +1,5 @@
-"""Merge the finished folds of a study into ``results.json`` and ``RESULTS.md``: per arm the mean
+"""Merge the finished folds of a study into ``results.json`` and ``RESULTS.md``, once every fold is
+found to have run with the same settings (study_pipeline/consistency.py): per arm the mean
 and std over folds x seeds, the pooled confusion matrix and per-class recall, and the paired
 differences between arms on the same fold and seed (95 % confidence interval and p-value of a
 paired t-test over the fold x seed pairs; per fold, and the 95 % interval over the fold means),
@@ -12,6 +13,7 @@ from scipy import stats
 from capsule_classifier.report import macro_f1_of_confusion, plot_confusion, write_json_atomic
 from preprocess.atomic import atomic_path
 from preprocess.dataset import CLASS_NAMES, read_attrs
+from study_pipeline.consistency import check_folds_alike
 from study_pipeline.figures import PAIRED_FIGURE, plot_paired_differences
 from study_pipeline.folds import FOLD_FILE, check_fold_folder, read_fold_record
 
@@ -109,6 +111,7 @@ def collect(out, settings=None):
     if not folds:
         raise ValueError(f"{out}: no finished fold (fold_*/{FOLD_FILE}) to collect")
     split = fold_split(out, folds, settings or {})
+    alike = check_folds_alike(out, folds)         # refuses folds run with other settings, naming them
     arms = {arm: summary for arm in ARM_TITLES if (summary := arm_summary(folds, arm))}
     differences = {f"{a} - {b}": {metric: paired_difference(folds, a, b, metric) for metric in ("accuracy", "macro_f1")}
                    for a, b in COMPARISONS if a in arms and b in arms}
@@ -122,8 +125,8 @@ def collect(out, settings=None):
     if accuracy_differences:
         figure = plot_paired_differences(accuracy_differences, os.path.join(out, PAIRED_FIGURE))
     # "split" is how the folds were cut (from their files); "collect_flags" only the flags of this call
-    # (a fold run alone, --fold=K, trained with its own: each run's last.pt holds its train_config)
-    results = {"collect_flags": settings or {}, "split": split, "folds": folds, "arms": arms,
+    # (a fold run alone, --fold=K, trained with its own flags: "settings_check" says they were alike)
+    results = {"collect_flags": settings or {}, "split": split, "settings_check": alike, "folds": folds, "arms": arms,
                "paired_differences": differences, "paired_figure": figure, "study_reported": STUDY_REPORTED}
     write_json_atomic(results, os.path.join(out, "results.json"))
     with atomic_path(os.path.join(out, "RESULTS.md")) as tmp, open(tmp, "w") as handle:
@@ -161,6 +164,15 @@ def _seeds_run(folds):
     return sorted({int(seed) for f in folds for runs in f["arms"].values() for seed in runs})
 
 
+def _alike_line(check):
+    """What the settings check compared (study_pipeline/consistency.py)."""
+    if not check:
+        return ""
+    unchecked = check["unchecked_runs"]
+    return (f"Settings: the same in the {check['runs_compared']} runs and {check['gans_compared']} GAN(s) compared"
+            + (f"; not compared, their checkpoints gone: {', '.join(unchecked)}" if unchecked else "") + ".")
+
+
 def results_markdown(results):
     arms, folds = results["arms"], results["folds"]
     split = results["split"]
@@ -169,7 +181,7 @@ def results_markdown(results):
              f"seeds {', '.join(str(seed) for seed in _seeds_run(folds)) or 'none'} (the runs column counts "
              "each arm's fold x seed runs); "
              "every GAN was trained on its fold's training patients only (patients of each part in "
-             "`results.json`).", "",
+             f"`results.json`). {_alike_line(results.get('settings_check'))}", "",
              "| arm | runs | accuracy | macro-F1 | pooled macro-F1 | recall meningioma / glioma / pituitary | the study reported |",
              "|---|---|---|---|---|---|---|"]
     for arm, summary in arms.items():

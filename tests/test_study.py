@@ -45,6 +45,8 @@ def test_every_arm_on_every_fold_and_no_validation_patient_reaches_the_gan(one_f
     assert {"pretrained - real_only", "baseline - real_only"} <= set(results["paired_differences"])
     text = (out / "RESULTS.md").read_text()
     assert "capsule, GAN pre-training + real" in text and "0.93 / 0.92" in text
+    assert "Settings: the same in the 12 runs and 3 GAN(s) compared." in text        # 3 folds x 4 arms
+    assert results["settings_check"] == {"runs_compared": 12, "unchecked_runs": [], "gans_compared": 3}
     assert (out / "confusion_pretrained.png").is_file() and (out / "fold_1" / "tsne.png").is_file()
     assert all(run["device"] == "cpu (1 thread)" for record in results["folds"]
                for arm in record["arms"].values() for run in arm.values())
@@ -138,6 +140,33 @@ def test_a_rerun_with_another_split_gan_or_training_is_refused_before_anything_t
         (fold / part).unlink()                              # say what they trained on
     refused("--k_folds=4", "fold_2/arms/", "the training slices: this split gives")
     assert not (fold / "gan").exists()
+
+
+def test_folds_run_with_other_settings_are_named_not_collected(one_fold_then_the_rest, blob_dataset, tmp_path):
+    out = tmp_path / "study"
+    shutil.copytree(one_fold_then_the_rest[0], out)
+    results = out / "results.json"
+    before = results.read_text()
+    shutil.rmtree(out / "fold_2" / "arms")              # fold 2 run again with another --epochs (its other
+    _study(blob_dataset, out, "--fold=2", "--arms=real_only", "--epochs=2")     # runs would refuse it)
+    failed = _study(blob_dataset, out, "--collect=True", succeeds=False)
+    assert "its folds were not all run with the same settings" in failed.stderr
+    assert "real_only fold 2 seed 0: --epochs=2 (fold 1 seed 0's: 1)" in failed.stderr, failed.stderr[-2000:]
+    assert results.read_text() == before                                       # nothing merged
+    gan_index = out / "fold_3" / "gan" / "run.json"
+    index = json.loads(gan_index.read_text())
+    index["settings"]["epochs"] = 3
+    gan_index.write_text(json.dumps(index))
+    failed = _study(blob_dataset, out, "--collect=True", succeeds=False)
+    assert "fold 3's GAN: --gan_epochs=3 (fold 1's: 1)" in failed.stderr, failed.stderr[-2000:]
+    index["settings"]["epochs"] = 1
+    gan_index.write_text(json.dumps(index))
+    for name in ("last.pt", "best.pt"):                        # a run without checkpoints cannot be compared:
+        (out / "fold_2" / "arms" / "real_only_s0" / name).unlink()    # merged, and said
+    _study(blob_dataset, out, "--collect=True")
+    check = json.loads(results.read_text())["settings_check"]
+    assert check == {"runs_compared": 8, "unchecked_runs": ["fold 2 real_only seed 0"], "gans_compared": 3}
+    assert "not compared, their checkpoints gone: fold 2 real_only seed 0" in (out / "RESULTS.md").read_text()
 
 
 def test_a_fold_file_of_a_split_file_is_recognised_and_another_split_is_named(blob_dataset, tmp_path):
