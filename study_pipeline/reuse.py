@@ -13,6 +13,7 @@ from capsule_classifier.checkpoint import load_checkpoint
 from capsule_classifier.engine import effective_config, setting_changes, source_fingerprint
 from capsule_classifier.experiment import build_model, uses_mask_head
 from generative_model.saved_runs import CHECKPOINT, read_run_index
+from generative_model.settings import GanSettings
 from preprocess.checkpoint_io import load_checkpoint_file
 from preprocess.dataset import has_field, read_attrs, read_column
 from study_pipeline.settings import BASELINE_PRESET_KEYS, StudySettings
@@ -74,27 +75,46 @@ def check_fold_file(path, source, rows, split):
     _refuse(path, "a fold file made by an earlier run with another split", differ)
 
 
-def saved_run(run_dir):
-    """What a finished run saved of how it trained: last.pt (which also holds the fingerprint of the
-    slices it trained on), else best.pt; both hold its network and train_config."""
-    for name in ("last.pt", "best.pt"):
+CHECKPOINT_NAMES = ("last.pt", "best.pt")     # a finished run's checkpoints; both hold its network and train_config
+
+
+def has_saved_run(run_dir):
+    """Whether ``run_dir`` holds a checkpoint of a run."""
+    return any(os.path.exists(os.path.join(run_dir, name)) for name in CHECKPOINT_NAMES)
+
+
+def saved_run(run_dir, names=CHECKPOINT_NAMES):
+    """What a finished run saved of how it trained: the first of ``names`` that exists (last.pt also
+    holds the fingerprint of the slices it trained on; best.pt is a quarter of its size)."""
+    for name in names:
         if os.path.exists(os.path.join(run_dir, name)):
             return load_checkpoint(os.path.join(run_dir, name))
     raise ValueError(f"{run_dir}: neither last.pt nor best.pt, so what the run trained cannot be compared "
                      "with these flags; delete the run folder to train it again")
 
 
-def _network_changes(state, exp, model):
-    """How the saved network differs from the one these flags build."""
-    if state["model_name"] != exp.model:
-        return [f"the network: {exp.model} (the run trained {state['model_name']}; --baseline)"]
+def saved_pretrain_epochs(run_dir, names=CHECKPOINT_NAMES):
+    """The epochs of a run's pre-training phase (its ``pretrain/`` folder); None when it had none."""
+    pretrain = os.path.join(run_dir, "pretrain")
+    if not os.path.isdir(pretrain):
+        return None
+    return saved_run(pretrain, names).get("train_config", {}).get("epochs")
+
+
+def network_changes(state, model_name, image_size, model_config, whose="the run's"):
+    """How a network of ``model_name`` at ``image_size`` built with ``model_config`` differs from the
+    saved one (``state``; ``whose`` it is), compared where both name a setting (one added to the
+    code since is no difference)."""
+    if state["model_name"] != model_name:
+        return [f"the network: {model_name} ({whose}: {state['model_name']}; --baseline)"]
     differ = []
-    if int(state["image_size"]) != int(exp.image_size):
-        differ.append(f"image size {exp.image_size} px (the run's: {state['image_size']} px; --image_size, "
+    if int(state["image_size"]) != int(image_size):
+        differ.append(f"image size {image_size} px ({whose}: {state['image_size']} px; --image_size, "
                       "--data_path or --baseline_preset)")
-    config, old = dict(model.config), state["model_config"]
-    differ += [f"the network's {key}={config[key]!r} (the run's: {old[key]!r}; --capsule_preset "
-               "or a default of the code)" for key in sorted(set(config) & set(old)) if config[key] != old[key]]
+    old = state["model_config"]
+    differ += [f"the network's {key}={model_config[key]!r} ({whose}: {old[key]!r}; --capsule_preset "
+               "or a default of the code)" for key in sorted(set(model_config) & set(old))
+               if model_config[key] != old[key]]
     return differ
 
 
@@ -107,7 +127,7 @@ def check_finished_run(run_dir, exp, trained_sources, device):
     has_masks = all(has_field(path, "tumor_masks") for path in exp.data_path if os.path.exists(path))
     config = effective_config(exp.config, uses_mask_head(exp), has_masks, device)
     model = build_model(dataclasses.replace(exp, config=config), exp.image_size)   # as training builds it
-    differ = _network_changes(state, exp, model)
+    differ = network_changes(state, exp.model, exp.image_size, dict(model.config))
     preset = exp.model != "capsule"
     differ += [named_change(name, value, old, "the run's", preset=preset) for name, value, old
                in setting_changes(state.get("train_config", {}), config, skip=EXECUTION_ONLY)]
@@ -117,10 +137,9 @@ def check_finished_run(run_dir, exp, trained_sources, device):
         if now != trained_on:
             differ.append(f"the training slices: this split gives {now['slices']} other than the "
                           f"{trained_on['slices']} the run trained on")
-    if os.path.isdir(os.path.join(run_dir, "pretrain")):
-        saved = saved_run(os.path.join(run_dir, "pretrain")).get("train_config", {}).get("epochs")
-        if saved != exp.pretrain_epochs:
-            differ.append(f"--pretrain_epochs={exp.pretrain_epochs} (the run's: {saved})")
+    pretrain_epochs = saved_pretrain_epochs(run_dir)
+    if pretrain_epochs is not None and pretrain_epochs != exp.pretrain_epochs:
+        differ.append(f"--pretrain_epochs={exp.pretrain_epochs} (the run's: {pretrain_epochs})")
     if differ:
         _refuse(run_dir, "a finished run that these flags would train or score otherwise", differ,
                 f"{RERUN_ADVICE}, or delete the run folder to train it again with these")
@@ -136,18 +155,27 @@ def saved_gan_settings(gan_dir):
     return load_checkpoint_file(checkpoints[0]).get("settings", {}) if checkpoints else None
 
 
-def check_fold_gan(gan_dir, settings, synthetic):
-    """Refuse a fold's GAN, or the synthetic slices drawn from it (which record its settings, so
-    they are compared even when the GAN was deleted), trained by an earlier run with GAN settings
-    other than ``settings`` (a GanSettings), naming them."""
+def fold_gan_settings(gan_dir, synthetic):
+    """(where from, whose, settings) of a fold's GAN: its run.json or checkpoint, else the synthetic
+    slices drawn from it (which record its settings, so a deleted GAN is still known); settings added
+    to GanSettings since it trained are filled with their defaults (what that GAN ran). The settings
+    are None when neither is there, or the slices are older than that record."""
     path, whose, saved = gan_dir, "the fold's GAN", saved_gan_settings(gan_dir)
     if saved is None and os.path.exists(synthetic):
         path, whose, saved = synthetic, "the GAN that drew it", read_attrs(synthetic).get("generator_settings")
-    if not saved:
+    if saved:
+        saved = {**{field.name: field.default for field in dataclasses.fields(GanSettings)}, **saved}
+    return path, whose, saved or None
+
+
+def check_fold_gan(gan_dir, settings, synthetic):
+    """Refuse a fold's GAN, or the synthetic slices drawn from it (compared even when the GAN was
+    deleted), trained by an earlier run with GAN settings other than ``settings`` (a GanSettings),
+    naming them."""
+    path, whose, saved = fold_gan_settings(gan_dir, synthetic)
+    if saved is None:
         return                          # no GAN yet (or slices older than the record of their GAN's settings)
     wanted = json.loads(json.dumps(dataclasses.asdict(settings)))     # as run.json stores them
-    # a setting added to GanSettings after the GAN was trained: that GAN ran as its default does
-    saved = {**{field.name: field.default for field in dataclasses.fields(settings)}, **saved}
     differ = [named_change(name, value, saved[name], whose, gan=True) for name, value in wanted.items()
               if name not in GAN_EXECUTION_ONLY and saved[name] != value]
     if differ:

@@ -169,7 +169,7 @@ def _alike_line(check):
     if not check:
         return ""
     unchecked = check["unchecked_runs"]
-    return (f"Settings: the same in the {check['runs_compared']} runs and {check['gans_compared']} GAN(s) compared"
+    return (f" Settings: the same in the {check['runs_compared']} runs and {check['gans_compared']} GAN(s) compared"
             + (f"; not compared, their checkpoints gone: {', '.join(unchecked)}" if unchecked else "") + ".")
 
 
@@ -181,7 +181,7 @@ def results_markdown(results):
              f"seeds {', '.join(str(seed) for seed in _seeds_run(folds)) or 'none'} (the runs column counts "
              "each arm's fold x seed runs); "
              "every GAN was trained on its fold's training patients only (patients of each part in "
-             f"`results.json`). {_alike_line(results.get('settings_check'))}", "",
+             "`results.json`)." + _alike_line(results.get("settings_check")), "",
              "| arm | runs | accuracy | macro-F1 | pooled macro-F1 | recall meningioma / glioma / pituitary | the study reported |",
              "|---|---|---|---|---|---|---|"]
     for arm, summary in arms.items():

@@ -133,7 +133,7 @@ def test_a_rerun_with_another_split_gan_or_training_is_refused_before_anything_t
     refused("--test_time_warps=True", "fold_2/arms/", "--test_time_warps=True (the run's: False)")
     refused("--pretrain_epochs=2", run + "--pretrain_epochs=2 (the run's: 1)")
     refused("--capsule_preset=compact", "fold_2/arms/", "the network's ")
-    refused("--baseline=resnet50", "baseline_s0: ", "the network: resnet50 (the run trained resnet18; --baseline)")
+    refused("--baseline=resnet50", "baseline_s0: ", "the network: resnet50 (the run's: resnet18; --baseline)")
     refused("--k_folds=4", "fold_2/train.h5: a fold file made by an earlier run with another split: "
                            "--k_folds=4 (the file's: 3)")
     for part in ("train.h5", "val.h5"):                     # deleted, so they would be cut again: the runs
@@ -162,11 +162,23 @@ def test_folds_run_with_other_settings_are_named_not_collected(one_fold_then_the
     index["settings"]["epochs"] = 1
     gan_index.write_text(json.dumps(index))
     for name in ("last.pt", "best.pt"):                        # a run without checkpoints cannot be compared:
-        (out / "fold_2" / "arms" / "real_only_s0" / name).unlink()    # merged, and said
+        (out / "fold_2" / "arms" / "real_only_s0" / name).unlink()    # merged, and said; so a pre-training
+        (out / "fold_1" / "arms" / "pretrained_s0" / "pretrain" / name).unlink()    # phase without them
+    shutil.rmtree(out / "fold_3" / "gan")                      # its synthetic slices still say how it trained
     _study(blob_dataset, out, "--collect=True")
     check = json.loads(results.read_text())["settings_check"]
-    assert check == {"runs_compared": 8, "unchecked_runs": ["fold 2 real_only seed 0"], "gans_compared": 3}
-    assert "not compared, their checkpoints gone: fold 2 real_only seed 0" in (out / "RESULTS.md").read_text()
+    assert check == {"runs_compared": 8, "gans_compared": 3,
+                     "unchecked_runs": ["fold 1 pretrained seed 0 (pre-training)", "fold 2 real_only seed 0"]}
+    assert "not compared, their checkpoints gone: fold 1 pretrained seed 0 (pre-training), fold 2 real_only " \
+           "seed 0." in (out / "RESULTS.md").read_text()
+
+
+def test_a_network_setting_added_to_the_code_since_a_run_is_no_difference():
+    from study_pipeline.reuse import network_changes
+    saved = {"model_name": "capsule", "image_size": 64, "model_config": {"widths": [8]}}
+    assert network_changes(saved, "capsule", 64, {"widths": [8], "added_since": 1}) == []
+    assert network_changes(saved, "capsule", 64, {"widths": [16]}, "fold 1 seed 0's") == [
+        "the network's widths=[16] (fold 1 seed 0's: [8]; --capsule_preset or a default of the code)"]
 
 
 def test_a_fold_file_of_a_split_file_is_recognised_and_another_split_is_named(blob_dataset, tmp_path):
