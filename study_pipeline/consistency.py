@@ -19,15 +19,16 @@ from study_pipeline.reuse import (EXECUTION_ONLY, GAN_EXECUTION_ONLY, fold_gan_s
 PER_RUN = ("seed",)                       # the one training setting the runs of a study differ in by design
 SMALLEST_FIRST = ("best.pt", "last.pt")   # the same network and train_config; best.pt without the optimiser
 TRAIN_CONFIG_FIELDS = {field.name for field in dataclasses.fields(TrainConfig)}
+UNKNOWN = "unknown"                       # pre-training epochs of a pretrain/ folder whose checkpoints are gone
 
 
 def _run_settings(run_dir):
-    """(saved network and train_config, pre-training epochs or "unknown") of a finished run; None
+    """(saved network and train_config, pre-training epochs or UNKNOWN) of a finished run; None
     without a checkpoint."""
     if not has_saved_run(run_dir):
         return None
     pretrain = os.path.join(run_dir, "pretrain")
-    epochs = ("unknown" if os.path.isdir(pretrain) and not has_saved_run(pretrain)
+    epochs = (UNKNOWN if os.path.isdir(pretrain) and not has_saved_run(pretrain)
               else saved_pretrain_epochs(run_dir, SMALLEST_FIRST))
     return saved_run(run_dir, SMALLEST_FIRST), epochs
 
@@ -47,7 +48,7 @@ def _run_differences(run, reference, whose, baseline):
     differ += [named_change(name, value, old, whose, preset=baseline) for name, old, value
                in setting_changes(state.get("train_config", {}), _as_train_config(ref_state.get("train_config", {})),
                                   skip=EXECUTION_ONLY + PER_RUN)]
-    if "unknown" not in (pretrain, ref_pretrain) and pretrain != ref_pretrain:
+    if UNKNOWN not in (pretrain, ref_pretrain) and pretrain != ref_pretrain:
         differ.append(f"--pretrain_epochs={pretrain!r} ({whose}: {ref_pretrain!r})")
     return differ
 
@@ -64,15 +65,15 @@ def _fold_gan(out, fold):
 
 def _gan_differences(out, folds):
     """How each fold's GAN and synthetic slices differ from those of the first fold that has them;
-    the folds whose GAN was compared."""
-    differ, reference, compared = [], {}, []
+    the number of GANs compared."""
+    differ, reference, compared = [], {}, 0
     for record in folds:
         fold = record["fold"]
         gan, per_class = _fold_gan(out, fold)
         if gan is not None:
-            compared.append(fold)
+            compared += 1
             ref_fold, ref = reference.setdefault("gan", (fold, gan))
-            differ += [f"fold {fold}'s GAN: " + named_change(name, gan.get(name), ref.get(name),
+            differ += [f"fold {fold}'s GAN: " + named_change(name, gan[name], ref[name],
                                                               f"fold {ref_fold}'s", gan=True)
                        for name in sorted(set(gan) & set(ref)) if gan[name] != ref[name]]
         if per_class is not None:
@@ -99,7 +100,7 @@ def check_folds_alike(out, folds):
                     unchecked.append(name)
                     continue
                 compared += 1
-                if run[1] == "unknown":
+                if run[1] == UNKNOWN:
                     unchecked.append(f"{name} (pre-training)")
                 ref_name, reference = references.setdefault(arm, (f"fold {record['fold']} seed {seed}", run))
                 differ += [f"{arm} fold {record['fold']} seed {seed}: {change}" for change
@@ -112,4 +113,4 @@ def check_folds_alike(out, folds):
                          "and, in brackets, the first one's: rerun the odd runs or folds with the study's settings "
                          "(delete their run folders, or the fold's folder), or collect differently made folds in "
                          "their own --out")
-    return {"runs_compared": compared, "unchecked_runs": unchecked, "gans_compared": len(gans)}
+    return {"runs_compared": compared, "unchecked_runs": unchecked, "gans_compared": gans}

@@ -1,5 +1,5 @@
-"""Merge the finished folds of a study into ``results.json`` and ``RESULTS.md``, once every fold is
-found to have run with the same settings (study_pipeline/consistency.py): per arm the mean
+"""Merge the finished folds of a study into ``results.json`` and ``RESULTS.md``, once the runs and
+GANs that can be compared are found alike (study_pipeline/consistency.py): per arm the mean
 and std over folds x seeds, the pooled confusion matrix and per-class recall, and the paired
 differences between arms on the same fold and seed (95 % confidence interval and p-value of a
 paired t-test over the fold x seed pairs; per fold, and the 95 % interval over the fold means),
