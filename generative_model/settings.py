@@ -16,6 +16,7 @@ class GanSettings:
     l1_weight: float = 100.0     # lambda of the L1 term (study 0.1, pix2pix 100)
     tumour_l1_weight: float = 0.0  # > 0: L1 counts 1 + this inside the tumour (the dataset's tumor_masks)
     diversity_weight: float = 20.0  # mode-seeking term (-weight * min(|G(z1)-G(z2)| / |z1-z2|, cap)); 0 = off
+    diversity_class_weights: str = ""  # e.g. "meningioma=30": that class's mode-seeking weight (others: diversity_weight)
     diversity_grid: int = 0      # > 0: the mode-seeking term compares the fakes averaged down to grid x grid cells
     l1_best_of_two: bool = False  # with two latents per mask, L1 counts only the fake closer to the real slice
     l1_scale: int = 1            # > 1: L1 compares fake and real averaged over l1_scale x l1_scale cells

@@ -31,6 +31,9 @@ l1_weight = 100.0                 # lambda of the L1 term (study 0.1, pix2pix 10
 tumour_l1_weight = 0.0            # > 0: each tumour pixel counts 1 + this in the L1 term (the dataset's
                                   # tumor_masks; 20 measured, not adopted: generative_model/RESULTS.md)
 diversity_weight = 20.0           # mode-seeking term (0 = off); each mask then gets 2 latents
+diversity_class_weights = ""      # e.g. "meningioma=30" or "meningioma=30,glioma=10": those classes' own
+                                  # mode-seeking weights (the others keep diversity_weight); each class's
+                                  # term is then capped on its own. "" = one weight for every slice
 diversity_grid = 0                # > 0: the mode-seeking term compares the 2 fakes averaged down to
                                   # grid x grid cells (speckle no longer pays); 0: pixel by pixel
 l1_best_of_two = False            # True: of the 2 fakes per mask, only the closer one pays the L1

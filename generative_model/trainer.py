@@ -98,6 +98,9 @@ def train_models(dataset, model_dir, run_name, settings, classes=CLASS_NAMES, re
     if settings.critic_scales < 1 or settings.image_size / 2 ** (settings.critic_scales - 1) < MIN_CRITIC_INPUT:
         raise ValueError(f"--critic_scales={settings.critic_scales}: must be at least 1, and the coarsest critic "
                          f"needs the {settings.image_size}-px pair halved no further than {MIN_CRITIC_INPUT} px")
+    if class_diversity_weights(settings) is not None and settings.diversity_weight <= 0:
+        raise ValueError(f"--diversity_class_weights={settings.diversity_class_weights!r} needs --diversity_weight "
+                         f"> 0 (it sets the other classes' weight and turns on the two latents per mask)")
     if settings.latent_encoder and settings.diversity_weight > 0:
         raise ValueError("--latent_encoder=True pins the first latent's slice to the real one by L1, so a "
                          "mode-seeking term would push the drawn latent's slice away from it (and reach the "
@@ -327,15 +330,61 @@ def feature_matching(fake_features, real_features):
         / len(fake_features)
 
 
-def mode_seeking_distance(fake_a, fake_b, grid=0):
-    """Mean absolute difference of the two fakes of each mask that the mode-seeking term rewards.
+def mode_seeking_distance(fake_a, fake_b, grid=0, per_slice=False):
+    """Mean absolute difference of the two fakes of each mask that the mode-seeking term rewards
+    (over the batch, or one per slice with ``per_slice``).
 
     ``grid`` > 0 first averages both down to grid x grid cells, so only changes of larger regions
     count: at the pixel level the cheapest way to differ is speckle that moves with the latent."""
     fake_a, fake_b = fake_a.float(), fake_b.float()
     if grid > 0:
         fake_a, fake_b = F.adaptive_avg_pool2d(fake_a, grid), F.adaptive_avg_pool2d(fake_b, grid)
-    return (fake_a - fake_b).abs().mean()
+    difference = (fake_a - fake_b).abs()
+    return difference.flatten(1).mean(1) if per_slice else difference.mean()
+
+
+def class_diversity_weights(settings):
+    """The mode-seeking weight of every class (indexed as CLASS_NAMES) from --diversity_class_weights
+    ("meningioma=30,glioma=10"; unnamed classes keep --diversity_weight), or None when it is empty
+    (one weight for every slice). Raises ValueError naming the flag for a malformed entry."""
+    text = settings.diversity_class_weights.strip()
+    if not text:
+        return None
+    weights = [float(settings.diversity_weight)] * len(CLASS_NAMES)
+    for entry in text.split(","):
+        name, _, value = entry.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = float("nan")
+        if name.strip() not in CLASS_NAMES or not 0.0 <= weight < float("inf"):
+            raise ValueError(f"--diversity_class_weights={settings.diversity_class_weights!r}: {entry!r} must be "
+                             f"class=weight with a class of {list(CLASS_NAMES)} and a weight >= 0")
+        weights[CLASS_NAMES.index(name.strip())] = weight
+    return weights
+
+
+def mode_seeking_loss(fake_a, fake_b, z_a, z_b, labels, settings):
+    """(the generator's mode-seeking term with its weights, the unweighted term to log) for two fakes
+    per mask from latents ``z_a`` and ``z_b``: minus min(image distance / latent distance, cap).
+    With --diversity_class_weights each class in the batch has its own ratio, cap and weight, counted
+    by its share of the batch; otherwise one ratio over the batch times --diversity_weight."""
+    by_class = class_diversity_weights(settings)
+    if by_class is None:
+        ratio = (mode_seeking_distance(fake_a, fake_b, settings.diversity_grid) / (z_a - z_b).abs().mean())
+        term = -torch.clamp(ratio, max=DIVERSITY_CAP)
+        return settings.diversity_weight * term, term
+    distances = mode_seeking_distance(fake_a, fake_b, settings.diversity_grid, per_slice=True)
+    latent_distances = (z_a - z_b).float().abs().mean(1)
+    weighted = term = 0.0
+    for label in labels.unique().tolist():
+        chosen = labels == label
+        share = chosen.float().mean()
+        ratio = distances[chosen].mean() / latent_distances[chosen].mean()
+        class_term = -share * torch.clamp(ratio, max=DIVERSITY_CAP)
+        weighted = weighted + by_class[label] * class_term
+        term = term + class_term
+    return weighted, term
 
 
 def reconstruction_l1(fake, real, best_of_two=False, weights=None, scale=1):
@@ -436,10 +485,9 @@ def train_step(mask, real, labels, generator, discriminator, opt_g, opt_d, scale
             losses["loss_spectrum"] = loss_spectrum
         if settings.diversity_weight > 0:
             half = mask.shape[0] // 2
-            ratio = (mode_seeking_distance(fake[:half], fake[half:], settings.diversity_grid) /
-                     (z[:half] - z[half:]).abs().mean())
-            loss_div = -torch.clamp(ratio, max=DIVERSITY_CAP)
-            loss_g = loss_g + settings.diversity_weight * loss_div
+            weighted, loss_div = mode_seeking_loss(fake[:half], fake[half:], z[:half], z[half:], labels[:half],
+                                                   settings)
+            loss_g = loss_g + weighted
             losses["loss_diversity"] = loss_div
         if encoder is not None:
             loss_kl = kl_to_standard_normal(mean, log_variance)

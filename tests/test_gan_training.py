@@ -338,6 +338,36 @@ def test_mode_seeking_on_a_coarse_grid_pays_for_regions_not_speckle():
     assert mode_seeking_distance(brighter, torch.zeros_like(brighter), grid=4) == pytest.approx(0.25)
 
 
+def test_class_diversity_weights_weigh_each_class_by_its_own_capped_ratio():
+    from generative_model.trainer import DIVERSITY_CAP, mode_seeking_loss
+    fake_a = torch.zeros(4, 1, 8, 8)
+    fake_b = torch.zeros(4, 1, 8, 8)
+    fake_b[:2] = 0.05                                   # slices 0-1 differ by 0.05, slices 2-3 not at all
+    z_a, z_b = torch.zeros(4, 3), torch.ones(4, 3)      # latent distance 1 for every slice
+    labels = torch.tensor([0, 0, 1, 2])                 # meningioma, meningioma, glioma, pituitary
+    one_weight = GanSettings(**{**TINY, "diversity_weight": 20.0})
+    weighted, term = mode_seeking_loss(fake_a, fake_b, z_a, z_b, labels, one_weight)
+    assert float(term) == pytest.approx(-0.025) and float(weighted) == pytest.approx(-0.5)   # the batch's ratio
+    by_class = GanSettings(**{**TINY, "diversity_weight": 20.0, "diversity_class_weights": "meningioma=30"})
+    weighted, term = mode_seeking_loss(fake_a, fake_b, z_a, z_b, labels, by_class)
+    # meningioma: half the batch, ratio 0.05, weight 30; glioma and pituitary: ratio 0, weight 20
+    assert float(term) == pytest.approx(-0.025) and float(weighted) == pytest.approx(-0.75)
+    fake_b[:2] = 1.0                                    # meningioma's ratio over the cap: capped on its own
+    weighted, _ = mode_seeking_loss(fake_a, fake_b, z_a, z_b, labels, by_class)
+    assert float(weighted) == pytest.approx(-0.5 * 30 * DIVERSITY_CAP)
+
+
+def test_class_diversity_weights_that_name_no_class_or_lack_the_two_latents_are_refused(blob_dataset, tmp_path):
+    for text in ("meningiomas=30", "meningioma", "glioma=-1", "pituitary=nan"):
+        settings = GanSettings(**{**TINY, "diversity_class_weights": text})
+        with pytest.raises(ValueError, match="--diversity_class_weights=.*must be class=weight"):
+            train_models(blob_dataset, tmp_path, "refused", settings)
+    settings = GanSettings(**{**TINY, "diversity_weight": 0.0, "diversity_class_weights": "glioma=10"})
+    with pytest.raises(ValueError, match="needs --diversity_weight > 0"):
+        train_models(blob_dataset, tmp_path, "refused", settings)
+    assert not (tmp_path / "refused").exists()
+
+
 def test_diversity_grid_outside_the_image_is_refused(blob_dataset, tmp_path):
     with pytest.raises(ValueError, match="diversity_grid"):
         train_models(blob_dataset, tmp_path, "refused", GanSettings(**{**TINY, "diversity_grid": 65}))
