@@ -351,16 +351,18 @@ def class_diversity_weights(settings):
     if not text:
         return None
     weights = [float(settings.diversity_weight)] * len(CLASS_NAMES)
+    named = set()
     for entry in text.split(","):
-        name, _, value = entry.partition("=")
+        name, _, value = (part.strip() for part in entry.partition("="))
         try:
             weight = float(value)
         except ValueError:
             weight = float("nan")
-        if name.strip() not in CLASS_NAMES or not 0.0 <= weight < float("inf"):
+        if name not in CLASS_NAMES or name in named or not 0.0 <= weight < float("inf"):
             raise ValueError(f"--diversity_class_weights={settings.diversity_class_weights!r}: {entry!r} must be "
-                             f"class=weight with a class of {list(CLASS_NAMES)} and a weight >= 0")
-        weights[CLASS_NAMES.index(name.strip())] = weight
+                             f"class=weight with a class of {list(CLASS_NAMES)} named once and a weight >= 0")
+        named.add(name)
+        weights[CLASS_NAMES.index(name)] = weight
     return weights
 
 

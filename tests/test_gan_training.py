@@ -339,26 +339,29 @@ def test_mode_seeking_on_a_coarse_grid_pays_for_regions_not_speckle():
 
 
 def test_class_diversity_weights_weigh_each_class_by_its_own_capped_ratio():
-    from generative_model.trainer import DIVERSITY_CAP, mode_seeking_loss
+    from generative_model.trainer import DIVERSITY_CAP, mode_seeking_distance, mode_seeking_loss
     fake_a = torch.zeros(4, 1, 8, 8)
     fake_b = torch.zeros(4, 1, 8, 8)
-    fake_b[:2] = 0.05                                   # slices 0-1 differ by 0.05, slices 2-3 not at all
+    for index, difference in enumerate((0.1, 0.7, 0.12, 0.0)):
+        fake_b[index] = difference
     z_a, z_b = torch.zeros(4, 3), torch.ones(4, 3)      # latent distance 1 for every slice
     labels = torch.tensor([0, 0, 1, 2])                 # meningioma, meningioma, glioma, pituitary
     one_weight = GanSettings(**{**TINY, "diversity_weight": 20.0})
     weighted, term = mode_seeking_loss(fake_a, fake_b, z_a, z_b, labels, one_weight)
-    assert float(term) == pytest.approx(-0.025) and float(weighted) == pytest.approx(-0.5)   # the batch's ratio
+    before = -torch.clamp(mode_seeking_distance(fake_a, fake_b) / (z_a - z_b).abs().mean(), max=DIVERSITY_CAP)
+    assert torch.equal(term, before) and torch.equal(weighted, 20.0 * before)   # the batch's one ratio, as before
+    assert float(weighted) == pytest.approx(-20 * DIVERSITY_CAP)                # (0.8 + 0.12) / 4 over the cap
     by_class = GanSettings(**{**TINY, "diversity_weight": 20.0, "diversity_class_weights": "meningioma=30"})
     weighted, term = mode_seeking_loss(fake_a, fake_b, z_a, z_b, labels, by_class)
-    # meningioma: half the batch, ratio 0.05, weight 30; glioma and pituitary: ratio 0, weight 20
-    assert float(term) == pytest.approx(-0.025) and float(weighted) == pytest.approx(-0.75)
-    fake_b[:2] = 1.0                                    # meningioma's ratio over the cap: capped on its own
-    weighted, _ = mode_seeking_loss(fake_a, fake_b, z_a, z_b, labels, by_class)
-    assert float(weighted) == pytest.approx(-0.5 * 30 * DIVERSITY_CAP)
+    # meningioma: half the batch, its mean ratio 0.4 capped at 0.2, weight 30 (capping each slice would give 0.15);
+    # glioma: a quarter, ratio 0.12, the other classes' weight 20; pituitary: ratio 0
+    assert float(term) == pytest.approx(-(0.5 * DIVERSITY_CAP + 0.25 * 0.12))
+    assert float(weighted) == pytest.approx(-(30 * 0.5 * DIVERSITY_CAP + 20 * 0.25 * 0.12))
 
 
 def test_class_diversity_weights_that_name_no_class_or_lack_the_two_latents_are_refused(blob_dataset, tmp_path):
-    for text in ("meningiomas=30", "meningioma", "glioma=-1", "pituitary=nan"):
+    for text in ("meningiomas=30", "meningioma", "glioma=-1", "pituitary=nan", "glioma=inf", "glioma=10,",
+                 "meningioma=30,meningioma=10"):
         settings = GanSettings(**{**TINY, "diversity_class_weights": text})
         with pytest.raises(ValueError, match="--diversity_class_weights=.*must be class=weight"):
             train_models(blob_dataset, tmp_path, "refused", settings)
