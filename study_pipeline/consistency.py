@@ -103,7 +103,7 @@ def check_folds_alike(out, folds):
                 if run[1] == UNKNOWN:
                     unchecked.append(f"{name} (pre-training)")
                 ref_name, reference = references.setdefault(arm, (f"fold {record['fold']} seed {seed}", run))
-                differ += [f"{arm} fold {record['fold']} seed {seed}: {change}" for change
+                differ += [f"{name}: {change}" for change
                            in _run_differences(run, reference, f"{ref_name}'s", baseline=arm == "baseline")]
     gan_differences, gans = _gan_differences(out, folds)
     differ += gan_differences

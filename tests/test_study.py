@@ -151,7 +151,7 @@ def test_folds_run_with_other_settings_are_named_not_collected(one_fold_then_the
     _study(blob_dataset, out, "--fold=2", "--arms=real_only", "--epochs=2")     # runs would refuse it)
     failed = _study(blob_dataset, out, "--collect=True", succeeds=False)
     assert "its folds were not all run with the same settings" in failed.stderr
-    assert "real_only fold 2 seed 0: --epochs=2 (fold 1 seed 0's: 1)" in failed.stderr, failed.stderr[-2000:]
+    assert "fold 2 real_only seed 0: --epochs=2 (fold 1 seed 0's: 1)" in failed.stderr, failed.stderr[-2000:]
     assert results.read_text() == before                                       # nothing merged
     gan_index = out / "fold_3" / "gan" / "run.json"
     index = json.loads(gan_index.read_text())
