@@ -13,6 +13,7 @@ and ``<model_dir>/<run_name>/run.json`` lists the models, for ``generate.py``.
 Intensities stay floating point throughout: the dataset's float16 [0, 1] slices map to [-1, 1].
 """
 import dataclasses
+import functools
 import os
 import time
 
@@ -347,10 +348,15 @@ def class_diversity_weights(settings):
     """The mode-seeking weight of every class (indexed as CLASS_NAMES) from --diversity_class_weights
     ("meningioma=30,glioma=10"; unnamed classes keep --diversity_weight), or None when it is empty
     (one weight for every slice). Raises ValueError naming the flag for a malformed entry."""
-    text = settings.diversity_class_weights.strip()
-    if not text:
+    return _parsed_class_weights(settings.diversity_class_weights, float(settings.diversity_weight))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_class_weights(text, other_weight):
+    """class_diversity_weights for one flag value, read once (train_step asks every step)."""
+    if not text.strip():
         return None
-    weights = [float(settings.diversity_weight)] * len(CLASS_NAMES)
+    weights = [other_weight] * len(CLASS_NAMES)
     named = set()
     for entry in text.split(","):
         name, _, value = (part.strip() for part in entry.partition("="))
@@ -359,11 +365,11 @@ def class_diversity_weights(settings):
         except ValueError:
             weight = float("nan")
         if name not in CLASS_NAMES or name in named or not 0.0 <= weight < float("inf"):
-            raise ValueError(f"--diversity_class_weights={settings.diversity_class_weights!r}: {entry!r} must be "
+            raise ValueError(f"--diversity_class_weights={text!r}: {entry!r} must be "
                              f"class=weight with a class of {list(CLASS_NAMES)} named once and a weight >= 0")
         named.add(name)
         weights[CLASS_NAMES.index(name)] = weight
-    return weights
+    return tuple(weights)
 
 
 def mode_seeking_loss(fake_a, fake_b, z_a, z_b, labels, settings):
@@ -376,17 +382,15 @@ def mode_seeking_loss(fake_a, fake_b, z_a, z_b, labels, settings):
         ratio = (mode_seeking_distance(fake_a, fake_b, settings.diversity_grid) / (z_a - z_b).abs().mean())
         term = -torch.clamp(ratio, max=DIVERSITY_CAP)
         return settings.diversity_weight * term, term
+    # per-class sums by label (no loop over the classes, no device-to-host copy of the labels)
     distances = mode_seeking_distance(fake_a, fake_b, settings.diversity_grid, per_slice=True)
     latent_distances = (z_a - z_b).float().abs().mean(1)
-    weighted = term = 0.0
-    for label in labels.unique().tolist():
-        chosen = labels == label
-        share = chosen.float().mean()
-        ratio = distances[chosen].mean() / latent_distances[chosen].mean()
-        class_term = -share * torch.clamp(ratio, max=DIVERSITY_CAP)
-        weighted = weighted + by_class[label] * class_term
-        term = term + class_term
-    return weighted, term
+    slices = torch.zeros(len(CLASS_NAMES), device=labels.device).index_add_(0, labels, torch.ones_like(distances))
+    ratios = (torch.zeros_like(slices).index_add_(0, labels, distances) /
+              torch.zeros_like(slices).index_add_(0, labels, latent_distances).clamp_min(1e-12))
+    class_terms = -(slices / len(labels)) * torch.clamp(ratios, max=DIVERSITY_CAP)   # 0 for absent classes
+    weights = torch.tensor(by_class, device=labels.device)
+    return (weights * class_terms).sum(), class_terms.sum()
 
 
 def reconstruction_l1(fake, real, best_of_two=False, weights=None, scale=1):
